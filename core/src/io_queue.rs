@@ -1,0 +1,813 @@
+//! The io_queue: the completion queue GPU code reads.
+//!
+//! It lives in memory both the host and the consumer (a GPU kernel, a
+//! compute shader, or a CPU thread) can see coherently, and it is a
+//! single-producer single-consumer ring: the host publishes one entry per
+//! completed transfer, the consumer processes entries in order and releases
+//! each one, which is what frees the entry's slot for the next read.
+//!
+//! # Layout
+//!
+//! All fields are little-endian (the host's order on x86-64 and arm64) and
+//! every field is accessed atomically. Positions are `u32` counters that wrap;
+//! entry `p` lives at index `p % capacity` (capacity is a power of two).
+//!
+//! Header, 192 bytes, three 64-byte lines (read-mostly, producer-written,
+//! consumer-written):
+//!
+//! | bytes   | field               | written by | meaning |
+//! |---------|---------------------|------------|---------|
+//! | 0..4    | `magic`             | init       | `0x51524750` ("PGRQ" in memory) |
+//! | 4..8    | `version`           | init       | 1 |
+//! | 8..12   | `capacity`          | init       | number of entries, a power of two |
+//! | 12..16  | `entry_size`        | init       | 64 |
+//! | 16..20  | `closed`            | producer   | 1 once no more entries will be published |
+//! | 20..64  | reserved            |            | zero |
+//! | 64..68  | `producer`          | producer   | entries published so far (release store) |
+//! | 68..72  | `consumer_sleeping` | consumer   | 1 while a host consumer sleeps on `producer` |
+//! | 72..128 | reserved            |            | zero |
+//! | 128..132| `consumer`          | consumer   | entries released so far (release store) |
+//! | 132..136| `producer_sleeping` | producer   | 1 while the host producer sleeps on `consumer` |
+//! | 136..192| reserved            |            | zero |
+//!
+//! Entry, 64 bytes, starting at byte 192:
+//!
+//! | bytes  | field             | written by | meaning |
+//! |--------|-------------------|------------|---------|
+//! | 0..4   | `seq`             | producer   | position + 1, stored last (release): the entry is valid for that position |
+//! | 4..8   | `slot`            | producer   | slot index holding the bytes |
+//! | 8..12  | `status`          | producer   | 0 success, < 0 an errno, > 0 an NVMe status |
+//! | 12..16 | `kind`            | producer   | 0: `offset` is a byte offset in a file; 1: an LBA |
+//! | 16..24 | `bytes`           | producer   | valid bytes at the start of the slot |
+//! | 24..32 | `offset`          | producer   | where they came from (see `kind`) |
+//! | 32..40 | `tag`             | producer   | the caller's tag (gpuring: the source's index) |
+//! | 40..48 | `result`          | consumer   | the consumer's checksum of the slot |
+//! | 48..52 | `consumer_status` | consumer   | 0 checksummed, 1 skipped (`status` was not 0) |
+//! | 52..64 | reserved          |            | zero |
+//!
+//! # Memory ordering
+//!
+//! The protocol needs exactly two release/acquire pairs:
+//!
+//! 1. **Publish.** The producer writes an entry's fields (relaxed), then stores
+//!    `seq` and then `producer` with release. A consumer that loads `producer`
+//!    (or `seq`) with acquire and sees the new value therefore sees the
+//!    entry's fields. It also sees the slot's bytes: they were written by the
+//!    kernel's copy or the device's DMA before the kernel posted the CQE, the
+//!    host observed that CQE with an acquire load of the CQ tail, and the host's
+//!    release store of `producer` comes after that in program order, so the
+//!    bytes happen-before the consumer's acquire by transitivity.
+//! 2. **Release.** The consumer reads the slot and writes `result` and
+//!    `consumer_status` (relaxed), then stores `consumer` with release. The
+//!    producer loads `consumer` with acquire before it reads `result` and
+//!    before it hands the slot to a new read, so the consumer's reads of the
+//!    slot happen-before the kernel or device writes into it again.
+//!
+//! The producer never reuses an entry, nor its slot, until it has itself
+//! taken the release ([`Producer::poll_released`]): free space is measured
+//! from what the producer has processed, not from the raw `consumer` value.
+//! Publishing a batch writes all entries first and then advances `producer`
+//! once, so a batch that only partly fits publishes a prefix and reports
+//! how many entries it took; the rest stay with the caller, none is lost or
+//! published twice.
+//!
+//! GPU consumers use system-scope atomics for `producer`, `seq` and
+//! `consumer` (CUDA `cuda::atomic_ref<..., thread_scope_system>`, Vulkan
+//! `memoryBarrier` with the `Device` scope plus host-coherent memory), since
+//! the other party is the CPU.
+//!
+//! Sleeping: a host party that has nothing to do may futex-wait on the other
+//! party's position word. It first sets its `*_sleeping` flag, then issues a
+//! SeqCst fence and re-checks the position (and `closed`); the other party,
+//! after storing its position, issues a SeqCst fence and wakes the word only
+//! if the flag is set. One of the two always sees the other's store, so no
+//! wake-up is lost; GPU parties never sleep and the host also waits with a
+//! timeout, so a party that cannot wake (a GPU) only costs latency.
+
+use core::fmt;
+use core::mem::{offset_of, size_of};
+use core::sync::atomic::{fence, AtomicI32, AtomicU32, AtomicU64, Ordering};
+
+/// `magic`: "PGRQ" when read as little-endian bytes.
+pub const MAGIC: u32 = 0x5152_4750;
+/// The layout version described in this module.
+pub const VERSION: u32 = 1;
+/// Size of the header in bytes; entries start here.
+pub const HEADER_SIZE: usize = size_of::<QueueHeader>();
+/// Size of one entry in bytes.
+pub const ENTRY_SIZE: usize = size_of::<QueueEntry>();
+/// Required alignment of the queue's memory.
+pub const ALIGN: usize = 64;
+/// The largest capacity (positions are wrapping `u32`s).
+pub const MAX_CAPACITY: u32 = 1 << 31;
+
+/// The queue header. See the module docs for the layout.
+#[repr(C, align(64))]
+#[derive(Debug)]
+pub struct QueueHeader {
+    /// [`MAGIC`].
+    pub magic: AtomicU32,
+    /// [`VERSION`].
+    pub version: AtomicU32,
+    /// Number of entries (a power of two).
+    pub capacity: AtomicU32,
+    /// [`ENTRY_SIZE`].
+    pub entry_size: AtomicU32,
+    /// 1 once the producer will publish no more entries.
+    pub closed: AtomicU32,
+    reserved0: [AtomicU32; 11],
+    /// Entries published so far (wrapping).
+    pub producer: AtomicU32,
+    /// 1 while a host consumer sleeps waiting for `producer` to move.
+    pub consumer_sleeping: AtomicU32,
+    reserved1: [AtomicU32; 14],
+    /// Entries released so far (wrapping).
+    pub consumer: AtomicU32,
+    /// 1 while the host producer sleeps waiting for `consumer` to move.
+    pub producer_sleeping: AtomicU32,
+    reserved2: [AtomicU32; 14],
+}
+
+/// One published completion. See the module docs for the layout.
+#[repr(C, align(64))]
+#[derive(Debug)]
+pub struct QueueEntry {
+    /// Position + 1 of the publication this entry holds.
+    pub seq: AtomicU32,
+    /// Slot index.
+    pub slot: AtomicU32,
+    /// 0, a negative errno, or a positive NVMe status.
+    pub status: AtomicI32,
+    /// [`EntryKind`] as a number.
+    pub kind: AtomicU32,
+    /// Valid bytes in the slot.
+    pub bytes: AtomicU64,
+    /// Byte offset or LBA the bytes came from.
+    pub offset: AtomicU64,
+    /// The caller's tag.
+    pub tag: AtomicU64,
+    /// The consumer's checksum.
+    pub result: AtomicU64,
+    /// 0 checksummed, 1 skipped.
+    pub consumer_status: AtomicU32,
+    reserved: [AtomicU32; 3],
+}
+
+const _: () = {
+    assert!(size_of::<QueueHeader>() == 192);
+    assert!(offset_of!(QueueHeader, magic) == 0);
+    assert!(offset_of!(QueueHeader, version) == 4);
+    assert!(offset_of!(QueueHeader, capacity) == 8);
+    assert!(offset_of!(QueueHeader, entry_size) == 12);
+    assert!(offset_of!(QueueHeader, closed) == 16);
+    assert!(offset_of!(QueueHeader, producer) == 64);
+    assert!(offset_of!(QueueHeader, consumer_sleeping) == 68);
+    assert!(offset_of!(QueueHeader, consumer) == 128);
+    assert!(offset_of!(QueueHeader, producer_sleeping) == 132);
+    assert!(size_of::<QueueEntry>() == 64);
+    assert!(offset_of!(QueueEntry, seq) == 0);
+    assert!(offset_of!(QueueEntry, slot) == 4);
+    assert!(offset_of!(QueueEntry, status) == 8);
+    assert!(offset_of!(QueueEntry, kind) == 12);
+    assert!(offset_of!(QueueEntry, bytes) == 16);
+    assert!(offset_of!(QueueEntry, offset) == 24);
+    assert!(offset_of!(QueueEntry, tag) == 32);
+    assert!(offset_of!(QueueEntry, result) == 40);
+    assert!(offset_of!(QueueEntry, consumer_status) == 48);
+};
+
+/// What an entry's `offset` means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum EntryKind {
+    /// A byte offset in a file.
+    File = 0,
+    /// A logical block address on an NVMe namespace.
+    Lba = 1,
+}
+
+/// `consumer_status`: the consumer checksummed the slot.
+pub const CONSUMED: u32 = 0;
+/// `consumer_status`: the entry carried an error status, so there was nothing to checksum.
+pub const SKIPPED: u32 = 1;
+
+/// A completion to publish (the producer-written fields of an entry).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Completion {
+    /// Slot index holding the bytes.
+    pub slot: u32,
+    /// 0, a negative errno, or a positive NVMe status.
+    pub status: i32,
+    /// What `offset` means.
+    pub kind: EntryKind,
+    /// Valid bytes at the start of the slot.
+    pub bytes: u64,
+    /// Byte offset or LBA.
+    pub offset: u64,
+    /// The caller's tag.
+    pub tag: u64,
+}
+
+/// An entry the consumer has released, as the producer sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Released {
+    /// The position it was published at.
+    pub position: u32,
+    /// What was published.
+    pub completion: Completion,
+    /// The consumer's checksum.
+    pub result: u64,
+    /// [`CONSUMED`] or [`SKIPPED`].
+    pub consumer_status: u32,
+}
+
+/// A queue could not be set up, or one of its parties broke the protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueueError {
+    /// Capacity is zero, not a power of two, or too large.
+    BadCapacity {
+        /// The capacity asked for.
+        capacity: u32,
+    },
+    /// The memory is smaller than the queue needs.
+    RegionTooSmall {
+        /// Bytes given.
+        len: usize,
+        /// Bytes needed.
+        needed: usize,
+    },
+    /// The memory is not 64-byte aligned.
+    Misaligned {
+        /// The address.
+        addr: usize,
+    },
+    /// The memory does not hold an initialised queue of this version.
+    NotAQueue,
+    /// There is no free entry; release some first.
+    Full {
+        /// The capacity.
+        capacity: u32,
+    },
+    /// The consumer released entries that were never published.
+    ConsumerAhead {
+        /// The consumer's position.
+        consumer: u32,
+        /// The producer's position.
+        producer: u32,
+    },
+    /// An entry's `seq` does not match the position it is read at.
+    TornEntry {
+        /// The position.
+        position: u32,
+        /// The `seq` found.
+        seq: u32,
+    },
+}
+
+impl fmt::Display for QueueError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::BadCapacity { capacity } => write!(
+                f,
+                "io_queue capacity {capacity} is not a power of two between 1 and 2^31. Fix: use a power of two such as {}",
+                capacity.clamp(1, MAX_CAPACITY).next_power_of_two()
+            ),
+            Self::RegionTooSmall { len, needed } => write!(
+                f,
+                "the io_queue needs {needed} bytes but its memory holds {len}. Fix: allocate IoQueue::bytes_for(capacity) bytes, or lower the capacity"
+            ),
+            Self::Misaligned { addr } => write!(
+                f,
+                "io_queue memory at {addr:#x} is not {ALIGN}-byte aligned. Fix: allocate it page-aligned"
+            ),
+            Self::NotAQueue => write!(
+                f,
+                "the memory does not hold an initialised version-{VERSION} io_queue. Fix: initialise it with IoQueue::init before attaching"
+            ),
+            Self::Full { capacity } => write!(
+                f,
+                "the io_queue is full ({capacity} entries awaiting release). Fix: wait for the consumer to release entries, or use a larger queue"
+            ),
+            Self::ConsumerAhead { consumer, producer } => write!(
+                f,
+                "the consumer released up to position {consumer} but only {producer} were published. Fix: the consumer must release each published entry once, in order"
+            ),
+            Self::TornEntry { position, seq } => write!(
+                f,
+                "io_queue entry at position {position} carries seq {seq}, not {}. Fix: only the producer may write entries, and a consumer must read past `producer` never",
+                position.wrapping_add(1)
+            ),
+        }
+    }
+}
+
+impl core::error::Error for QueueError {}
+
+/// A view of an io_queue in shared memory. Cheap to copy.
+#[derive(Clone, Copy, Debug)]
+pub struct IoQueue<'a> {
+    header: &'a QueueHeader,
+    entries: &'a [QueueEntry],
+}
+
+impl<'a> IoQueue<'a> {
+    /// Bytes of memory a queue of `capacity` entries needs.
+    pub const fn bytes_for(capacity: u32) -> usize {
+        HEADER_SIZE + capacity as usize * ENTRY_SIZE
+    }
+
+    fn check(addr: usize, len: usize, capacity: u32) -> Result<(), QueueError> {
+        if capacity == 0 || capacity > MAX_CAPACITY || !capacity.is_power_of_two() {
+            return Err(QueueError::BadCapacity { capacity });
+        }
+        if addr % ALIGN != 0 {
+            return Err(QueueError::Misaligned { addr });
+        }
+        let needed = Self::bytes_for(capacity);
+        if len < needed {
+            return Err(QueueError::RegionTooSmall { len, needed });
+        }
+        Ok(())
+    }
+
+    /// Initialise a queue of `capacity` entries in `region` and return a view of it.
+    pub fn init(region: &'a mut [u8], capacity: u32) -> Result<Self, QueueError> {
+        // SAFETY: `region` is valid and exclusively ours for 'a; handing out
+        // shared atomic views of it for 'a is what the exclusive borrow allows.
+        unsafe { Self::init_raw(region.as_mut_ptr(), region.len(), capacity) }
+    }
+
+    /// Initialise a queue in raw memory.
+    ///
+    /// # Safety
+    /// `ptr` must be valid for reads and writes of `len` bytes for `'a`, and
+    /// for `'a` every other access to that memory (by this process, the GPU
+    /// or the kernel) must be an atomic access through this queue's protocol.
+    pub unsafe fn init_raw(ptr: *mut u8, len: usize, capacity: u32) -> Result<Self, QueueError> {
+        Self::check(ptr as usize, len, capacity)?;
+        // SAFETY: checked alignment and length above; the caller promises validity.
+        unsafe { core::ptr::write_bytes(ptr, 0, Self::bytes_for(capacity)) };
+        // SAFETY: as above; all fields are atomics, valid for the zero bit pattern.
+        let queue = unsafe { Self::view(ptr, capacity) };
+        let h = queue.header;
+        h.version.store(VERSION, Ordering::Relaxed);
+        h.capacity.store(capacity, Ordering::Relaxed);
+        h.entry_size.store(ENTRY_SIZE as u32, Ordering::Relaxed);
+        h.magic.store(MAGIC, Ordering::Release);
+        Ok(queue)
+    }
+
+    /// View a queue that [`IoQueue::init_raw`] initialised.
+    ///
+    /// # Safety
+    /// As for [`IoQueue::init_raw`].
+    pub unsafe fn attach_raw(ptr: *mut u8, len: usize) -> Result<Self, QueueError> {
+        if len < HEADER_SIZE {
+            return Err(QueueError::RegionTooSmall { len, needed: HEADER_SIZE });
+        }
+        if ptr as usize % ALIGN != 0 {
+            return Err(QueueError::Misaligned { addr: ptr as usize });
+        }
+        // SAFETY: aligned, at least a header long, valid per the caller.
+        let header = unsafe { &*(ptr as *const QueueHeader) };
+        if header.magic.load(Ordering::Acquire) != MAGIC
+            || header.version.load(Ordering::Relaxed) != VERSION
+            || header.entry_size.load(Ordering::Relaxed) != ENTRY_SIZE as u32
+        {
+            return Err(QueueError::NotAQueue);
+        }
+        let capacity = header.capacity.load(Ordering::Relaxed);
+        Self::check(ptr as usize, len, capacity)?;
+        // SAFETY: checked above; valid per the caller.
+        Ok(unsafe { Self::view(ptr, capacity) })
+    }
+
+    /// # Safety
+    /// `ptr` is 64-byte aligned and valid for `bytes_for(capacity)` bytes for 'a.
+    unsafe fn view(ptr: *mut u8, capacity: u32) -> Self {
+        // SAFETY: per this function's contract; `QueueHeader` and `QueueEntry`
+        // are made of atomics, which may alias memory other parties write atomically.
+        unsafe {
+            let header = &*(ptr as *const QueueHeader);
+            let entries = core::slice::from_raw_parts(ptr.add(HEADER_SIZE) as *const QueueEntry, capacity as usize);
+            Self { header, entries }
+        }
+    }
+
+    /// The header.
+    pub fn header(&self) -> &'a QueueHeader {
+        self.header
+    }
+
+    /// Number of entries.
+    pub fn capacity(&self) -> u32 {
+        self.entries.len() as u32
+    }
+
+    /// The entry that position `position` uses.
+    pub fn entry(&self, position: u32) -> &'a QueueEntry {
+        &self.entries[(position & (self.capacity() - 1)) as usize]
+    }
+
+    /// True once the producer has closed the queue.
+    pub fn is_closed(&self) -> bool {
+        self.header.closed.load(Ordering::Acquire) != 0
+    }
+
+    /// A sleeping consumer should be woken (call after publishing or closing).
+    pub fn consumer_needs_wake(&self) -> bool {
+        fence(Ordering::SeqCst);
+        self.header.consumer_sleeping.load(Ordering::Relaxed) != 0
+    }
+
+    /// A sleeping producer should be woken (call after releasing).
+    pub fn producer_needs_wake(&self) -> bool {
+        fence(Ordering::SeqCst);
+        self.header.producer_sleeping.load(Ordering::Relaxed) != 0
+    }
+}
+
+/// Decide whether to sleep on a position word, per the module's sleeping
+/// protocol: set `flag`, fence, then re-check. Returns false (and clears the
+/// flag) when `word` moved from `seen` or the queue closed meanwhile.
+fn prepare_sleep(flag: &AtomicU32, word: &AtomicU32, seen: u32, closed: &AtomicU32) -> bool {
+    flag.store(1, Ordering::Relaxed);
+    fence(Ordering::SeqCst);
+    if word.load(Ordering::Relaxed) != seen || closed.load(Ordering::Relaxed) != 0 {
+        flag.store(0, Ordering::Relaxed);
+        return false;
+    }
+    true
+}
+
+/// The producer's side of the protocol. Only one producer may exist per queue.
+#[derive(Debug, Default)]
+pub struct Producer {
+    next: u32,
+    released: u32,
+}
+
+impl Producer {
+    /// The producer of a freshly initialised queue.
+    pub const fn new() -> Self {
+        Self { next: 0, released: 0 }
+    }
+
+    /// Entries published and not yet taken back through [`Producer::poll_released`].
+    pub fn outstanding(&self) -> u32 {
+        self.next.wrapping_sub(self.released)
+    }
+
+    /// Publish as many of `items` as fit, in order, and make them visible
+    /// with one release store. Returns how many were published; the rest were
+    /// not touched and may be published later.
+    pub fn publish_batch(&mut self, q: &IoQueue<'_>, items: &[Completion]) -> usize {
+        let free = (q.capacity() - self.outstanding()) as usize;
+        let n = items.len().min(free);
+        for (i, c) in items[..n].iter().enumerate() {
+            let position = self.next.wrapping_add(i as u32);
+            let e = q.entry(position);
+            e.slot.store(c.slot, Ordering::Relaxed);
+            e.status.store(c.status, Ordering::Relaxed);
+            e.kind.store(c.kind as u32, Ordering::Relaxed);
+            e.bytes.store(c.bytes, Ordering::Relaxed);
+            e.offset.store(c.offset, Ordering::Relaxed);
+            e.tag.store(c.tag, Ordering::Relaxed);
+            e.result.store(0, Ordering::Relaxed);
+            e.consumer_status.store(0, Ordering::Relaxed);
+            e.seq.store(position.wrapping_add(1), Ordering::Release);
+        }
+        if n > 0 {
+            self.next = self.next.wrapping_add(n as u32);
+            q.header.producer.store(self.next, Ordering::Release);
+        }
+        n
+    }
+
+    /// Publish one completion.
+    pub fn publish(&mut self, q: &IoQueue<'_>, c: &Completion) -> Result<u32, QueueError> {
+        let position = self.next;
+        match self.publish_batch(q, core::slice::from_ref(c)) {
+            1 => Ok(position),
+            _ => Err(QueueError::Full { capacity: q.capacity() }),
+        }
+    }
+
+    /// Take every entry the consumer has released since the last call, in
+    /// order, passing each to `f`. Returns how many there were.
+    pub fn poll_released(&mut self, q: &IoQueue<'_>, mut f: impl FnMut(Released)) -> Result<u32, QueueError> {
+        let consumer = q.header.consumer.load(Ordering::Acquire);
+        let count = consumer.wrapping_sub(self.released);
+        if count > self.outstanding() {
+            return Err(QueueError::ConsumerAhead { consumer, producer: self.next });
+        }
+        for _ in 0..count {
+            let position = self.released;
+            let e = q.entry(position);
+            let completion = read_completion(e);
+            f(Released {
+                position,
+                completion,
+                result: e.result.load(Ordering::Relaxed),
+                consumer_status: e.consumer_status.load(Ordering::Relaxed),
+            });
+            self.released = position.wrapping_add(1);
+        }
+        Ok(count)
+    }
+
+    /// The consumer position last taken; sleep on `header().consumer` while it equals this.
+    pub fn released_position(&self) -> u32 {
+        self.released
+    }
+
+    /// Announce that no more entries will be published.
+    pub fn close(&self, q: &IoQueue<'_>) {
+        q.header.closed.store(1, Ordering::Release);
+    }
+
+    /// Per the sleeping protocol: returns true if the caller may now sleep
+    /// on `header().consumer` while it equals [`Producer::released_position`];
+    /// the caller must call [`Producer::end_sleep`] afterwards.
+    pub fn prepare_sleep(&self, q: &IoQueue<'_>) -> bool {
+        let h = q.header;
+        prepare_sleep(&h.producer_sleeping, &h.consumer, self.released, &AtomicU32::new(0))
+    }
+
+    /// Clear the sleeping flag.
+    pub fn end_sleep(&self, q: &IoQueue<'_>) {
+        q.header.producer_sleeping.store(0, Ordering::Relaxed);
+    }
+}
+
+fn read_completion(e: &QueueEntry) -> Completion {
+    Completion {
+        slot: e.slot.load(Ordering::Relaxed),
+        status: e.status.load(Ordering::Relaxed),
+        kind: if e.kind.load(Ordering::Relaxed) == EntryKind::Lba as u32 { EntryKind::Lba } else { EntryKind::File },
+        bytes: e.bytes.load(Ordering::Relaxed),
+        offset: e.offset.load(Ordering::Relaxed),
+        tag: e.tag.load(Ordering::Relaxed),
+    }
+}
+
+/// The consumer's side of the protocol, for CPU consumers (GPU consumers
+/// implement the same steps in their own language).
+#[derive(Debug, Default)]
+pub struct Consumer {
+    next: u32,
+}
+
+impl Consumer {
+    /// The consumer of a freshly initialised queue.
+    pub const fn new() -> Self {
+        Self { next: 0 }
+    }
+
+    /// The next position to consume; sleep on `header().producer` while it equals this.
+    pub fn position(&self) -> u32 {
+        self.next
+    }
+
+    /// The next published entry, if any, without consuming it.
+    pub fn peek(&self, q: &IoQueue<'_>) -> Result<Option<Completion>, QueueError> {
+        let producer = q.header.producer.load(Ordering::Acquire);
+        if producer == self.next {
+            return Ok(None);
+        }
+        let e = q.entry(self.next);
+        let seq = e.seq.load(Ordering::Acquire);
+        if seq != self.next.wrapping_add(1) {
+            return Err(QueueError::TornEntry { position: self.next, seq });
+        }
+        Ok(Some(read_completion(e)))
+    }
+
+    /// Release the entry [`Consumer::peek`] returned, with the consumer's
+    /// checksum and status. The slot is the producer's again after this.
+    pub fn release(&mut self, q: &IoQueue<'_>, result: u64, consumer_status: u32) {
+        let e = q.entry(self.next);
+        e.result.store(result, Ordering::Relaxed);
+        e.consumer_status.store(consumer_status, Ordering::Relaxed);
+        self.next = self.next.wrapping_add(1);
+        q.header.consumer.store(self.next, Ordering::Release);
+    }
+
+    /// True when the producer closed the queue and everything was consumed.
+    pub fn finished(&self, q: &IoQueue<'_>) -> bool {
+        q.is_closed() && q.header.producer.load(Ordering::Acquire) == self.next
+    }
+
+    /// Per the sleeping protocol: returns true if the caller may now sleep
+    /// on `header().producer` while it equals [`Consumer::position`]; the
+    /// caller must call [`Consumer::end_sleep`] afterwards.
+    pub fn prepare_sleep(&self, q: &IoQueue<'_>) -> bool {
+        let h = q.header;
+        prepare_sleep(&h.consumer_sleeping, &h.producer, self.next, &h.closed)
+    }
+
+    /// Clear the sleeping flag.
+    pub fn end_sleep(&self, q: &IoQueue<'_>) {
+        q.header.consumer_sleeping.store(0, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    extern crate std;
+    use std::string::ToString;
+    use std::vec;
+    use std::vec::Vec;
+
+    #[repr(C, align(64))]
+    struct Mem([u8; IoQueue::bytes_for(4)]);
+
+    fn completion(slot: u32) -> Completion {
+        Completion { slot, status: 0, kind: EntryKind::File, bytes: 4096, offset: slot as u64 * 4096, tag: 9 }
+    }
+
+    #[test]
+    fn layout_bytes_match_the_docs() {
+        let mut mem = Mem([0xAA; IoQueue::bytes_for(4)]);
+        let q = IoQueue::init(&mut mem.0, 4).unwrap();
+        let mut p = Producer::new();
+        p.publish(&q, &Completion { slot: 3, status: -5, kind: EntryKind::Lba, bytes: 0x1122, offset: 0x3344, tag: 0x5566 }).unwrap();
+        let bytes = &mem.0;
+        assert_eq!(&bytes[0..4], b"PGRQ");
+        assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().unwrap()), 4);
+        assert_eq!(u32::from_le_bytes(bytes[12..16].try_into().unwrap()), 64);
+        assert_eq!(u32::from_le_bytes(bytes[64..68].try_into().unwrap()), 1);
+        let e = &bytes[192..256];
+        assert_eq!(u32::from_le_bytes(e[0..4].try_into().unwrap()), 1);
+        assert_eq!(u32::from_le_bytes(e[4..8].try_into().unwrap()), 3);
+        assert_eq!(i32::from_le_bytes(e[8..12].try_into().unwrap()), -5);
+        assert_eq!(u32::from_le_bytes(e[12..16].try_into().unwrap()), 1);
+        assert_eq!(u64::from_le_bytes(e[16..24].try_into().unwrap()), 0x1122);
+        assert_eq!(u64::from_le_bytes(e[24..32].try_into().unwrap()), 0x3344);
+        assert_eq!(u64::from_le_bytes(e[32..40].try_into().unwrap()), 0x5566);
+        // Init zeroes what it owns: the second entry and the reserved words.
+        assert!(bytes[256..320].iter().all(|&b| b == 0));
+        assert!(bytes[20..64].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn publish_consume_release_in_order() {
+        let mut mem = Mem([0; IoQueue::bytes_for(4)]);
+        let q = IoQueue::init(&mut mem.0, 4).unwrap();
+        let (mut p, mut c) = (Producer::new(), Consumer::new());
+        assert_eq!(c.peek(&q).unwrap(), None);
+        for round in 0..5u32 {
+            let items: Vec<_> = (0..3).map(|i| completion(round * 3 + i)).collect();
+            assert_eq!(p.publish_batch(&q, &items), 3);
+            for want in &items {
+                let got = c.peek(&q).unwrap().unwrap();
+                assert_eq!(&got, want);
+                c.release(&q, got.slot as u64 * 10, CONSUMED);
+            }
+            let mut seen = Vec::new();
+            assert_eq!(p.poll_released(&q, |r| seen.push((r.completion.slot, r.result))).unwrap(), 3);
+            assert_eq!(seen, items.iter().map(|c| (c.slot, c.slot as u64 * 10)).collect::<Vec<_>>());
+            assert_eq!(p.poll_released(&q, |_| panic!("released twice")).unwrap(), 0);
+        }
+        assert!(!c.finished(&q));
+        p.close(&q);
+        assert!(c.finished(&q));
+    }
+
+    #[test]
+    fn a_batch_that_does_not_fit_publishes_a_prefix_exactly_once() {
+        let mut mem = Mem([0; IoQueue::bytes_for(4)]);
+        let q = IoQueue::init(&mut mem.0, 4).unwrap();
+        let (mut p, mut c) = (Producer::new(), Consumer::new());
+        let items: Vec<_> = (0..6).map(completion).collect();
+        let first = p.publish_batch(&q, &items);
+        assert_eq!(first, 4);
+        assert_eq!(p.publish(&q, &items[4]), Err(QueueError::Full { capacity: 4 }));
+        // The consumer releasing is not enough: the producer must take the releases first.
+        let got = c.peek(&q).unwrap().unwrap();
+        c.release(&q, 0, CONSUMED);
+        assert_eq!(got.slot, 0);
+        assert_eq!(p.publish_batch(&q, &items[first..]), 0);
+        assert_eq!(p.poll_released(&q, |_| {}).unwrap(), 1);
+        assert_eq!(p.publish_batch(&q, &items[first..]), 1);
+        // Every item reaches the consumer once, in order.
+        let mut slots = vec![0];
+        while let Some(e) = c.peek(&q).unwrap() {
+            slots.push(e.slot);
+            c.release(&q, 0, CONSUMED);
+        }
+        assert_eq!(slots, [0, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn positions_wrap() {
+        let mut mem = Mem([0; IoQueue::bytes_for(4)]);
+        let q = IoQueue::init(&mut mem.0, 2).unwrap();
+        q.header().producer.store(u32::MAX - 1, Ordering::Relaxed);
+        q.header().consumer.store(u32::MAX - 1, Ordering::Relaxed);
+        let mut p = Producer { next: u32::MAX - 1, released: u32::MAX - 1 };
+        let mut c = Consumer { next: u32::MAX - 1 };
+        for i in 0..6 {
+            p.publish(&q, &completion(i)).unwrap();
+            assert_eq!(c.peek(&q).unwrap().unwrap().slot, i);
+            c.release(&q, i as u64, CONSUMED);
+            p.poll_released(&q, |r| assert_eq!(r.result, i as u64)).unwrap();
+        }
+        assert_eq!(c.position(), 4);
+    }
+
+    #[test]
+    fn protocol_violations_are_reported() {
+        let mut mem = Mem([0; IoQueue::bytes_for(4)]);
+        let q = IoQueue::init(&mut mem.0, 4).unwrap();
+        let mut p = Producer::new();
+        q.header().consumer.store(1, Ordering::Release);
+        let err = p.poll_released(&q, |_| {}).unwrap_err();
+        assert_eq!(err, QueueError::ConsumerAhead { consumer: 1, producer: 0 });
+        assert!(err.to_string().contains("Fix:"));
+        q.header().consumer.store(0, Ordering::Release);
+        // A producer position moved by someone else, with no entry behind it.
+        q.header().producer.store(1, Ordering::Release);
+        assert_eq!(Consumer::new().peek(&q), Err(QueueError::TornEntry { position: 0, seq: 0 }));
+    }
+
+    #[test]
+    fn setup_errors_name_a_fix() {
+        let mut mem = Mem([0; IoQueue::bytes_for(4)]);
+        assert_eq!(IoQueue::init(&mut mem.0, 3).unwrap_err(), QueueError::BadCapacity { capacity: 3 });
+        assert!(QueueError::BadCapacity { capacity: 3 }.to_string().contains("such as 4"));
+        assert_eq!(IoQueue::init(&mut mem.0, 0).unwrap_err(), QueueError::BadCapacity { capacity: 0 });
+        let err = IoQueue::init(&mut mem.0, 8).unwrap_err();
+        assert_eq!(err, QueueError::RegionTooSmall { len: 448, needed: 704 });
+        assert!(matches!(IoQueue::init(&mut mem.0[1..], 1), Err(QueueError::Misaligned { .. })));
+        let mut blank = Mem([0; IoQueue::bytes_for(4)]);
+        // SAFETY: `blank` is valid, aligned and unshared for this test.
+        let attached = unsafe { IoQueue::attach_raw(blank.0.as_mut_ptr(), blank.0.len()) };
+        assert_eq!(attached.unwrap_err(), QueueError::NotAQueue);
+        let q = IoQueue::init(&mut mem.0, 4).unwrap();
+        drop(q);
+        // SAFETY: as above.
+        let again = unsafe { IoQueue::attach_raw(mem.0.as_mut_ptr(), mem.0.len()) }.unwrap();
+        assert_eq!(again.capacity(), 4);
+    }
+
+    #[test]
+    fn sleeping_protocol_backs_off_when_the_word_moved() {
+        let mut mem = Mem([0; IoQueue::bytes_for(4)]);
+        let q = IoQueue::init(&mut mem.0, 4).unwrap();
+        let (mut p, c) = (Producer::new(), Consumer::new());
+        assert!(c.prepare_sleep(&q));
+        assert!(q.consumer_needs_wake());
+        c.end_sleep(&q);
+        assert!(!q.consumer_needs_wake());
+        p.publish(&q, &completion(0)).unwrap();
+        assert!(!c.prepare_sleep(&q), "producer moved: do not sleep");
+        assert!(!q.consumer_needs_wake());
+        assert!(p.prepare_sleep(&q));
+        assert!(q.producer_needs_wake());
+        p.end_sleep(&q);
+        let c2 = Consumer::new();
+        p.close(&q);
+        let c3 = Consumer { next: 1 };
+        assert!(!c3.prepare_sleep(&q), "closed: do not sleep");
+        drop(c2);
+    }
+
+    #[test]
+    fn two_threads_pass_every_entry_once() {
+        let mut mem = std::boxed::Box::new(Mem([0; IoQueue::bytes_for(4)]));
+        let q = IoQueue::init(&mut mem.0, 4).unwrap();
+        const N: u32 = 20_000;
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut c = Consumer::new();
+                let mut expect = 0;
+                while !c.finished(&q) {
+                    if let Some(e) = c.peek(&q).unwrap() {
+                        assert_eq!(e.offset, expect as u64);
+                        expect += 1;
+                        c.release(&q, e.offset * 3, CONSUMED);
+                    } else {
+                        std::hint::spin_loop();
+                    }
+                }
+                assert_eq!(expect, N);
+            });
+            let mut p = Producer::new();
+            let (mut sent, mut back) = (0u32, 0u64);
+            while back < N as u64 {
+                if sent < N {
+                    let c = Completion { offset: sent as u64, ..completion(sent % 4) };
+                    sent += p.publish_batch(&q, &[c]) as u32;
+                }
+                p.poll_released(&q, |r| {
+                    assert_eq!(r.result, back * 3);
+                    back += 1;
+                })
+                .unwrap();
+            }
+            p.close(&q);
+        });
+    }
+}
