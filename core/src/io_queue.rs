@@ -745,8 +745,7 @@ mod tests {
         // SAFETY: `blank` is valid, aligned and unshared for this test.
         let attached = unsafe { IoQueue::attach_raw(blank.0.as_mut_ptr(), blank.0.len()) };
         assert_eq!(attached.unwrap_err(), QueueError::NotAQueue);
-        let q = IoQueue::init(&mut mem.0, 4).unwrap();
-        drop(q);
+        IoQueue::init(&mut mem.0, 4).unwrap();
         // SAFETY: as above.
         let again = unsafe { IoQueue::attach_raw(mem.0.as_mut_ptr(), mem.0.len()) }.unwrap();
         assert_eq!(again.capacity(), 4);
@@ -767,11 +766,9 @@ mod tests {
         assert!(p.prepare_sleep(&q));
         assert!(q.producer_needs_wake());
         p.end_sleep(&q);
-        let c2 = Consumer::new();
         p.close(&q);
         let c3 = Consumer { next: 1 };
         assert!(!c3.prepare_sleep(&q), "closed: do not sleep");
-        drop(c2);
     }
 
     #[test]

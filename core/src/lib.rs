@@ -13,6 +13,7 @@
 //!   and its memory-ordering protocol;
 //! - [`checksum`]: the position-dependent checksum every consumer computes;
 //! - [`memory`]: the trait through which a backend supplies staging memory.
+//! - [`units`]: byte sizes as people write and read them.
 //!
 //! It deliberately does not do I/O, allocate, spawn threads, or know about
 //! any particular GPU API: those live in `gpuring-uring` and the backends.
@@ -25,6 +26,7 @@ pub mod nvme;
 pub mod pending;
 pub mod slot;
 pub mod telemetry;
+pub mod units;
 
 pub use checksum::{slot_checksum, Lanes, StreamDigest};
 pub use io_queue::{Completion, IoQueue, QueueError};
@@ -32,3 +34,4 @@ pub use memory::{MemoryKind, StagingMemory};
 pub use pending::{PendingError, PendingRead, PendingTable, SlotState};
 pub use slot::{GeometryError, SlotGeometry, PAGE_SIZE};
 pub use telemetry::{Path, Telemetry, TelemetryError, Verdict};
+pub use units::{parse_size, Bytes};

@@ -1,1 +1,19 @@
-//! placeholder
+//! gpuring-host: the default backend, which needs no GPU.
+//!
+//! It supplies slot memory that is page-aligned, anonymous and locked
+//! (`mlock`), and an io_queue in the same kind of memory ([`HostStaging`]),
+//! and a consumer that runs on a CPU thread ([`HostConsumer`]): it reads the
+//! io_queue, computes the core checksum of each published slot and releases
+//! the slot, exactly as the GPU backends' kernels do.
+//!
+//! It deliberately does not talk to any GPU API, and it does not depend on
+//! `gpuring-uring`: the ingest driver and this backend meet only through
+//! `gpuring-core`'s [`StagingMemory`] trait and io_queue protocol.
+
+mod consumer;
+mod memory;
+
+pub use consumer::{ConsumerStats, HostConsumer};
+pub use memory::{HostError, HostStaging, Mapping};
+
+pub use gpuring_core::StagingMemory;

@@ -1,0 +1,150 @@
+//! The host consumer: a CPU thread doing what a GPU consumer kernel does.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use gpuring_core::checksum::slot_checksum;
+use gpuring_core::io_queue::{Consumer, IoQueue, CONSUMED, SKIPPED};
+use gpuring_core::StagingMemory;
+use rustix::thread::futex;
+
+use crate::memory::HostError;
+
+/// How long the consumer sleeps at most before looking again (it is normally
+/// woken sooner, by the producer's futex wake).
+const SLEEP: Duration = Duration::from_millis(5);
+/// Empty polls before the consumer goes to sleep.
+const SPINS: u32 = 64;
+
+/// What the consumer did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConsumerStats {
+    /// Entries released.
+    pub entries: u64,
+    /// Bytes checksummed.
+    pub bytes: u64,
+    /// Entries released without a checksum because their read had failed.
+    pub skipped: u64,
+    /// Time spent checksumming.
+    pub busy: Duration,
+}
+
+/// A running host consumer. Stop it with [`HostConsumer::join`] after the
+/// producer closed the queue; dropping it stops it early.
+pub struct HostConsumer {
+    handle: Option<JoinHandle<Result<ConsumerStats, HostError>>>,
+    stop: Arc<AtomicBool>,
+    wake: Arc<dyn Fn() + Send + Sync>,
+}
+
+/// Sleep on `word` while it holds `seen`, at most [`SLEEP`].
+pub(crate) fn futex_sleep(word: &AtomicU32, seen: u32) {
+    let timeout = futex::Timespec { tv_sec: 0, tv_nsec: SLEEP.as_nanos() as _ };
+    // EAGAIN (the word moved), EINTR and ETIMEDOUT all mean: look again.
+    let _ = futex::wait(word, futex::Flags::PRIVATE, seen, Some(&timeout));
+}
+
+/// Wake every sleeper on `word`.
+pub(crate) fn futex_wake(word: &AtomicU32) {
+    // Waking can only fail for a bad address, which a reference cannot be.
+    let _ = futex::wake(word, futex::Flags::PRIVATE, i32::MAX as u32);
+}
+
+impl std::fmt::Debug for HostConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostConsumer").field("running", &self.handle.is_some()).finish()
+    }
+}
+
+impl HostConsumer {
+    /// Start consuming `staging`'s io_queue on a new thread.
+    pub fn start<S: StagingMemory + 'static>(staging: Arc<S>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let wake = {
+            let staging = staging.clone();
+            Arc::new(move || futex_wake(&staging.queue().header().producer)) as Arc<dyn Fn() + Send + Sync>
+        };
+        let handle = {
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("gpuring-consumer".into())
+                .spawn(move || run(&*staging, &stop))
+                .expect("spawning the consumer thread")
+        };
+        Self { handle: Some(handle), stop, wake }
+    }
+
+    /// Wait until the producer has closed the queue and every entry is
+    /// released, then return what the consumer did.
+    pub fn join(mut self) -> Result<ConsumerStats, HostError> {
+        let handle = self.handle.take().expect("joined once");
+        handle.join().map_err(|_| HostError::ConsumerPanicked)?
+    }
+}
+
+impl Drop for HostConsumer {
+    fn drop(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            self.stop.store(true, Ordering::Release);
+            (self.wake)();
+            let _ = handle.join();
+        }
+    }
+}
+
+fn run<S: StagingMemory>(staging: &S, stop: &AtomicBool) -> Result<ConsumerStats, HostError> {
+    let q = staging.queue();
+    let geometry = staging.geometry();
+    let mut consumer = Consumer::new();
+    let mut stats = ConsumerStats::default();
+    let mut idle = 0u32;
+    while !stop.load(Ordering::Acquire) {
+        let Some(entry) = consumer.peek(&q)? else {
+            if consumer.finished(&q) {
+                break;
+            }
+            idle += 1;
+            if idle < SPINS {
+                std::hint::spin_loop();
+            } else if consumer.prepare_sleep(&q) {
+                futex_sleep(&q.header().producer, consumer.position());
+                consumer.end_sleep(&q);
+            }
+            continue;
+        };
+        idle = 0;
+        let position = consumer.position();
+        if entry.slot >= geometry.slot_count() || entry.bytes > geometry.slot_size() as u64 {
+            return Err(HostError::BadEntry {
+                position,
+                what: format!("slot {} with {} bytes, but there are {} slots of {} bytes", entry.slot, entry.bytes, geometry.slot_count(), geometry.slot_size()),
+            });
+        }
+        let (result, status) = if entry.status == 0 {
+            let started = Instant::now();
+            // SAFETY: between publish and release the consumer owns the slot:
+            // no read is in flight into it (the slot life cycle) and its bytes
+            // happen-before the acquire in `peek` (the io_queue protocol).
+            let bytes = unsafe { std::slice::from_raw_parts(staging.slot_ptr(entry.slot).as_ptr(), entry.bytes as usize) };
+            let sum = slot_checksum(bytes);
+            stats.busy += started.elapsed();
+            stats.bytes += entry.bytes;
+            (sum, CONSUMED)
+        } else {
+            stats.skipped += 1;
+            (0, SKIPPED)
+        };
+        consumer.release(&q, result, status);
+        stats.entries += 1;
+        wake_producer(&q);
+    }
+    Ok(stats)
+}
+
+fn wake_producer(q: &IoQueue<'_>) {
+    if q.producer_needs_wake() {
+        futex_wake(&q.header().consumer);
+    }
+}

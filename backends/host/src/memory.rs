@@ -1,0 +1,211 @@
+//! Page-aligned, locked host memory for slots and the io_queue.
+
+use std::fmt;
+use std::ptr::NonNull;
+
+use gpuring_core::io_queue::{IoQueue, QueueError};
+use gpuring_core::{Bytes, MemoryKind, SlotGeometry, StagingMemory, PAGE_SIZE};
+use rustix::io::Errno;
+use rustix::mm::{MapFlags, ProtFlags};
+use rustix::process::{getrlimit, Resource};
+
+/// Why host memory could not be set up.
+#[derive(Debug)]
+pub enum HostError {
+    /// Locking the memory would exceed RLIMIT_MEMLOCK.
+    MemlockLimit {
+        /// Bytes asked for.
+        requested: u64,
+        /// The soft limit in bytes (`None`: unlimited, so something else refused).
+        limit: Option<u64>,
+    },
+    /// The system could not map the memory.
+    Map {
+        /// Bytes asked for.
+        requested: u64,
+        /// The errno.
+        errno: Errno,
+    },
+    /// The io_queue could not be initialised.
+    Queue(QueueError),
+    /// The consumer found an entry that breaks the protocol.
+    BadEntry {
+        /// Position of the entry.
+        position: u32,
+        /// What is wrong with it.
+        what: String,
+    },
+    /// The consumer thread panicked.
+    ConsumerPanicked,
+}
+
+impl fmt::Display for HostError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::MemlockLimit { requested, limit: Some(limit) } => write!(
+                f,
+                "locking {} of slot memory exceeds RLIMIT_MEMLOCK ({} for this process). Fix: raise the limit (`ulimit -l {}` as root, LimitMEMLOCK= for a systemd service, or memlock in /etc/security/limits.conf), or ask for a smaller ring (fewer --slots or a smaller --slot-size, at most {} in all)",
+                Bytes(*requested),
+                Bytes(*limit),
+                requested.div_ceil(1024) * 2,
+                Bytes(limit / 2)
+            ),
+            Self::MemlockLimit { requested, limit: None } => write!(
+                f,
+                "the kernel refused to lock {} of slot memory although RLIMIT_MEMLOCK is unlimited. Fix: free memory, or ask for a smaller ring",
+                Bytes(*requested)
+            ),
+            Self::Map { requested, errno } => write!(
+                f,
+                "could not map {} of slot memory: {errno}. Fix: ask for a smaller ring (fewer --slots or a smaller --slot-size)",
+                Bytes(*requested)
+            ),
+            Self::Queue(e) => write!(f, "{e}"),
+            Self::BadEntry { position, what } => write!(
+                f,
+                "io_queue entry at position {position} is invalid: {what}. Fix: only gpuring's driver may publish to this queue"
+            ),
+            Self::ConsumerPanicked => write!(f, "the host consumer thread panicked. Fix: this is a bug; please report it with the panic message above"),
+        }
+    }
+}
+
+impl std::error::Error for HostError {}
+
+impl From<QueueError> for HostError {
+    fn from(e: QueueError) -> Self {
+        HostError::Queue(e)
+    }
+}
+
+/// An anonymous, page-aligned, locked mapping, unmapped on drop.
+#[derive(Debug)]
+pub struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: a `Mapping` is plain memory with no thread affinity; access to its
+// bytes is synchronised by the users of `HostStaging` (the slot life cycle
+// and the io_queue protocol).
+unsafe impl Send for Mapping {}
+// SAFETY: as above; `&Mapping` only hands out the pointer.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// Map and lock `len` bytes (rounded up to whole pages), zero-filled.
+    pub fn new_locked(len: usize) -> Result<Self, HostError> {
+        let len = len.div_ceil(PAGE_SIZE).max(1) * PAGE_SIZE;
+        let requested = len as u64;
+        // SAFETY: a fresh private anonymous mapping aliases nothing.
+        let ptr = unsafe { rustix::mm::mmap_anonymous(std::ptr::null_mut(), len, ProtFlags::READ | ProtFlags::WRITE, MapFlags::PRIVATE) }
+            .map_err(|errno| HostError::Map { requested, errno })?;
+        let mapping = Mapping { ptr: NonNull::new(ptr.cast()).ok_or(HostError::Map { requested, errno: Errno::NOMEM })?, len };
+        // SAFETY: `ptr..ptr+len` is the mapping just created.
+        if let Err(errno) = unsafe { rustix::mm::mlock(ptr, len) } {
+            let limit = getrlimit(Resource::Memlock).current;
+            return Err(match errno {
+                Errno::NOMEM | Errno::PERM | Errno::AGAIN => HostError::MemlockLimit { requested, limit },
+                errno => HostError::Map { requested, errno },
+            });
+        }
+        Ok(mapping)
+    }
+
+    /// The first byte.
+    pub fn as_ptr(&self) -> NonNull<u8> {
+        self.ptr
+    }
+
+    /// Length in bytes (whole pages).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True for an empty mapping (never: mappings are at least a page).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: we own this mapping; nothing refers to it after drop (the
+        // `StagingMemory` contract keeps writers away until then).
+        // An error here would mean the mapping is already gone; nothing to do.
+        let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// Host staging memory: locked slots and a locked io_queue.
+#[derive(Debug)]
+pub struct HostStaging {
+    slots: Mapping,
+    queue: Mapping,
+    geometry: SlotGeometry,
+}
+
+impl HostStaging {
+    /// Allocate `geometry`'s slots and an io_queue of `queue_capacity` entries.
+    pub fn new(geometry: SlotGeometry, queue_capacity: u32) -> Result<Self, HostError> {
+        let queue_len = IoQueue::bytes_for(queue_capacity.max(1));
+        let slots = Mapping::new_locked(geometry.region_len())?;
+        let queue = Mapping::new_locked(queue_len)?;
+        // SAFETY: the mapping is ours, aligned, large enough, and lives as
+        // long as `HostStaging`, which only hands out queue views borrowing it.
+        unsafe { IoQueue::init_raw(queue.as_ptr().as_ptr(), queue.len(), queue_capacity)? };
+        Ok(Self { slots, queue, geometry })
+    }
+
+    /// Bytes locked in all (slots and queue).
+    pub fn locked_bytes(&self) -> usize {
+        self.slots.len() + self.queue.len()
+    }
+}
+
+// SAFETY: both mappings are page-aligned, locked, owned by `self`, freed only
+// on drop, and disjoint; the queue was initialised in `new`.
+unsafe impl StagingMemory for HostStaging {
+    fn geometry(&self) -> SlotGeometry {
+        self.geometry
+    }
+
+    fn slot_base(&self) -> NonNull<u8> {
+        self.slots.as_ptr()
+    }
+
+    fn queue(&self) -> IoQueue<'_> {
+        // SAFETY: initialised in `new`; the view borrows `self`, which owns the memory.
+        unsafe { IoQueue::attach_raw(self.queue.as_ptr().as_ptr(), self.queue.len()) }.expect("queue initialised in HostStaging::new")
+    }
+
+    fn kind(&self) -> MemoryKind {
+        MemoryKind::LockedHost
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staging_is_aligned_zeroed_and_has_a_queue() {
+        let g = SlotGeometry::new(4, 64 << 10).unwrap();
+        let s = HostStaging::new(g, 4).unwrap();
+        assert_eq!(s.slot_base().as_ptr() as usize % PAGE_SIZE, 0);
+        assert_eq!(s.slot_ptr(3).as_ptr() as usize - s.slot_base().as_ptr() as usize, 3 * (64 << 10));
+        assert_eq!(s.queue().capacity(), 4);
+        assert_eq!(s.kind(), MemoryKind::LockedHost);
+        assert_eq!(s.locked_bytes(), 256 << 10 | 4096);
+    }
+
+    #[test]
+    fn memlock_error_says_sizes_and_fix() {
+        let e = HostError::MemlockLimit { requested: 256 << 20, limit: Some(8 << 20) };
+        let text = e.to_string();
+        assert!(text.contains("locking 256 MiB"), "{text}");
+        assert!(text.contains("RLIMIT_MEMLOCK (8 MiB"), "{text}");
+        assert!(text.contains("Fix: raise the limit"), "{text}");
+        assert!(text.contains("at most 4 MiB"), "{text}");
+    }
+}
