@@ -1,1 +1,175 @@
-fn main(){}
+//! The `gpuring` command: `ingest` and `probe`.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use gpuring::ingest::{self, IngestConfig, IngestReport};
+use gpuring::{core::Bytes, Error};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+#[derive(Parser)]
+#[command(name = "gpuring", version, about = "Move bytes from files into GPU-visible memory through io_uring")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+fn size(text: &str) -> Result<usize, String> {
+    gpuring::core::parse_size(text)
+        .and_then(|n| usize::try_from(n).ok())
+        .ok_or_else(|| format!("`{text}` is not a size (try 4096, 64K, 1M or 1G)"))
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Read files (directories: every regular file under them) into the slots,
+    /// hand each slot to the backend's consumer, and verify its checksums.
+    Ingest {
+        /// Backend that supplies the slot memory and the consumer.
+        #[arg(long, default_value = "host")]
+        backend: String,
+        /// Number of slots in the ring.
+        #[arg(long, default_value_t = 32)]
+        slots: u32,
+        /// Bytes per slot (a multiple of 4096; K, M, G suffixes).
+        #[arg(long, default_value = "1M", value_parser = size)]
+        slot_size: usize,
+        /// Read with O_DIRECT: the device writes the slots.
+        #[arg(long)]
+        direct: bool,
+        /// Skip the independent reference read (the consumer still checksums).
+        #[arg(long)]
+        no_verify: bool,
+        /// Print one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Files or directories.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Report what this machine can do, with reasons.
+    Probe {
+        /// Print one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Slots of the ring to check RLIMIT_MEMLOCK against.
+        #[arg(long, default_value_t = 32)]
+        slots: u32,
+        /// Slot size of the ring to check RLIMIT_MEMLOCK against.
+        #[arg(long, default_value = "1M", value_parser = size)]
+        slot_size: usize,
+        /// Directory whose file system is checked for direct I/O.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("gpuring: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Ingest { backend, slots, slot_size, direct, no_verify, json, paths } => {
+            let config = IngestConfig { backend, slots, slot_size, direct, verify: !no_verify, ..IngestConfig::default() };
+            let inputs = gpuring::inputs::collect(&paths)?;
+            let total = total_bytes(&inputs.sources);
+            if !inputs.sources.is_empty() && total == Some(0) {
+                return Err(Error::NothingToIngest { why: "every input file is empty (0 bytes)".into() }.into());
+            }
+            if inputs.sources.is_empty() {
+                return Err(Error::NothingToIngest { why: "the directories hold no regular files".into() }.into());
+            }
+            let bar = progress_bar(total.unwrap_or(0));
+            let report = ingest::run(&inputs.sources, &config, &mut |bytes| bar.inc(bytes))?;
+            bar.finish_and_clear();
+            if json {
+                let mut value = serde_json::to_value(&report).context("encoding the report")?;
+                value["skipped"] = inputs.skipped.iter().map(|p| p.display().to_string()).collect();
+                println!("{value}");
+            } else {
+                print_report(&report, inputs.skipped.len());
+            }
+            let ok = report.complete && (!report.checksum.verified || report.checksum.matched);
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Probe { json, slots, slot_size, dir } => {
+            let ring = slots as u64 * slot_size as u64;
+            let report = gpuring::probe::report(ring, &dir);
+            if json {
+                println!("{}", serde_json::to_string(&report).context("encoding the report")?);
+            } else {
+                for c in &report.checks {
+                    println!("{:<9} {:<16} {:<3} {}", c.group, c.name, if c.ok { "yes" } else { "no" }, c.detail);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Sum of the sizes (for the progress bar and the empty-input check);
+/// `None` when a path cannot be inspected (the ingest then reports why).
+fn total_bytes(sources: &[gpuring::uring::Source]) -> Option<u64> {
+    sources.iter().map(|s| std::fs::metadata(&s.path).ok().map(|m| if m.is_file() { m.len() } else { 1 })).sum()
+}
+
+fn progress_bar(total: u64) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    bar.set_style(ProgressStyle::with_template("{bar:40} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}").unwrap_or_else(|_| ProgressStyle::default_bar()));
+    bar
+}
+
+fn print_report(r: &IngestReport, skipped: usize) {
+    let t = &r.telemetry;
+    println!(
+        "ingested {} file{}, {} in {:.3} s: {:.2} GiB/s (backend {}, {} slots of {}, {})",
+        r.files,
+        if r.files == 1 { "" } else { "s" },
+        Bytes(r.bytes),
+        r.seconds,
+        r.gib_per_s,
+        r.backend,
+        r.slots,
+        Bytes(r.slot_size as u64),
+        if r.direct { "O_DIRECT" } else { "buffered" }
+    );
+    println!(
+        "telemetry: {} reads submitted, {} completed, {} failed, {} short; {} published, {} released",
+        t.submitted_reads, t.completed_reads, t.failed_completions, t.short_reads, t.published, t.released
+    );
+    println!("paths: dma {}, kernel_copy {}, bounce {}", Bytes(t.dma_bytes), Bytes(t.kernel_copy_bytes), Bytes(t.bounce_bytes));
+    println!("zero-bounce: {}; DMA-only: {}", yes(r.zero_bounce), yes(r.dma_only));
+    let c = &r.checksum;
+    if c.verified {
+        println!("checksum: {} ({} of {} files match; digest {})", if c.matched { "match" } else { "MISMATCH" }, c.files_matched, r.files, c.digest);
+        for path in &c.mismatched {
+            println!("  mismatch: {path}");
+        }
+    } else {
+        println!("checksum: not verified (--no-verify); consumer digest {}", c.digest);
+    }
+    if skipped > 0 {
+        println!("skipped {skipped} entries that are not regular files (see --json)");
+    }
+}
+
+fn yes(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}

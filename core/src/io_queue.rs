@@ -28,7 +28,8 @@
 //! | 72..128 | reserved            |            | zero |
 //! | 128..132| `consumer`          | consumer   | entries released so far (release store) |
 //! | 132..136| `producer_sleeping` | producer   | 1 while the host producer sleeps on `consumer` |
-//! | 136..192| reserved            |            | zero |
+//! | 136..140| `consumer_failed`   | consumer   | non-zero once the consumer gave up (it will release nothing more) |
+//! | 140..192| reserved            |            | zero |
 //!
 //! Entry, 64 bytes, starting at byte 192:
 //!
@@ -125,7 +126,9 @@ pub struct QueueHeader {
     pub consumer: AtomicU32,
     /// 1 while the host producer sleeps waiting for `consumer` to move.
     pub producer_sleeping: AtomicU32,
-    reserved2: [AtomicU32; 14],
+    /// Non-zero once the consumer gave up; it will release nothing more.
+    pub consumer_failed: AtomicU32,
+    reserved2: [AtomicU32; 13],
 }
 
 /// One published completion. See the module docs for the layout.
@@ -164,6 +167,7 @@ const _: () = {
     assert!(offset_of!(QueueHeader, consumer_sleeping) == 68);
     assert!(offset_of!(QueueHeader, consumer) == 128);
     assert!(offset_of!(QueueHeader, producer_sleeping) == 132);
+    assert!(offset_of!(QueueHeader, consumer_failed) == 136);
     assert!(size_of::<QueueEntry>() == 64);
     assert!(offset_of!(QueueEntry, seq) == 0);
     assert!(offset_of!(QueueEntry, slot) == 4);
@@ -414,6 +418,11 @@ impl<'a> IoQueue<'a> {
         self.header.closed.load(Ordering::Acquire) != 0
     }
 
+    /// The consumer's failure code, if it gave up (0: it has not).
+    pub fn consumer_failed(&self) -> u32 {
+        self.header.consumer_failed.load(Ordering::Acquire)
+    }
+
     /// A sleeping consumer should be woken (call after publishing or closing).
     pub fn consumer_needs_wake(&self) -> bool {
         fence(Ordering::SeqCst);
@@ -604,6 +613,12 @@ impl Consumer {
     pub fn prepare_sleep(&self, q: &IoQueue<'_>) -> bool {
         let h = q.header;
         prepare_sleep(&h.consumer_sleeping, &h.producer, self.next, &h.closed)
+    }
+
+    /// Give up: tell the producer no more entries will be released.
+    /// `code` must not be 0.
+    pub fn fail(&self, q: &IoQueue<'_>, code: u32) {
+        q.header.consumer_failed.store(code.max(1), Ordering::Release);
     }
 
     /// Clear the sleeping flag.

@@ -1,1 +1,30 @@
-//! placeholder
+//! gpuring-uring: the io_uring ring, buffer registration, and the ingest driver.
+//!
+//! - [`ring`]: a thin owner of an `io_uring` instance (from the `io-uring`
+//!   crate) that registers slot memory as fixed buffers, counts what is in
+//!   flight, and on drop cancels and waits for every outstanding request, so
+//!   the kernel never writes into memory after its owner let go of it.
+//! - [`source`]: opening what is read (regular files, buffered or `O_DIRECT`),
+//!   with the checks and alignment rules that come with it.
+//! - [`driver`]: the ingest driver: streams files and byte ranges through the
+//!   slot ring with `IORING_OP_READ_FIXED`, finishes short reads, publishes
+//!   each completion to the io_queue exactly once, and reuses a slot only
+//!   after the consumer released it.
+//! - [`probe`]: what this kernel and process can do (opcodes, SQE128,
+//!   RLIMIT_MEMLOCK, direct-I/O alignment), with reasons.
+//!
+//! It deliberately never names a backend: staging memory arrives through
+//! `gpuring-core`'s `StagingMemory` trait. Everything that is not the ring
+//! itself goes through `rustix`.
+
+pub mod driver;
+pub mod error;
+pub mod probe;
+pub mod ring;
+pub mod source;
+mod wait;
+
+pub use driver::{Driver, DriverOptions, Event, IngestStats};
+pub use error::IngestError;
+pub use ring::Ring;
+pub use source::Source;

@@ -70,7 +70,15 @@ impl HostConsumer {
             let stop = stop.clone();
             std::thread::Builder::new()
                 .name("gpuring-consumer".into())
-                .spawn(move || run(&*staging, &stop))
+                .spawn(move || {
+                    let result = run(&*staging, &stop);
+                    if result.is_err() {
+                        let q = staging.queue();
+                        Consumer::new().fail(&q, 1);
+                        futex_wake(&q.header().consumer);
+                    }
+                    result
+                })
                 .expect("spawning the consumer thread")
         };
         Self { handle: Some(handle), stop, wake }

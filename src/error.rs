@@ -1,0 +1,80 @@
+//! The facade's error: what failed in a whole ingest, with a fix.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use gpuring_core::GeometryError;
+#[cfg(feature = "host")]
+use gpuring_host::HostError;
+use gpuring_uring::IngestError;
+
+/// Why an ingest (or its setup) failed.
+#[derive(Debug)]
+pub enum Error {
+    /// The driver failed.
+    Ingest(IngestError),
+    /// The host backend failed.
+    #[cfg(feature = "host")]
+    Host(HostError),
+    /// Bad slot geometry.
+    Geometry(GeometryError),
+    /// The backend asked for is not part of this build.
+    BackendNotBuilt {
+        /// Its name.
+        name: String,
+    },
+    /// The inputs hold no bytes.
+    NothingToIngest {
+        /// Why.
+        why: String,
+    },
+    /// Walking a directory or reading for verification failed.
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// What was being done.
+        op: &'static str,
+        /// The error.
+        error: std::io::Error,
+    },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Ingest(e) => write!(f, "{e}"),
+            #[cfg(feature = "host")]
+            Self::Host(e) => write!(f, "{e}"),
+            Self::Geometry(e) => write!(f, "{e}"),
+            Self::BackendNotBuilt { name } => write!(
+                f,
+                "backend `{name}` is not compiled into this gpuring (compiled in: {}). Fix: use --backend {}",
+                crate::ingest::BACKENDS.join(", "),
+                crate::ingest::BACKENDS.first().copied().unwrap_or("host")
+            ),
+            Self::NothingToIngest { why } => write!(f, "nothing to ingest: {why}. Fix: pass at least one non-empty regular file (or a directory holding one)"),
+            Self::Io { path, op, error } => write!(f, "{}: {op} failed: {error}. Fix: check the path and its permissions", path.display()),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<IngestError> for Error {
+    fn from(e: IngestError) -> Self {
+        Self::Ingest(e)
+    }
+}
+
+#[cfg(feature = "host")]
+impl From<HostError> for Error {
+    fn from(e: HostError) -> Self {
+        Self::Host(e)
+    }
+}
+
+impl From<GeometryError> for Error {
+    fn from(e: GeometryError) -> Self {
+        Self::Geometry(e)
+    }
+}

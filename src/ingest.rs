@@ -1,0 +1,302 @@
+//! A whole ingest: backend memory and consumer, the driver, verification.
+
+use std::io::Read;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gpuring_core::checksum::{Lanes, StreamDigest};
+use gpuring_core::{SlotGeometry, StagingMemory, Telemetry};
+use gpuring_uring::{Driver, DriverOptions, Event, Source};
+use serde::Serialize;
+
+use crate::error::Error;
+
+/// The backends compiled into this build, default first.
+pub const BACKENDS: &[&str] = &[
+    #[cfg(feature = "host")]
+    "host",
+];
+
+/// How to ingest.
+#[derive(Clone, Debug)]
+pub struct IngestConfig {
+    /// Backend name (see [`BACKENDS`]).
+    pub backend: String,
+    /// Number of slots.
+    pub slots: u32,
+    /// Bytes per slot.
+    pub slot_size: usize,
+    /// Read with O_DIRECT.
+    pub direct: bool,
+    /// Compare the consumer's checksums with an independent read.
+    pub verify: bool,
+    /// Give up when the consumer releases nothing for this long.
+    pub release_timeout: Duration,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self { backend: "host".into(), slots: 32, slot_size: 1 << 20, direct: false, verify: true, release_timeout: Duration::from_secs(60) }
+    }
+}
+
+/// The telemetry counters, flattened, as reported in JSON.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+pub struct TelemetryReport {
+    /// Bytes asked for.
+    pub submitted_bytes: u64,
+    /// Reads submitted (short-read continuations included).
+    pub submitted_reads: u64,
+    /// Bytes that landed in slots.
+    pub completed_bytes: u64,
+    /// Successful completions.
+    pub completed_reads: u64,
+    /// Completions that failed.
+    pub failed_completions: u64,
+    /// Completions with fewer bytes than asked.
+    pub short_reads: u64,
+    /// Reads still in flight (0 after a finished run).
+    pub inflight_reads: u64,
+    /// Entries published to the io_queue.
+    pub published: u64,
+    /// Entries the consumer released.
+    pub released: u64,
+    /// Bytes the device wrote (O_DIRECT).
+    pub dma_bytes: u64,
+    /// Completions on the DMA path.
+    pub dma_reads: u64,
+    /// Bytes the kernel copied from the page cache.
+    pub kernel_copy_bytes: u64,
+    /// Completions on the kernel-copy path.
+    pub kernel_copy_reads: u64,
+    /// Bytes copied in userspace.
+    pub bounce_bytes: u64,
+    /// Completions on the bounce path.
+    pub bounce_reads: u64,
+}
+
+impl From<&Telemetry> for TelemetryReport {
+    fn from(t: &Telemetry) -> Self {
+        Self {
+            submitted_bytes: t.submitted_bytes,
+            submitted_reads: t.submitted_reads,
+            completed_bytes: t.completed_bytes,
+            completed_reads: t.completed_reads,
+            failed_completions: t.failed_completions,
+            short_reads: t.short_reads,
+            inflight_reads: t.inflight_reads,
+            published: t.published,
+            released: t.released,
+            dma_bytes: t.dma.bytes,
+            dma_reads: t.dma.reads,
+            kernel_copy_bytes: t.kernel_copy.bytes,
+            kernel_copy_reads: t.kernel_copy.reads,
+            bounce_bytes: t.bounce.bytes,
+            bounce_reads: t.bounce.reads,
+        }
+    }
+}
+
+/// The checksum verdict.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct ChecksumReport {
+    /// True when every file's digest from the consumer equals the reference
+    /// (false when not verified).
+    #[serde(rename = "match")]
+    pub matched: bool,
+    /// Whether the reference read was done.
+    pub verified: bool,
+    /// Files whose digests matched.
+    pub files_matched: usize,
+    /// Files whose digests differ.
+    pub mismatched: Vec<String>,
+    /// All files' consumer digests combined, as 16 hex digits.
+    pub digest: String,
+}
+
+/// What an ingest did.
+#[derive(Clone, Debug, Serialize)]
+pub struct IngestReport {
+    /// Backend name.
+    pub backend: String,
+    /// What the slot memory was.
+    pub memory_kind: &'static str,
+    /// Files ingested.
+    pub files: usize,
+    /// Bytes ingested.
+    pub bytes: u64,
+    /// Wall time of the ingest (not of the verification).
+    pub seconds: f64,
+    /// Throughput in GiB/s.
+    pub gib_per_s: f64,
+    /// Slots in the ring.
+    pub slots: u32,
+    /// Bytes per slot.
+    pub slot_size: usize,
+    /// Whether O_DIRECT was used.
+    pub direct: bool,
+    /// Every counter.
+    pub telemetry: TelemetryReport,
+    /// No userspace copy happened.
+    pub zero_bounce: bool,
+    /// Every byte was written by the device.
+    pub dma_only: bool,
+    /// Every byte asked for arrived, without a failed completion.
+    pub complete: bool,
+    /// The checksum verdict.
+    pub checksum: ChecksumReport,
+}
+
+/// Ingest `sources` as `config` says, calling `progress` with the bytes of
+/// each segment the consumer releases.
+pub fn run(sources: &[Source], config: &IngestConfig, progress: &mut dyn FnMut(u64)) -> Result<IngestReport, Error> {
+    let geometry = SlotGeometry::new(config.slots, config.slot_size)?;
+    match config.backend.as_str() {
+        #[cfg(feature = "host")]
+        "host" => {
+            let staging = Arc::new(gpuring_host::HostStaging::new(geometry, config.slots.next_power_of_two())?);
+            let consumer = gpuring_host::HostConsumer::start(staging.clone());
+            let outcome = drive(staging, sources, config, progress);
+            let consumer_result = consumer.join();
+            // A consumer failure explains a stalled driver: report it first.
+            consumer_result?;
+            finish(outcome?, sources, config)
+        }
+        other => Err(Error::BackendNotBuilt { name: other.to_owned() }),
+    }
+}
+
+/// What the driver produced, before verification.
+struct Driven {
+    memory_kind: &'static str,
+    telemetry: Telemetry,
+    seconds: f64,
+    digests: Vec<StreamDigest>,
+}
+
+fn drive<S: StagingMemory>(staging: Arc<S>, sources: &[Source], config: &IngestConfig, progress: &mut dyn FnMut(u64)) -> Result<Driven, Error> {
+    let memory_kind = staging.kind().name();
+    let options = DriverOptions { direct: config.direct, release_timeout: config.release_timeout };
+    let mut driver = Driver::new(staging, options)?;
+    let mut digests = vec![StreamDigest::new(); sources.len()];
+    let result = driver.ingest(sources, |event| {
+        if let Event::Released { source, segment, bytes, checksum, .. } = event {
+            digests[source].add_segment(segment, checksum, bytes);
+            progress(bytes);
+        }
+    });
+    driver.close_queue();
+    let stats = result?;
+    Ok(Driven { memory_kind, telemetry: stats.telemetry, seconds: stats.elapsed.as_secs_f64(), digests })
+}
+
+fn finish(driven: Driven, sources: &[Source], config: &IngestConfig) -> Result<IngestReport, Error> {
+    let t = &driven.telemetry;
+    let verdict = t.validate().map_err(|e| Error::Ingest(e.into()))?;
+    let bytes = t.completed_bytes;
+    let mut checksum = ChecksumReport { matched: false, verified: config.verify, files_matched: 0, mismatched: Vec::new(), digest: String::new() };
+    let mut all = StreamDigest::new();
+    for (i, d) in driven.digests.iter().enumerate() {
+        all.add_segment(i as u64, d.finish(), d.bytes());
+    }
+    checksum.digest = format!("{:016x}", all.finish());
+    if config.verify {
+        for (source, got) in sources.iter().zip(&driven.digests) {
+            if reference_digest(source, config.slot_size)? == *got {
+                checksum.files_matched += 1;
+            } else {
+                checksum.mismatched.push(source.path.display().to_string());
+            }
+        }
+        checksum.matched = checksum.mismatched.is_empty();
+    }
+    Ok(IngestReport {
+        backend: config.backend.clone(),
+        memory_kind: driven.memory_kind,
+        files: sources.len(),
+        bytes,
+        seconds: driven.seconds,
+        gib_per_s: if driven.seconds > 0.0 { bytes as f64 / driven.seconds / (1u64 << 30) as f64 } else { 0.0 },
+        slots: config.slots,
+        slot_size: config.slot_size,
+        direct: config.direct,
+        telemetry: TelemetryReport::from(t),
+        zero_bounce: verdict.zero_bounce,
+        dma_only: verdict.dma_only,
+        complete: verdict.complete,
+        checksum,
+    })
+}
+
+/// The digest of `source` computed from an independent, plain `read()` of
+/// the file, cut into the same slot-sized segments.
+pub fn reference_digest(source: &Source, slot_size: usize) -> Result<StreamDigest, Error> {
+    let io = |op, error| Error::Io { path: source.path.clone(), op, error };
+    let mut file = std::fs::File::open(&source.path).map_err(|e| io("opening for verification", e))?;
+    let (start, end) = match &source.range {
+        Some(r) => (r.start, r.end),
+        None => (0, file.metadata().map_err(|e| io("reading metadata", e))?.len()),
+    };
+    std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(start)).map_err(|e| io("seeking", e))?;
+    let mut file = file.take(end - start);
+    let chunk = slot_size.min(1 << 20);
+    let mut buf = vec![0u8; chunk];
+    let mut digest = StreamDigest::new();
+    let mut segment = 0u64;
+    loop {
+        let mut lanes = Lanes::default();
+        let mut len = 0usize;
+        while len < slot_size {
+            let want = chunk.min(slot_size - len);
+            let got = read_full(&mut file, &mut buf[..want]).map_err(|e| io("reading for verification", e))?;
+            lanes = lanes.add(Lanes::over(&buf[..got], (len / 4) as u32));
+            len += got;
+            if got < want {
+                break;
+            }
+        }
+        if len == 0 {
+            return Ok(digest);
+        }
+        digest.add_segment(segment, lanes.finish(len as u64), len as u64);
+        segment += 1;
+        if len < slot_size {
+            return Ok(digest);
+        }
+    }
+}
+
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gpuring_core::slot_checksum;
+
+    #[test]
+    fn reference_digest_matches_slot_checksums_of_segments() {
+        let data: Vec<u8> = (0..3 * 8192 + 123).map(|i| (i * 7 % 251) as u8).collect();
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), &data).unwrap();
+        let mut want = StreamDigest::new();
+        for (i, seg) in data.chunks(8192).enumerate() {
+            want.add_segment(i as u64, slot_checksum(seg), seg.len() as u64);
+        }
+        assert_eq!(reference_digest(&Source::file(file.path()), 8192).unwrap(), want);
+        let mut range = StreamDigest::new();
+        range.add_segment(0, slot_checksum(&data[4096..8192 + 4096]), 8192);
+        range.add_segment(1, slot_checksum(&data[8192 + 4096..8192 + 5000]), 904);
+        assert_eq!(reference_digest(&Source::range(file.path(), 4096..8192 + 5000), 8192).unwrap(), range);
+    }
+}

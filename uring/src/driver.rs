@@ -1,0 +1,478 @@
+//! The ingest driver: sources in, published slots out.
+//!
+//! One loop, on the calling thread:
+//!
+//! 1. **Fill**: while a slot is free and bytes remain, cut the next
+//!    slot-sized segment off the current source and queue a `READ_FIXED` of
+//!    it into the slot (sources are opened lazily, in order).
+//! 2. **Submit** queued reads in one `io_uring_enter`.
+//! 3. **Reap** completions without blocking. A short read queues the rest;
+//!    an error, an early end of file or more bytes than the file had when
+//!    opened fail the read (and the ingest, once everything in flight has
+//!    landed).
+//! 4. **Publish** completed slots to the io_queue in completion order, as one
+//!    batch; what does not fit stays queued for the next round.
+//! 5. **Take releases** from the consumer: each frees its slot and is reported
+//!    to the caller with the consumer's checksum.
+//!
+//! When a round makes no progress the driver blocks: in `io_uring_enter`
+//! when reads are in flight (with a short timeout if the consumer also owes
+//! releases), else on a futex on the consumer's position. Memory stays
+//! bounded by the slot ring whatever the input size: a source is only ever
+//! read one slot-sized segment at a time, into a free slot.
+//!
+//! The driver owns the staging memory (through an `Arc`) and the ring. On
+//! drop it cancels and waits for every read in flight before letting go of
+//! the memory; if that wait fails it leaks the memory rather than free it
+//! under the kernel.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gpuring_core::io_queue::{Completion, EntryKind, Producer, CONSUMED};
+use gpuring_core::pending::{Judge, Progress, Target};
+use gpuring_core::{PendingRead, PendingTable, SlotGeometry, SlotState, StagingMemory, Telemetry};
+use rustix::io::Errno;
+
+use crate::error::IngestError;
+use crate::ring::Ring;
+use crate::source::{OpenSource, Source};
+use crate::wait;
+
+/// How long the driver polls for releases while also waiting for reads.
+const RELEASE_POLL: Duration = Duration::from_micros(200);
+
+/// How the driver reads.
+#[derive(Clone, Debug)]
+pub struct DriverOptions {
+    /// Read with `O_DIRECT`: the device writes the slots (DMA).
+    pub direct: bool,
+    /// Give up when the consumer releases nothing for this long.
+    pub release_timeout: Duration,
+}
+
+impl Default for DriverOptions {
+    fn default() -> Self {
+        Self { direct: false, release_timeout: Duration::from_secs(60) }
+    }
+}
+
+/// What the driver reports while it runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The consumer released a segment it had been given.
+    Released {
+        /// Index of the source in the `ingest` call.
+        source: usize,
+        /// Segment number within the source (its offset from the range start
+        /// divided by the slot size).
+        segment: u64,
+        /// Byte offset in the file.
+        offset: u64,
+        /// Bytes in the segment.
+        bytes: u64,
+        /// The consumer's checksum of the slot.
+        checksum: u64,
+        /// False when the consumer skipped the checksum (a failed read).
+        checksummed: bool,
+    },
+    /// Every segment of a source has been read and released.
+    SourceDone {
+        /// Index of the source.
+        source: usize,
+        /// Bytes read from it.
+        bytes: u64,
+    },
+}
+
+/// The outcome of one `ingest` call.
+#[derive(Clone, Copy, Debug)]
+pub struct IngestStats {
+    /// Counters since the driver was created.
+    pub telemetry: Telemetry,
+    /// Wall time of the call.
+    pub elapsed: Duration,
+}
+
+/// Per-source state while it is being read.
+#[derive(Debug)]
+struct Active {
+    file: OpenSource,
+    /// Where the next segment starts.
+    next: u64,
+    /// Segments handed out and not yet released.
+    outstanding: u32,
+}
+
+/// State of one `ingest` call.
+struct Run<'s> {
+    sources: &'s [Source],
+    next_source: usize,
+    current: Option<usize>,
+    active: BTreeMap<usize, Active>,
+    completed: VecDeque<u32>,
+    failure: Option<IngestError>,
+}
+
+impl Run<'_> {
+    fn fail(&mut self, e: IngestError) {
+        self.failure.get_or_insert(e);
+    }
+
+    fn exhausted(&self) -> bool {
+        self.failure.is_some() || (self.current.is_none() && self.next_source == self.sources.len())
+    }
+}
+
+/// Streams sources through the staging memory's slots with io_uring.
+pub struct Driver<S: StagingMemory> {
+    ring: Ring,
+    staging: Arc<S>,
+    geometry: SlotGeometry,
+    pending: PendingTable<Vec<SlotState>>,
+    producer: Producer,
+    telemetry: Telemetry,
+    options: DriverOptions,
+    cqes: Vec<(u64, i32)>,
+    broken: bool,
+}
+
+impl<S: StagingMemory> std::fmt::Debug for Driver<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driver").field("ring", &self.ring).field("geometry", &self.geometry).field("telemetry", &self.telemetry).finish()
+    }
+}
+
+impl<S: StagingMemory> Driver<S> {
+    /// A driver over `staging`, whose io_queue must be freshly initialised
+    /// (this driver is its only producer). Registers every slot with io_uring.
+    pub fn new(staging: Arc<S>, options: DriverOptions) -> Result<Self, IngestError> {
+        let geometry = staging.geometry();
+        let mut ring = Ring::new(geometry.slot_count())?;
+        let buffers: Vec<_> = (0..geometry.slot_count()).map(|i| (staging.slot_ptr(i).as_ptr(), geometry.slot_size())).collect();
+        // SAFETY: the slots are valid for the life of `staging`, which this
+        // driver keeps alive until after the ring is dropped (and leaks it if
+        // the ring cannot be drained).
+        unsafe { ring.register_buffers(&buffers)? };
+        Ok(Self {
+            ring,
+            staging,
+            geometry,
+            pending: PendingTable::new(vec![SlotState::Free; geometry.slot_count() as usize]),
+            producer: Producer::new(),
+            telemetry: Telemetry::new(),
+            options,
+            cqes: Vec::new(),
+            broken: false,
+        })
+    }
+
+    /// Counters since the driver was created.
+    pub fn telemetry(&self) -> &Telemetry {
+        &self.telemetry
+    }
+
+    /// The staging memory.
+    pub fn staging(&self) -> &Arc<S> {
+        &self.staging
+    }
+
+    /// Read every source through the slots, calling `on_event` as the
+    /// consumer releases segments. Returns when every byte was read,
+    /// published and released, or, after an error, when everything in
+    /// flight has landed and been released: the first error is returned and
+    /// no completion that happened is lost.
+    pub fn ingest(&mut self, sources: &[Source], mut on_event: impl FnMut(Event)) -> Result<IngestStats, IngestError> {
+        if self.broken {
+            return Err(IngestError::ConsumerStalled { outstanding: self.producer.outstanding(), why: "an earlier ingest on this driver was abandoned".into() });
+        }
+        let started = Instant::now();
+        let mut run = Run { sources, next_source: 0, current: None, active: BTreeMap::new(), completed: VecDeque::new(), failure: None };
+        let mut last_release = Instant::now();
+        let result = loop {
+            let mut progressed = match self.fill(&mut run) {
+                Ok(p) => p,
+                Err(e) => break Err(e),
+            };
+            let step = self.ring.submit().and_then(|()| self.reap(&mut run)).and_then(|reaped| {
+                let published = self.publish(&mut run)?;
+                let released = self.take_releases(&mut run, &mut on_event)?;
+                Ok((reaped, published, released))
+            });
+            let (reaped, published, released) = match step {
+                Ok(counts) => counts,
+                Err(e) => break Err(e),
+            };
+            progressed |= reaped + published + released > 0;
+            if released > 0 {
+                last_release = Instant::now();
+            }
+            if run.exhausted() && run.completed.is_empty() && self.pending.all_free() {
+                break Ok(());
+            }
+            if !progressed {
+                if let Err(e) = self.block(&mut last_release) {
+                    break Err(e);
+                }
+            }
+        };
+        if let Err(e) = result {
+            // Internal or consumer failure: stop the kernel from writing into
+            // slots this call no longer tracks, and refuse further use.
+            self.broken = true;
+            let _ = self.ring.cancel_all();
+            return Err(e);
+        }
+        match run.failure {
+            Some(e) => Err(e),
+            None => Ok(IngestStats { telemetry: self.telemetry, elapsed: started.elapsed() }),
+        }
+    }
+
+    /// Announce to the consumer that nothing more will be published.
+    pub fn close_queue(&self) {
+        let q = self.staging.queue();
+        self.producer.close(&q);
+        wait::wake(&q.header().producer);
+    }
+
+    /// Hand out the next segment: (source index, offset, length).
+    fn next_segment(&mut self, run: &mut Run<'_>) -> Result<Option<(usize, u64, u32)>, IngestError> {
+        loop {
+            if let Some(idx) = run.current {
+                let a = run.active.get_mut(&idx).expect("current source is active");
+                if a.next < a.file.end {
+                    let len = (a.file.end - a.next).min(self.geometry.slot_size() as u64) as u32;
+                    let offset = a.next;
+                    a.next += len as u64;
+                    a.outstanding += 1;
+                    if a.next == a.file.end {
+                        run.current = None;
+                    }
+                    return Ok(Some((idx, offset, len)));
+                }
+                run.current = None;
+                self.finish_source(run, idx, &mut |_| {});
+            }
+            if run.next_source == run.sources.len() {
+                return Ok(None);
+            }
+            let idx = run.next_source;
+            run.next_source += 1;
+            let file = OpenSource::open(&run.sources[idx], self.options.direct, self.geometry.slot_size())?;
+            let next = file.start;
+            run.active.insert(idx, Active { file, next, outstanding: 0 });
+            run.current = Some(idx);
+        }
+    }
+
+    /// Queue reads into free slots. Source errors end the run (after draining).
+    fn fill(&mut self, run: &mut Run<'_>) -> Result<bool, IngestError> {
+        let mut any = false;
+        while run.failure.is_none() {
+            let Some(slot) = self.pending.find_free() else { break };
+            let segment = match self.next_segment(run) {
+                Ok(Some(segment)) => segment,
+                Ok(None) => break,
+                Err(e) => {
+                    run.fail(e);
+                    break;
+                }
+            };
+            let (idx, offset, len) = segment;
+            self.pending.submit(slot, PendingRead::new(Target::File { offset }, idx as u64, len, Judge::ByteCount))?;
+            self.telemetry.on_submit(len as u64)?;
+            self.push_read(&run.active[&idx].file, slot, offset, 0, len)?;
+            any = true;
+        }
+        Ok(any)
+    }
+
+    /// Queue a read of `len` bytes at file `offset` into `slot`, `done` bytes in.
+    fn push_read(&mut self, file: &OpenSource, slot: u32, offset: u64, done: u32, len: u32) -> Result<(), IngestError> {
+        // O_DIRECT lengths must be block multiples; the kernel stops at end of file.
+        let submit_len = if file.dio_align > 0 { len.next_multiple_of(file.dio_align) } else { len };
+        debug_assert!(done as usize + submit_len as usize <= self.geometry.slot_size());
+        // SAFETY: `slot` is in flight in the pending table, so nothing else
+        // touches its bytes until its completion is reaped; the range lies
+        // within the slot (`done + submit_len <= slot_size`: `done` is a block
+        // multiple under O_DIRECT and the slot size is one); the slot is
+        // registered buffer `slot`; the fd stays open while the source has
+        // outstanding segments, and the ring drains before the driver drops.
+        unsafe {
+            let buf = self.staging.slot_ptr(slot).as_ptr().add(done as usize);
+            self.ring.push_read_fixed(std::os::fd::AsFd::as_fd(&file.fd), buf, submit_len, offset + done as u64, slot as u16, slot as u64)
+        }
+    }
+
+    fn reap(&mut self, run: &mut Run<'_>) -> Result<u32, IngestError> {
+        let mut cqes = std::mem::take(&mut self.cqes);
+        let n = self.ring.reap(|user_data, res| cqes.push((user_data, res)));
+        let result = cqes.drain(..).try_for_each(|(user_data, res)| self.complete(run, user_data as u32, res));
+        self.cqes = cqes;
+        result.map(|()| n)
+    }
+
+    /// Judge one completion.
+    fn complete(&mut self, run: &mut Run<'_>, slot: u32, res: i32) -> Result<(), IngestError> {
+        let read = match self.pending.state(slot)? {
+            SlotState::InFlight(read) => *read,
+            other => unreachable!("completion for slot {slot} in state {other:?}"),
+        };
+        let file = &run.active[&(read.tag as usize)].file;
+        let (size, path_kind, dio_align) = (file.size, file.path_kind, file.dio_align);
+        let path = || file.path.clone();
+        let at = read.target.offset() + read.done as u64;
+        let remaining = read.remaining();
+        let failure = if res < 0 {
+            Some((res, IngestError::Read { path: path(), offset: at, slot, errno: Errno::from_raw_os_error(-res) }))
+        } else if res == 0 {
+            Some((-Errno::NODATA.raw_os_error(), IngestError::Shrank { path: path(), size, ended_at: at }))
+        } else if res as u32 > remaining {
+            let after = file.current_size().unwrap_or(at + res as u64);
+            Some((-Errno::FBIG.raw_os_error(), IngestError::ChangedSize { path: path(), before: size, after }))
+        } else {
+            None
+        };
+        if let Some((status, error)) = failure {
+            self.telemetry.on_failure()?;
+            self.pending.fail(slot, status)?;
+            run.completed.push_back(slot);
+            run.fail(error);
+            return Ok(());
+        }
+        let bytes = res as u32;
+        self.telemetry.on_complete(path_kind, bytes as u64, bytes < remaining)?;
+        match self.pending.progress(slot, bytes)? {
+            Progress::Complete(_) => run.completed.push_back(slot),
+            Progress::Short(read) if dio_align > 0 && read.done % dio_align != 0 => {
+                // A direct read only stops off a block boundary at end of file.
+                self.pending.fail(slot, -Errno::NODATA.raw_os_error())?;
+                run.completed.push_back(slot);
+                let path = run.active[&(read.tag as usize)].file.path.clone();
+                run.fail(IngestError::Shrank { path, size, ended_at: read.target.offset() + read.done as u64 });
+            }
+            Progress::Short(read) => {
+                self.telemetry.on_submit(0)?;
+                let file = &run.active[&(read.tag as usize)].file;
+                self.push_read(file, slot, read.target.offset(), read.done, read.remaining())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Publish completed slots, in completion order, as one batch.
+    fn publish(&mut self, run: &mut Run<'_>) -> Result<u32, IngestError> {
+        if run.completed.is_empty() {
+            return Ok(0);
+        }
+        let items: Vec<Completion> = run
+            .completed
+            .iter()
+            .map(|&slot| match self.pending.state(slot) {
+                Ok(SlotState::Completed(read)) => Completion {
+                    slot,
+                    status: read.status,
+                    kind: EntryKind::File,
+                    bytes: read.done as u64,
+                    offset: read.target.offset(),
+                    tag: read.tag,
+                },
+                other => unreachable!("slot {slot} queued for publishing in state {other:?}"),
+            })
+            .collect();
+        let q = self.staging.queue();
+        let n = self.producer.publish_batch(&q, &items);
+        for slot in run.completed.drain(..n) {
+            self.pending.publish(slot)?;
+        }
+        self.telemetry.on_publish(n as u64)?;
+        if n > 0 && q.consumer_needs_wake() {
+            wait::wake(&q.header().producer);
+        }
+        Ok(n as u32)
+    }
+
+    /// Take the consumer's releases: free their slots and report them.
+    fn take_releases(&mut self, run: &mut Run<'_>, on_event: &mut impl FnMut(Event)) -> Result<u32, IngestError> {
+        let q = self.staging.queue();
+        let mut released = Vec::new();
+        let n = self.producer.poll_released(&q, |r| released.push(r))?;
+        for r in released {
+            let read = self.pending.release(r.completion.slot)?;
+            self.telemetry.on_release(1)?;
+            let idx = read.tag as usize;
+            let a = run.active.get_mut(&idx).expect("released segment's source is active");
+            a.outstanding -= 1;
+            if read.status == 0 {
+                let offset = read.target.offset();
+                on_event(Event::Released {
+                    source: idx,
+                    segment: (offset - a.file.start) / self.geometry.slot_size() as u64,
+                    offset,
+                    bytes: read.done as u64,
+                    checksum: r.result,
+                    checksummed: r.consumer_status == CONSUMED,
+                });
+            }
+            if a.outstanding == 0 && a.next == a.file.end && run.current != Some(idx) {
+                self.finish_source(run, idx, on_event);
+            }
+        }
+        Ok(n)
+    }
+
+    /// A source is fully read and released: check its size did not change.
+    fn finish_source(&mut self, run: &mut Run<'_>, idx: usize, on_event: &mut impl FnMut(Event)) {
+        let Some(a) = run.active.remove(&idx) else { return };
+        let file = a.file;
+        if file.whole {
+            match file.current_size() {
+                Ok(after) if after != file.size => run.fail(IngestError::ChangedSize { path: file.path, before: file.size, after }),
+                Ok(_) => {}
+                Err(e) => run.fail(e),
+            }
+        }
+        if run.failure.is_none() {
+            on_event(Event::SourceDone { source: idx, bytes: file.end - file.start });
+        }
+    }
+
+    /// Nothing moved: wait for a completion or a release.
+    fn block(&mut self, last_release: &mut Instant) -> Result<(), IngestError> {
+        let q = self.staging.queue();
+        if self.producer.outstanding() > 0 && q.consumer_failed() != 0 {
+            return Err(IngestError::ConsumerStalled { outstanding: self.producer.outstanding(), why: "the consumer reported that it failed".into() });
+        }
+        if self.pending.in_flight() > 0 {
+            let timeout = (self.pending.published() > 0).then_some(RELEASE_POLL);
+            return self.ring.wait(timeout);
+        }
+        if self.producer.outstanding() == 0 {
+            return Ok(());
+        }
+        if last_release.elapsed() > self.options.release_timeout {
+            return Err(IngestError::ConsumerStalled {
+                outstanding: self.producer.outstanding(),
+                why: format!("nothing was released for {:?}", self.options.release_timeout),
+            });
+        }
+        if self.producer.prepare_sleep(&q) {
+            wait::sleep_on(&q.header().consumer, self.producer.released_position(), RELEASE_POLL);
+            self.producer.end_sleep(&q);
+        }
+        Ok(())
+    }
+}
+
+impl<S: StagingMemory> Drop for Driver<S> {
+    fn drop(&mut self) {
+        let drained = self.ring.cancel_all().is_ok();
+        self.close_queue();
+        if !drained {
+            // The kernel may still write into the slots: never free them.
+            std::mem::forget(Arc::clone(&self.staging));
+        }
+    }
+}

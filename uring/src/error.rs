@@ -1,0 +1,231 @@
+//! The ingest driver's errors: each names what failed and how to fix it.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use gpuring_core::io_queue::QueueError;
+use gpuring_core::{Bytes, GeometryError, PendingError, TelemetryError};
+use rustix::io::Errno;
+
+/// Why an ingest (or its setup) failed.
+#[derive(Debug)]
+pub enum IngestError {
+    /// The path does not exist.
+    NotFound {
+        /// The path.
+        path: PathBuf,
+    },
+    /// The process may not read the path.
+    PermissionDenied {
+        /// The path.
+        path: PathBuf,
+    },
+    /// The path is not a regular file.
+    NotRegular {
+        /// The path.
+        path: PathBuf,
+        /// What it is instead ("a FIFO", "a socket", ...).
+        kind: &'static str,
+    },
+    /// Opening or inspecting the path failed otherwise.
+    Open {
+        /// The path.
+        path: PathBuf,
+        /// The errno.
+        errno: Errno,
+    },
+    /// The file system refuses O_DIRECT for this file.
+    DirectUnsupported {
+        /// The path.
+        path: PathBuf,
+    },
+    /// Something is not aligned as O_DIRECT requires.
+    DirectUnaligned {
+        /// The path.
+        path: PathBuf,
+        /// What is misaligned.
+        what: &'static str,
+        /// Its value.
+        value: u64,
+        /// The alignment required.
+        align: u32,
+    },
+    /// A byte range that is empty or runs past the end of the file.
+    BadRange {
+        /// The path.
+        path: PathBuf,
+        /// The range start.
+        start: u64,
+        /// The range end.
+        end: u64,
+        /// The file size.
+        size: u64,
+    },
+    /// A read failed.
+    Read {
+        /// The path.
+        path: PathBuf,
+        /// Byte offset of the failed read.
+        offset: u64,
+        /// The slot it was reading into.
+        slot: u32,
+        /// The errno.
+        errno: Errno,
+    },
+    /// The file ended before the size it had when it was opened.
+    Shrank {
+        /// The path.
+        path: PathBuf,
+        /// Size when opened.
+        size: u64,
+        /// Where the data ended.
+        ended_at: u64,
+    },
+    /// The file's size changed while it was read.
+    ChangedSize {
+        /// The path.
+        path: PathBuf,
+        /// Size when opened.
+        before: u64,
+        /// Size afterwards.
+        after: u64,
+    },
+    /// Registering the slots would exceed RLIMIT_MEMLOCK.
+    MemlockLimit {
+        /// Bytes to register.
+        requested: u64,
+        /// The soft limit (`None`: unlimited).
+        limit: Option<u64>,
+    },
+    /// The slot geometry does not suit io_uring's fixed buffers.
+    RingGeometry {
+        /// What is wrong.
+        what: String,
+    },
+    /// The io_uring instance failed.
+    Ring {
+        /// What was being done.
+        op: &'static str,
+        /// The errno.
+        errno: Errno,
+    },
+    /// The consumer stopped releasing slots.
+    ConsumerStalled {
+        /// Entries awaiting release.
+        outstanding: u32,
+        /// Why the driver gave up.
+        why: String,
+    },
+    /// Bad slot geometry.
+    Geometry(GeometryError),
+    /// An io_queue protocol error.
+    Queue(QueueError),
+    /// A slot life-cycle rule was broken.
+    Pending(PendingError),
+    /// A telemetry counter failed.
+    Telemetry(TelemetryError),
+}
+
+impl fmt::Display for IngestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NotFound { path } => write!(f, "{}: no such file or directory. Fix: check the path", path.display()),
+            Self::PermissionDenied { path } => write!(
+                f,
+                "{}: permission denied. Fix: make it readable by this user (chmod or chown), or run gpuring as a user that may read it",
+                path.display()
+            ),
+            Self::NotRegular { path, kind } => write!(
+                f,
+                "{}: is {kind}, not a regular file. Fix: pass regular files or directories of them",
+                path.display()
+            ),
+            Self::Open { path, errno } => write!(f, "{}: cannot open: {errno}. Fix: check the path and its file system", path.display()),
+            Self::DirectUnsupported { path } => write!(
+                f,
+                "{}: its file system does not support O_DIRECT. Fix: read it without --direct, or put it on a file system that does (ext4, xfs, btrfs)",
+                path.display()
+            ),
+            Self::DirectUnaligned { path, what, value, align } => write!(
+                f,
+                "{}: {what} {value} is not a multiple of the {align}-byte direct-I/O alignment. Fix: make it a multiple of {align}, or read without --direct",
+                path.display()
+            ),
+            Self::BadRange { path, start, end, size } if start >= end => write!(
+                f,
+                "{}: the byte range {start}..{end} is empty. Fix: give a range whose end is past its start (the file has {size} bytes)",
+                path.display()
+            ),
+            Self::BadRange { path, start, end, size } => write!(
+                f,
+                "{}: the byte range {start}..{end} runs past the end of the file ({size} bytes). Fix: keep the range within 0..{size}",
+                path.display()
+            ),
+            Self::Read { path, offset, slot, errno } => write!(
+                f,
+                "{}: read at byte {offset} into slot {slot} failed: {errno}. Fix: check the device and file system (dmesg), then retry",
+                path.display()
+            ),
+            Self::Shrank { path, size, ended_at } => write!(
+                f,
+                "{}: the file shrank while it was read: it had {size} bytes when opened but ended at byte {ended_at}. Fix: do not modify files while gpuring reads them (copy or snapshot them first)",
+                path.display()
+            ),
+            Self::ChangedSize { path, before, after } => write!(
+                f,
+                "{}: the file changed size while it was read, from {before} to {after} bytes. Fix: do not modify files while gpuring reads them (copy or snapshot them first)",
+                path.display()
+            ),
+            Self::MemlockLimit { requested, limit: Some(limit) } => write!(
+                f,
+                "registering {} of slots with io_uring exceeds RLIMIT_MEMLOCK ({}). Fix: raise the limit (`ulimit -l`, LimitMEMLOCK= for systemd, memlock in /etc/security/limits.conf) or use fewer/smaller slots",
+                Bytes(*requested),
+                Bytes(*limit)
+            ),
+            Self::MemlockLimit { requested, limit: None } => write!(
+                f,
+                "the kernel refused to register {} of slots with io_uring (out of memory). Fix: use fewer/smaller slots",
+                Bytes(*requested)
+            ),
+            Self::RingGeometry { what } => write!(f, "{what}"),
+            Self::Ring { op, errno } => write!(
+                f,
+                "io_uring {op} failed: {errno}. Fix: check that io_uring is enabled (/proc/sys/kernel/io_uring_disabled is 0) and run `gpuring probe`"
+            ),
+            Self::ConsumerStalled { outstanding, why } => write!(
+                f,
+                "the consumer stopped releasing slots ({outstanding} entries outstanding): {why}. Fix: check the consumer (its own error is reported separately)"
+            ),
+            Self::Geometry(e) => write!(f, "{e}"),
+            Self::Queue(e) => write!(f, "{e}"),
+            Self::Pending(e) => write!(f, "{e}"),
+            Self::Telemetry(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for IngestError {}
+
+impl From<GeometryError> for IngestError {
+    fn from(e: GeometryError) -> Self {
+        Self::Geometry(e)
+    }
+}
+
+impl From<QueueError> for IngestError {
+    fn from(e: QueueError) -> Self {
+        Self::Queue(e)
+    }
+}
+
+impl From<PendingError> for IngestError {
+    fn from(e: PendingError) -> Self {
+        Self::Pending(e)
+    }
+}
+
+impl From<TelemetryError> for IngestError {
+    fn from(e: TelemetryError) -> Self {
+        Self::Telemetry(e)
+    }
+}

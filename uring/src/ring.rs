@@ -1,0 +1,244 @@
+//! The io_uring instance: fixed-buffer registration, submission, completion.
+//!
+//! [`Ring`] owns one `io_uring::IoUring` and counts the requests it has in
+//! flight. Dropping it with requests in flight first cancels them all
+//! (`IORING_OP_ASYNC_CANCEL` with `IORING_ASYNC_CANCEL_ANY`) and then waits
+//! until the kernel has posted a completion for every one, so no request
+//! outlives the ring. Even if that wait fails, the pages of a registered
+//! buffer stay pinned by the kernel until its last request completes, so a
+//! late write lands in pages that are not handed out again meanwhile.
+
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::time::Duration;
+
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use rustix::io::Errno;
+
+use crate::error::IngestError;
+
+/// `user_data` of the ring's own cancel requests.
+const CANCEL_TAG: u64 = u64::MAX;
+
+/// The largest single registered buffer the kernel accepts (1 GiB).
+pub const MAX_BUFFER_BYTES: usize = 1 << 30;
+/// The most buffers one ring can register (`IORING_MAX_REG_BUFFERS`).
+pub const MAX_BUFFERS: u32 = 1 << 14;
+
+fn errno(e: std::io::Error) -> Errno {
+    Errno::from_io_error(&e).unwrap_or(Errno::IO)
+}
+
+/// An io_uring instance and what it has in flight.
+pub struct Ring {
+    uring: IoUring<squeue::Entry, cqueue::Entry>,
+    in_flight: u32,
+    queued: u32,
+}
+
+impl std::fmt::Debug for Ring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ring").field("fd", &self.uring.as_raw_fd()).field("in_flight", &self.in_flight).finish()
+    }
+}
+
+impl Ring {
+    /// A ring able to hold `depth` requests in flight (plus one cancel).
+    pub fn new(depth: u32) -> Result<Self, IngestError> {
+        let entries = (depth.max(1) + 1).next_power_of_two();
+        // COOP_TASKRUN (5.19+) avoids interrupting this thread to run
+        // completions; fall back to a plain ring where it is unknown.
+        let uring = IoUring::builder()
+            .setup_coop_taskrun()
+            .build(entries)
+            .or_else(|_| IoUring::new(entries))
+            .map_err(|e| IngestError::Ring { op: "setup", errno: errno(e) })?;
+        Ok(Self { uring, in_flight: 0, queued: 0 })
+    }
+
+    /// Requests submitted (or queued) whose completion has not been reaped.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight
+    }
+
+    /// Register `buffers` (address, length) as fixed buffers 0, 1, ...
+    ///
+    /// # Safety
+    /// Each buffer must stay valid for writes until the ring is dropped.
+    pub unsafe fn register_buffers(&mut self, buffers: &[(*mut u8, usize)]) -> Result<(), IngestError> {
+        if buffers.len() > MAX_BUFFERS as usize {
+            return Err(IngestError::RingGeometry {
+                what: format!("{} slots exceed io_uring's {MAX_BUFFERS} registered buffers. Fix: use at most {MAX_BUFFERS} slots", buffers.len()),
+            });
+        }
+        if let Some(&(_, len)) = buffers.iter().find(|(_, len)| *len > MAX_BUFFER_BYTES) {
+            return Err(IngestError::RingGeometry {
+                what: format!("a slot of {len} bytes exceeds io_uring's 1 GiB limit per registered buffer. Fix: use slots of at most 1 GiB"),
+            });
+        }
+        let iovecs: Vec<libc::iovec> = buffers.iter().map(|&(ptr, len)| libc::iovec { iov_base: ptr.cast(), iov_len: len }).collect();
+        // SAFETY: the caller keeps every buffer valid until the ring is dropped.
+        unsafe { self.uring.submitter().register_buffers(&iovecs) }.map_err(|e| {
+            let requested = buffers.iter().map(|b| b.1 as u64).sum();
+            match errno(e) {
+                Errno::NOMEM | Errno::PERM => IngestError::MemlockLimit {
+                    requested,
+                    limit: rustix::process::getrlimit(rustix::process::Resource::Memlock).current,
+                },
+                errno => IngestError::Ring { op: "buffer registration", errno },
+            }
+        })
+    }
+
+    /// Queue a `READ_FIXED` of `len` bytes at file `offset` into `buf`,
+    /// which lies inside fixed buffer `buf_index`.
+    ///
+    /// # Safety
+    /// `buf..buf+len` must lie inside registered buffer `buf_index` and stay
+    /// valid, and untouched by anyone else, until this request's completion
+    /// is reaped or the ring is dropped. `fd` must stay open until then.
+    pub unsafe fn push_read_fixed(&mut self, fd: BorrowedFd<'_>, buf: *mut u8, len: u32, offset: u64, buf_index: u16, user_data: u64) -> Result<(), IngestError> {
+        let entry = opcode::ReadFixed::new(types::Fd(fd.as_raw_fd()), buf, len, buf_index).offset(offset).build().user_data(user_data);
+        // SAFETY: the caller keeps the buffer and the fd valid until completion.
+        unsafe { self.push(&entry) }
+    }
+
+    /// Queue any entry, submitting first if the queue is full.
+    ///
+    /// # Safety
+    /// Whatever `entry` points to must stay valid until its completion is reaped.
+    pub unsafe fn push(&mut self, entry: &squeue::Entry) -> Result<(), IngestError> {
+        loop {
+            // SAFETY: the caller's promise covers the entry's buffers.
+            if unsafe { self.uring.submission().push(entry) }.is_ok() {
+                self.in_flight += 1;
+                self.queued += 1;
+                return Ok(());
+            }
+            self.submit()?;
+        }
+    }
+
+    /// Submit queued requests without waiting.
+    pub fn submit(&mut self) -> Result<(), IngestError> {
+        if self.queued == 0 {
+            return Ok(());
+        }
+        self.enter(0, None)
+    }
+
+    /// Submit queued requests and wait until at least one completion is
+    /// ready or `timeout` passes, without spinning.
+    pub fn wait(&mut self, timeout: Option<Duration>) -> Result<(), IngestError> {
+        self.enter(1, timeout)
+    }
+
+    /// Wait until at least `want` completions are ready.
+    pub fn wait_for(&mut self, want: u32) -> Result<(), IngestError> {
+        self.enter(want, None)
+    }
+
+    fn enter(&mut self, want: u32, timeout: Option<Duration>) -> Result<(), IngestError> {
+        loop {
+            let result = match timeout {
+                Some(t) => {
+                    let ts = types::Timespec::new().sec(t.as_secs()).nsec(t.subsec_nanos());
+                    let args = types::SubmitArgs::new().timespec(&ts);
+                    self.uring.submitter().submit_with_args(want as usize, &args)
+                }
+                None => self.uring.submitter().submit_and_wait(want as usize),
+            };
+            match result {
+                Ok(_) => {
+                    self.queued = self.uring.submission().len() as u32;
+                    return Ok(());
+                }
+                Err(e) => match errno(e) {
+                    Errno::TIME => {
+                        self.queued = self.uring.submission().len() as u32;
+                        return Ok(());
+                    }
+                    Errno::INTR => continue,
+                    // The CQ is full: the caller must reap before more can be submitted.
+                    Errno::BUSY | Errno::AGAIN => return Ok(()),
+                    errno => return Err(IngestError::Ring { op: "submit", errno }),
+                },
+            }
+        }
+    }
+
+    /// Take every ready completion without blocking, passing each request's
+    /// `user_data` and `res` to `f`. Returns how many there were.
+    pub fn reap(&mut self, mut f: impl FnMut(u64, i32)) -> u32 {
+        let mut n = 0;
+        for cqe in self.uring.completion() {
+            self.in_flight -= 1;
+            if cqe.user_data() != CANCEL_TAG {
+                n += 1;
+                f(cqe.user_data(), cqe.result());
+            }
+        }
+        n
+    }
+
+    /// Cancel everything in flight and wait for all of it to complete,
+    /// discarding the completions.
+    pub fn cancel_all(&mut self) -> Result<(), IngestError> {
+        if self.in_flight == 0 {
+            return Ok(());
+        }
+        self.submit()?;
+        let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::any()).build().user_data(CANCEL_TAG);
+        // SAFETY: a cancel request points at no memory.
+        unsafe { self.push(&cancel)? };
+        while self.in_flight > 0 {
+            self.wait_for(1)?;
+            self.reap(|_, _| {});
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        // If waiting fails, the registered pages stay pinned by the kernel
+        // until each request ends (see the module docs); nothing more to do.
+        let _ = self.cancel_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn reads_into_a_fixed_buffer() {
+        let mut ring = Ring::new(4).unwrap();
+        let mut buf = vec![0u8; 8192];
+        // SAFETY: `buf` outlives `ring` (declared before it, dropped after).
+        unsafe { ring.register_buffers(&[(buf.as_mut_ptr(), buf.len())]).unwrap() };
+        let file = tempfile::tempfile().unwrap();
+        rustix::io::pwrite(&file, b"hello, ring", 0).unwrap();
+        // SAFETY: `buf` and `file` live until after the completion is reaped.
+        unsafe { ring.push_read_fixed(file.as_fd(), buf.as_mut_ptr().add(100), 4096, 7, 0, 42).unwrap() };
+        ring.wait_for(1).unwrap();
+        let mut got = vec![];
+        assert_eq!(ring.reap(|u, r| got.push((u, r))), 1);
+        assert_eq!(got, [(42, 4)]);
+        assert_eq!(&buf[100..104], b"ring");
+        assert_eq!(ring.in_flight(), 0);
+        drop(ring);
+    }
+
+    #[test]
+    fn oversized_registrations_are_refused_with_a_fix() {
+        let mut ring = Ring::new(1).unwrap();
+        let many = vec![(std::ptr::null_mut(), 4096); MAX_BUFFERS as usize + 1];
+        // SAFETY: refused before anything is registered.
+        let err = unsafe { ring.register_buffers(&many) }.unwrap_err();
+        assert!(err.to_string().contains("Fix: use at most 16384 slots"), "{err}");
+        // SAFETY: as above.
+        let err = unsafe { ring.register_buffers(&[(std::ptr::null_mut(), MAX_BUFFER_BYTES + 4096)]) }.unwrap_err();
+        assert!(err.to_string().contains("at most 1 GiB"), "{err}");
+    }
+}
