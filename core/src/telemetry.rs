@@ -132,7 +132,8 @@ impl core::error::Error for TelemetryError {}
 pub struct Verdict {
     /// No byte was copied in userspace.
     pub zero_bounce: bool,
-    /// Every byte was written by the device (no page-cache or userspace copy).
+    /// Every byte was written by the device (no page-cache or userspace copy);
+    /// vacuously true for a run that read no bytes.
     pub dma_only: bool,
     /// Every submitted byte arrived and no completion failed.
     pub complete: bool,

@@ -329,7 +329,8 @@ impl<S: StagingMemory> Driver<S> {
             Some((res, IngestError::Read { path: path(), offset: at, slot, errno: Errno::from_raw_os_error(-res) }))
         } else if res == 0 {
             Some((-Errno::NODATA.raw_os_error(), IngestError::Shrank { path: path(), size, ended_at: at }))
-        } else if res as u32 > remaining {
+        } else if res as u32 > remaining && file.end == file.size {
+            // Reading to the end of the file and getting more: it grew.
             let after = file.current_size().unwrap_or(at + res as u64);
             Some((-Errno::FBIG.raw_os_error(), IngestError::ChangedSize { path: path(), before: size, after }))
         } else {
@@ -342,7 +343,9 @@ impl<S: StagingMemory> Driver<S> {
             run.fail(error);
             return Ok(());
         }
-        let bytes = res as u32;
+        // An O_DIRECT read of a range that ends off a block boundary reads
+        // on to the block's end; only the bytes asked for count.
+        let bytes = (res as u32).min(remaining);
         self.telemetry.on_complete(path_kind, bytes as u64, bytes < remaining)?;
         match self.pending.progress(slot, bytes)? {
             Progress::Complete(_) => run.completed.push_back(slot),

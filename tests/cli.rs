@@ -1,0 +1,143 @@
+//! The `gpuring` command, as a user runs it.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::{make_file, test_dir, under_ci};
+
+fn gpuring(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gpuring")).args(args).output().expect("running gpuring")
+}
+
+fn text(o: &Output) -> (String, String) {
+    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+#[test]
+fn ingest_json_is_one_object_with_the_documented_fields() {
+    let dir = test_dir();
+    let path = make_file(dir.path(), "f", 300_000, 1);
+    for direct in [false, true] {
+        let mut args = vec!["ingest", "--json", "--slots", "4", "--slot-size", "64K", path.to_str().unwrap()];
+        if direct {
+            args.insert(1, "--direct");
+        }
+        let out = gpuring(&args);
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stderr}");
+        assert_eq!(stdout.lines().count(), 1, "exactly one line of JSON: {stdout}");
+        let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        for field in ["backend", "files", "bytes", "seconds", "gib_per_s", "telemetry", "zero_bounce", "dma_only", "checksum"] {
+            assert!(v.get(field).is_some(), "missing {field}: {stdout}");
+        }
+        for field in ["submitted_bytes", "completed_bytes", "dma_bytes", "kernel_copy_bytes", "bounce_bytes", "failed_completions"] {
+            assert!(v["telemetry"][field].is_u64(), "missing telemetry.{field}");
+        }
+        assert_eq!(v["backend"], "host");
+        assert_eq!(v["bytes"], 300_000);
+        assert_eq!(v["checksum"]["match"], true);
+        assert_eq!(v["zero_bounce"], true);
+        assert_eq!(v["dma_only"], direct);
+        assert_eq!(v["telemetry"][if direct { "dma_bytes" } else { "kernel_copy_bytes" }], 300_000);
+        assert!(stderr.is_empty(), "no progress bar when not on a terminal: {stderr}");
+    }
+}
+
+#[test]
+fn human_output_and_directories() {
+    let dir = test_dir();
+    make_file(dir.path(), "a/x", 5000, 1);
+    make_file(dir.path(), "b", 70_000, 2);
+    let out = gpuring(&["ingest", dir.path().to_str().unwrap()]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("ingested 2 files"), "{stdout}");
+    assert!(stdout.contains("checksum: match (2 of 2 files match"), "{stdout}");
+    assert!(stdout.contains("zero-bounce: yes; DMA-only: no"), "{stdout}");
+}
+
+#[test]
+fn errors_exit_non_zero_with_a_fix() {
+    let dir = test_dir();
+    let empty = make_file(dir.path(), "empty", 0, 0);
+    let file = make_file(dir.path(), "f", 10, 0);
+    let cases: [(Vec<&str>, &str); 5] = [
+        (vec!["ingest", empty.to_str().unwrap()], "nothing to ingest: every input file is empty"),
+        (vec!["ingest", "--slots", "0", file.to_str().unwrap()], "0 slots"),
+        (vec!["ingest", "--slot-size", "5000", file.to_str().unwrap()], "round it to 4096 or 8192"),
+        (vec!["ingest", "--backend", "vulkan", file.to_str().unwrap()], "backend `vulkan` is not compiled"),
+        (vec!["ingest", "/nonexistent/file"], "no such file or directory"),
+    ];
+    for (args, want) in cases {
+        let out = gpuring(&args);
+        let (_, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(want) && stderr.contains("Fix:"), "{args:?}: {stderr}");
+    }
+    let out = gpuring(&["ingest", "--slot-size", "lots", file.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(text(&out).1.contains("`lots` is not a size"));
+}
+
+#[test]
+fn probe_reports_with_reasons() {
+    let out = gpuring(&["probe", "--json"]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let checks = v["checks"].as_array().unwrap();
+    let find = |name: &str| checks.iter().find(|c| c["name"] == name).unwrap_or_else(|| panic!("no {name} check"));
+    for name in ["io_uring_enabled", "ring_setup", "op_read_fixed", "sqe128_cqe32", "memlock", "direct_io", "namespaces", "host", "cuda", "peer_dma"] {
+        assert!(!find(name)["detail"].as_str().unwrap().is_empty(), "{name} has a reason");
+    }
+    assert_eq!(find("op_read_fixed")["ok"], true, "this project's machines support READ_FIXED");
+    assert_eq!(find("host")["ok"], true);
+}
+
+/// Run gpuring as `nobody` with no capabilities, as an unprivileged user would.
+fn as_nobody(args: &[&str]) -> Option<Output> {
+    if !rustix::process::geteuid().is_root() {
+        return Some(gpuring(args));
+    }
+    let setpriv = ["/usr/bin/setpriv", "/bin/setpriv"].into_iter().find(|p| std::path::Path::new(p).exists());
+    let Some(setpriv) = setpriv else {
+        assert!(!under_ci(), "CI=true: setpriv (util-linux) is needed for the unprivileged tests");
+        eprintln!("skipping: setpriv is not installed, so the test cannot drop root");
+        return None;
+    };
+    let out = Command::new(setpriv)
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
+        .arg(env!("CARGO_BIN_EXE_gpuring"))
+        .args(args)
+        .output()
+        .expect("running setpriv");
+    Some(out)
+}
+
+#[test]
+fn unprivileged_memlock_limit_is_reported_with_sizes_and_a_fix() {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Memlock).current;
+    let Some(limit) = limit.filter(|&l| l < 256 << 20) else {
+        assert!(!under_ci(), "CI=true: RLIMIT_MEMLOCK is unlimited or huge, so the memlock test cannot run");
+        eprintln!("skipping: RLIMIT_MEMLOCK is not below 256 MiB here");
+        return;
+    };
+    let dir = test_dir();
+    let file = make_file(dir.path(), "f", 4096, 0);
+    let Some(out) = as_nobody(&["ingest", "--slots", "64", "--slot-size", "4M", file.to_str().unwrap()]) else { return };
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("256 MiB") && stderr.contains("RLIMIT_MEMLOCK") && stderr.contains("Fix: raise the limit"), "{stderr}");
+    assert!(stderr.contains(&gpuring::core::Bytes(limit).to_string()), "names the limit: {stderr}");
+}
+
+#[test]
+fn unreadable_file_is_reported() {
+    let dir = test_dir();
+    let file = make_file(dir.path(), "secret", 4096, 0);
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o000)).unwrap();
+    let Some(out) = as_nobody(&["ingest", "--slots", "1", "--slot-size", "4K", file.to_str().unwrap()]) else { return };
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("secret: permission denied") && stderr.contains("Fix:"), "{stderr}");
+}

@@ -1,0 +1,150 @@
+//! End-to-end ingests on the host backend, through the library.
+
+mod common;
+
+use common::{make_file, test_dir};
+use gpuring::ingest::{self, IngestConfig, IngestReport};
+use gpuring::uring::{IngestError, Source};
+use gpuring::Error;
+
+const SLOT: usize = 64 << 10;
+
+fn config(direct: bool) -> IngestConfig {
+    IngestConfig { slots: 4, slot_size: SLOT, direct, ..IngestConfig::default() }
+}
+
+fn ingest(sources: &[Source], config: &IngestConfig) -> Result<IngestReport, Error> {
+    let mut progressed = 0;
+    let report = ingest::run(sources, config, &mut |b| progressed += b)?;
+    assert_eq!(progressed, report.bytes, "progress reports every released byte once");
+    Ok(report)
+}
+
+/// Exact telemetry for one file of `size` bytes read without short reads.
+fn assert_exact(r: &IngestReport, size: u64, direct: bool) {
+    let t = &r.telemetry;
+    let segments = size.div_ceil(SLOT as u64);
+    assert!(r.checksum.verified && r.checksum.matched, "checksum mismatch for {size} bytes: {:?}", r.checksum);
+    assert_eq!(r.bytes, size);
+    assert_eq!((t.submitted_bytes, t.completed_bytes), (size, size));
+    assert_eq!(t.short_reads, 0, "no short reads expected from a local file");
+    assert_eq!((t.submitted_reads, t.completed_reads), (segments, segments));
+    assert_eq!((t.failed_completions, t.inflight_reads), (0, 0));
+    assert_eq!((t.published, t.released), (segments, segments));
+    assert_eq!(t.bounce_bytes, 0);
+    if direct {
+        assert_eq!((t.dma_bytes, t.dma_reads, t.kernel_copy_bytes), (size, segments, 0));
+    } else {
+        assert_eq!((t.kernel_copy_bytes, t.kernel_copy_reads, t.dma_bytes), (size, segments, 0));
+    }
+    assert!(r.zero_bounce && r.complete);
+    // DMA-only exactly when O_DIRECT; vacuously true when nothing was read.
+    assert_eq!(r.dma_only, direct || size == 0, "DMA-only verdict");
+}
+
+#[test]
+fn size_matrix_buffered_and_direct() {
+    let dir = test_dir();
+    // 10 slots + 123 bytes is larger than the whole 4-slot ring.
+    for (i, size) in [0, 1, 4095, 4096, SLOT - 1, SLOT, SLOT + 1, 10 * SLOT + 123].into_iter().enumerate() {
+        let path = make_file(dir.path(), &format!("f{i}"), size, i as u32);
+        for direct in [false, true] {
+            let r = ingest(&[Source::file(&path)], &config(direct)).unwrap_or_else(|e| panic!("{size} bytes, direct={direct}: {e}"));
+            assert_exact(&r, size as u64, direct);
+        }
+    }
+}
+
+#[test]
+fn a_file_much_larger_than_the_ring_keeps_flowing() {
+    let dir = test_dir();
+    let path = make_file(dir.path(), "big", 200 * 4096 + 7, 99);
+    let cfg = IngestConfig { slots: 2, slot_size: 4096, ..IngestConfig::default() };
+    let r = ingest(&[Source::file(&path)], &cfg).unwrap();
+    assert!(r.checksum.matched);
+    assert_eq!(r.telemetry.published, 201);
+}
+
+#[test]
+fn many_small_files_in_nested_directories() {
+    let dir = test_dir();
+    let mut total = 0;
+    for i in 0..300u32 {
+        let size = (i as usize * 7919) % 20_000;
+        total += size as u64;
+        make_file(dir.path(), &format!("d{}/e{}/f{i:03}", i % 5, i % 3), size, i);
+    }
+    let inputs = gpuring::inputs::collect(&[dir.path().to_owned()]).unwrap();
+    assert_eq!(inputs.sources.len(), 300);
+    for direct in [false, true] {
+        let r = ingest(&inputs.sources, &config(direct)).unwrap();
+        assert_eq!((r.files, r.bytes), (300, total));
+        assert!(r.checksum.matched && r.checksum.files_matched == 300);
+        assert_eq!(r.telemetry.failed_completions, 0);
+    }
+}
+
+#[test]
+fn byte_ranges() {
+    let dir = test_dir();
+    let path = make_file(dir.path(), "r", 5 * SLOT, 5);
+    for (range, direct) in [(100..SLOT as u64 * 3 + 5, false), (4096..SLOT as u64 * 2, true), (8192..5 * SLOT as u64 - 3, true)] {
+        let len = range.end - range.start;
+        let r = ingest(&[Source::range(&path, range.clone())], &config(direct)).unwrap();
+        assert!(r.checksum.matched, "{range:?}");
+        assert_eq!((r.bytes, r.telemetry.submitted_bytes), (len, len));
+    }
+    let err = |range, direct| ingest(&[Source::range(&path, range)], &config(direct)).unwrap_err().to_string();
+    let e = err(100..8192, true);
+    assert!(e.contains("range start 100 is not a multiple of the") && e.contains("Fix:"), "{e}");
+    let e = err(10..10, false);
+    assert!(e.contains("is empty") && e.contains("Fix:"), "{e}");
+    let e = err(0..5 * SLOT as u64 + 1, false);
+    assert!(e.contains("runs past the end of the file (327680 bytes)"), "{e}");
+}
+
+#[test]
+fn bad_inputs_name_the_problem_and_a_fix() {
+    let dir = test_dir();
+    let fifo = dir.path().join("fifo");
+    rustix::fs::mknodat(rustix::fs::CWD, &fifo, rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(0o600), 0).unwrap();
+    let sock_path = dir.path().join("sock");
+    let _sock = std::os::unix::net::UnixListener::bind(&sock_path).unwrap();
+    let cases: [(Source, &str); 5] = [
+        (Source::file(dir.path().join("missing")), "no such file or directory"),
+        (Source::file(&fifo), "is a FIFO"),
+        (Source::file(&sock_path), "no such device"),
+        (Source::file("/dev/null"), "is a character device"),
+        (Source::file(dir.path()), "is a directory"),
+    ];
+    for (source, want) in cases {
+        let e = ingest(std::slice::from_ref(&source), &config(false)).unwrap_err().to_string();
+        // A socket cannot even be opened (ENXIO); say so with its path.
+        assert!(e.contains(want) || (want == "no such device" && e.contains("sock")), "{}: {e}", source.path.display());
+        assert!(e.contains("Fix:"), "{e}");
+        assert!(e.contains(&*source.path.to_string_lossy()), "names the path: {e}");
+    }
+}
+
+#[test]
+fn a_failed_source_does_not_lose_the_completions_before_it() {
+    let dir = test_dir();
+    let good = make_file(dir.path(), "good", 3 * SLOT, 1);
+    let sources = [Source::file(&good), Source::file(dir.path().join("missing"))];
+    let e = ingest(&sources, &config(false)).unwrap_err();
+    assert!(matches!(e, Error::Ingest(IngestError::NotFound { .. })), "{e}");
+}
+
+#[test]
+fn slot_geometry_errors() {
+    let dir = test_dir();
+    let path = make_file(dir.path(), "g", 10, 1);
+    for (slots, slot_size, want) in [(0, SLOT, "0 slots"), (4, 0, "0 bytes"), (4, 5000, "not a multiple of the 4096-byte page")] {
+        let cfg = IngestConfig { slots, slot_size, ..IngestConfig::default() };
+        let e = ingest(&[Source::file(&path)], &cfg).unwrap_err().to_string();
+        assert!(e.contains(want) && e.contains("Fix:"), "{e}");
+    }
+    let cfg = IngestConfig { backend: "cuda".into(), ..IngestConfig::default() };
+    let e = ingest(&[Source::file(&path)], &cfg).unwrap_err().to_string();
+    assert!(e.contains("backend `cuda` is not compiled into this gpuring") && e.contains("Fix: use --backend host"), "{e}");
+}
