@@ -249,7 +249,7 @@ pub fn reference_digest(source: &Source, slot_size: usize) -> Result<StreamDiges
         while len < slot_size {
             let want = chunk.min(slot_size - len);
             let got = read_full(&mut file, &mut buf[..want]).map_err(|e| io("reading for verification", e))?;
-            lanes = lanes.add(Lanes::over(&buf[..got], (len / 4) as u32));
+            lanes = lanes + Lanes::over(&buf[..got], (len / 4) as u32);
             len += got;
             if got < want {
                 break;

@@ -18,9 +18,7 @@ struct Cli {
 }
 
 fn size(text: &str) -> Result<usize, String> {
-    gpuring::core::parse_size(text)
-        .and_then(|n| usize::try_from(n).ok())
-        .ok_or_else(|| format!("`{text}` is not a size (try 4096, 64K, 1M or 1G)"))
+    gpuring::core::parse_size(text).and_then(|n| usize::try_from(n).ok()).ok_or_else(|| format!("`{text}` is not a size (try 4096, 64K, 1M or 1G)"))
 }
 
 #[derive(Subcommand)]
@@ -128,7 +126,10 @@ fn progress_bar(total: u64) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-    bar.set_style(ProgressStyle::with_template("{bar:40} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}").unwrap_or_else(|_| ProgressStyle::default_bar()));
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
     bar
 }
 

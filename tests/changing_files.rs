@@ -69,7 +69,8 @@ fn a_file_that_shrinks_while_read_is_an_error_not_a_truncation() {
     let dir = test_dir();
     let path = make_file(dir.path(), "shrinks", 16 * SLOT, 3);
     let victim = path.clone();
-    let (result, released, _) = drive_with(Source::file(&path), move || std::fs::File::options().write(true).open(&victim).unwrap().set_len(SLOT as u64 + 1000).unwrap(), false);
+    let (result, released, _) =
+        drive_with(Source::file(&path), move || std::fs::File::options().write(true).open(&victim).unwrap().set_len(SLOT as u64 + 1000).unwrap(), false);
     match result {
         Err(IngestError::Shrank { size, ended_at, .. }) => {
             assert_eq!(size, 16 * SLOT as u64);
@@ -108,7 +109,11 @@ fn a_byte_range_is_not_disturbed_by_growth_past_its_end() {
     let dir = test_dir();
     let path = make_file(dir.path(), "range", 4 * SLOT, 5);
     let victim = path.clone();
-    let (result, released, _) = drive_with(Source::range(&path, 0..2 * SLOT as u64), move || std::fs::File::options().write(true).open(&victim).unwrap().set_len(8 * SLOT as u64).unwrap(), false);
+    let (result, released, _) = drive_with(
+        Source::range(&path, 0..2 * SLOT as u64),
+        move || std::fs::File::options().write(true).open(&victim).unwrap().set_len(8 * SLOT as u64).unwrap(),
+        false,
+    );
     result.unwrap();
     assert_eq!(released, [(0, SLOT as u64), (SLOT as u64, SLOT as u64)]);
 }

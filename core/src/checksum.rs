@@ -41,7 +41,7 @@ const LEN_KEY: u64 = 0x9E37_79B9_7F4A_7C15;
 
 /// The two running sums of the checksum, before the length is folded in.
 ///
-/// Lanes of disjoint parts of one slot add up ([`Lanes::add`]) to the lanes
+/// Lanes of disjoint parts of one slot add up (`+`, wrapping) to the lanes
 /// of the whole, which is what a parallel consumer relies on.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Lanes {
@@ -89,16 +89,20 @@ impl Lanes {
         Lanes { a, b }
     }
 
-    /// The lanes of two disjoint parts together.
-    #[inline]
-    pub fn add(self, other: Lanes) -> Lanes {
-        Lanes { a: self.a.wrapping_add(other.a), b: self.b.wrapping_add(other.b) }
-    }
-
     /// Fold in the total length (in bytes) and finish.
     #[inline]
     pub fn finish(self, len: u64) -> u64 {
         fmix64(((self.b as u64) << 32 | self.a as u64) ^ len.wrapping_mul(LEN_KEY))
+    }
+}
+
+impl core::ops::Add for Lanes {
+    type Output = Lanes;
+
+    /// The lanes of two disjoint parts together.
+    #[inline]
+    fn add(self, other: Lanes) -> Lanes {
+        Lanes { a: self.a.wrapping_add(other.a), b: self.b.wrapping_add(other.b) }
     }
 }
 
@@ -232,7 +236,7 @@ mod tests {
         fn lanes_split_anywhere_on_a_word_and_add_up(data in proptest::collection::vec(any::<u8>(), 0..2000), cut in 0usize..500) {
             let cut = (cut * 4).min(data.len() / 4 * 4);
             let whole = Lanes::over(&data, 0);
-            let parts = Lanes::over(&data[..cut], 0).add(Lanes::over(&data[cut..], (cut / 4) as u32));
+            let parts = Lanes::over(&data[..cut], 0) + Lanes::over(&data[cut..], (cut / 4) as u32);
             prop_assert_eq!(whole, parts);
             prop_assert_eq!(whole.finish(data.len() as u64), reference(&data));
         }

@@ -514,12 +514,7 @@ impl Producer {
             let position = self.released;
             let e = q.entry(position);
             let completion = read_completion(e);
-            f(Released {
-                position,
-                completion,
-                result: e.result.load(Ordering::Relaxed),
-                consumer_status: e.consumer_status.load(Ordering::Relaxed),
-            });
+            f(Released { position, completion, result: e.result.load(Ordering::Relaxed), consumer_status: e.consumer_status.load(Ordering::Relaxed) });
             self.released = position.wrapping_add(1);
         }
         Ok(count)

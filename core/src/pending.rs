@@ -129,18 +129,14 @@ pub enum PendingError {
 impl fmt::Display for PendingError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
-            Self::OutOfRange { slot, slots } => write!(
-                f,
-                "slot {slot} does not exist: there are {slots} slots. Fix: use a slot index below {slots}"
-            ),
+            Self::OutOfRange { slot, slots } => write!(f, "slot {slot} does not exist: there are {slots} slots. Fix: use a slot index below {slots}"),
             Self::WrongState { slot, needed, found } => write!(
                 f,
                 "slot {slot} is {found}, but this needs it {needed}. Fix: wait for the slot's completion and the consumer's release before reusing it"
             ),
-            Self::Overrun { slot, got, expected } => write!(
-                f,
-                "slot {slot} got {got} bytes for a read of {expected}. Fix: this is a driver bug; please report it"
-            ),
+            Self::Overrun { slot, got, expected } => {
+                write!(f, "slot {slot} got {got} bytes for a read of {expected}. Fix: this is a driver bug; please report it")
+            }
         }
     }
 }

@@ -185,7 +185,10 @@ impl<S: StagingMemory> Driver<S> {
     /// no completion that happened is lost.
     pub fn ingest(&mut self, sources: &[Source], mut on_event: impl FnMut(Event)) -> Result<IngestStats, IngestError> {
         if self.broken {
-            return Err(IngestError::ConsumerStalled { outstanding: self.producer.outstanding(), why: "an earlier ingest on this driver was abandoned".into() });
+            return Err(IngestError::ConsumerStalled {
+                outstanding: self.producer.outstanding(),
+                why: "an earlier ingest on this driver was abandoned".into(),
+            });
         }
         let started = Instant::now();
         let mut run = Run { sources, next_source: 0, current: None, active: BTreeMap::new(), completed: VecDeque::new(), failure: None };
@@ -374,14 +377,9 @@ impl<S: StagingMemory> Driver<S> {
             .completed
             .iter()
             .map(|&slot| match self.pending.state(slot) {
-                Ok(SlotState::Completed(read)) => Completion {
-                    slot,
-                    status: read.status,
-                    kind: EntryKind::File,
-                    bytes: read.done as u64,
-                    offset: read.target.offset(),
-                    tag: read.tag,
-                },
+                Ok(SlotState::Completed(read)) => {
+                    Completion { slot, status: read.status, kind: EntryKind::File, bytes: read.done as u64, offset: read.target.offset(), tag: read.tag }
+                }
                 other => unreachable!("slot {slot} queued for publishing in state {other:?}"),
             })
             .collect();

@@ -39,7 +39,11 @@ pub fn uring_checks() -> Vec<Check> {
             Some(ring)
         }
         Err(e) => {
-            checks.push(Check::new("ring_setup", false, format!("io_uring_setup failed: {e}. Fix: enable io_uring, or allow it in the seccomp profile of this container")));
+            checks.push(Check::new(
+                "ring_setup",
+                false,
+                format!("io_uring_setup failed: {e}. Fix: enable io_uring, or allow it in the seccomp profile of this container"),
+            ));
             None
         }
     };
@@ -72,7 +76,9 @@ pub fn memlock_check(requested: u64) -> Check {
     let root = rustix::process::geteuid().is_root();
     match limit {
         None => Check::new("memlock", true, "RLIMIT_MEMLOCK is unlimited"),
-        Some(_) if root => Check::new("memlock", true, format!("running as root (CAP_IPC_LOCK): the {} limit does not apply", gpuring_core::Bytes(limit.unwrap_or(0)))),
+        Some(_) if root => {
+            Check::new("memlock", true, format!("running as root (CAP_IPC_LOCK): the {} limit does not apply", gpuring_core::Bytes(limit.unwrap_or(0))))
+        }
         Some(limit) if limit >= requested => {
             Check::new("memlock", true, format!("RLIMIT_MEMLOCK {} covers the {} ring", gpuring_core::Bytes(limit), gpuring_core::Bytes(requested)))
         }
@@ -105,6 +111,8 @@ pub fn direct_io_check(dir: &std::path::Path) -> Check {
 
 fn tempfile_in(dir: &std::path::Path) -> Option<(std::path::PathBuf, std::os::fd::OwnedFd)> {
     let path = dir.join(format!(".gpuring-probe-{}", std::process::id()));
-    let fd = rustix::fs::open(&path, rustix::fs::OFlags::CREATE | rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC, rustix::fs::Mode::from_raw_mode(0o600)).ok()?;
+    let fd =
+        rustix::fs::open(&path, rustix::fs::OFlags::CREATE | rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC, rustix::fs::Mode::from_raw_mode(0o600))
+            .ok()?;
     Some((path, fd))
 }

@@ -80,10 +80,9 @@ impl Ring {
         unsafe { self.uring.submitter().register_buffers(&iovecs) }.map_err(|e| {
             let requested = buffers.iter().map(|b| b.1 as u64).sum();
             match errno(e) {
-                Errno::NOMEM | Errno::PERM => IngestError::MemlockLimit {
-                    requested,
-                    limit: rustix::process::getrlimit(rustix::process::Resource::Memlock).current,
-                },
+                Errno::NOMEM | Errno::PERM => {
+                    IngestError::MemlockLimit { requested, limit: rustix::process::getrlimit(rustix::process::Resource::Memlock).current }
+                }
                 errno => IngestError::Ring { op: "buffer registration", errno },
             }
         })
@@ -96,7 +95,15 @@ impl Ring {
     /// `buf..buf+len` must lie inside registered buffer `buf_index` and stay
     /// valid, and untouched by anyone else, until this request's completion
     /// is reaped or the ring is dropped. `fd` must stay open until then.
-    pub unsafe fn push_read_fixed(&mut self, fd: BorrowedFd<'_>, buf: *mut u8, len: u32, offset: u64, buf_index: u16, user_data: u64) -> Result<(), IngestError> {
+    pub unsafe fn push_read_fixed(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        buf: *mut u8,
+        len: u32,
+        offset: u64,
+        buf_index: u16,
+        user_data: u64,
+    ) -> Result<(), IngestError> {
         let entry = opcode::ReadFixed::new(types::Fd(fd.as_raw_fd()), buf, len, buf_index).offset(offset).build().user_data(user_data);
         // SAFETY: the caller keeps the buffer and the fd valid until completion.
         unsafe { self.push(&entry) }

@@ -97,8 +97,8 @@ impl OpenSource {
     /// bytes starting at page-aligned addresses.
     pub fn open(source: &Source, direct: bool, slot_size: usize) -> Result<Self, IngestError> {
         let path = &source.path;
-        let fd = rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY, Mode::empty())
-            .map_err(|e| open_error(path, e))?;
+        let fd =
+            rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY, Mode::empty()).map_err(|e| open_error(path, e))?;
         let stat = rustix::fs::fstat(&fd).map_err(|e| open_error(path, e))?;
         let file_type = FileType::from_raw_mode(stat.st_mode);
         if file_type != FileType::RegularFile {
@@ -144,6 +144,7 @@ impl OpenSource {
             dio_align = offset_align;
             // tmpfs accepts O_DIRECT but serves it from the page cache: honest
             // accounting calls that a kernel copy, not DMA.
+            #[allow(clippy::unnecessary_cast)] // f_type is i64 here but not on every architecture
             let fs_type = rustix::fs::fstatfs(&fd).map(|s| s.f_type as i64).unwrap_or(0);
             if fs_type != TMPFS_MAGIC && fs_type != RAMFS_MAGIC {
                 path_kind = BytePath::Dma;

@@ -1,1 +1,105 @@
-fn main(){}
+//! gpuring's development tasks, run as `cargo xtask <task>`.
+//!
+//! - `ci`: everything CI checks, in order: install what the suite needs
+//!   when missing, formatting, clippy with warnings denied, docs with
+//!   warnings denied, the `no_std` build of gpuring-core, all tests.
+//!
+//! Under `CI=true` a component the suite relies on that cannot be installed
+//! is a failure; elsewhere the task says what it skipped and why.
+
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+/// A bare-metal target: building core for it proves core is `no_std`.
+const NO_STD_TARGET: &str = "x86_64-unknown-none";
+
+fn main() -> Result<()> {
+    let task = std::env::args().nth(1);
+    match task.as_deref() {
+        Some("ci") => ci(),
+        _ => {
+            eprintln!("usage: cargo xtask ci");
+            bail!("unknown task {task:?}")
+        }
+    }
+}
+
+fn under_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+fn step(title: &str) {
+    println!("\n==> {title}");
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    println!("$ {cmd:?}");
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn succeeds(cmd: &mut Command) -> bool {
+    cmd.output().map(|o| o.status.success()).unwrap_or(false)
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+/// Install what the suite needs, saying so; fail under CI when it cannot.
+fn ensure_prerequisites() -> Result<()> {
+    step("prerequisites");
+    for component in ["rustfmt", "clippy"] {
+        let present = succeeds(cargo().args([if component == "rustfmt" { "fmt" } else { "clippy" }, "--version"]));
+        if !present {
+            println!("installing the {component} component (missing)");
+            run(Command::new("rustup").args(["component", "add", component]))?;
+        }
+    }
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains(NO_STD_TARGET))
+        .unwrap_or(false);
+    if !installed {
+        println!("installing the {NO_STD_TARGET} target (missing), for the no_std build of core");
+        run(Command::new("rustup").args(["target", "add", NO_STD_TARGET]))?;
+    }
+    // The unprivileged tests (memlock, permissions) drop root with setpriv.
+    if !std::path::Path::new("/usr/bin/setpriv").exists() {
+        if rustix_is_root() && succeeds(Command::new("apt-get").arg("--version")) {
+            println!("installing util-linux for setpriv (missing), as root with apt-get");
+            run(Command::new("apt-get").args(["update", "-qq"]))?;
+            run(Command::new("apt-get").args(["install", "-y", "-qq", "util-linux"]))?;
+        } else if under_ci() {
+            bail!("setpriv (util-linux) is missing and cannot be installed here; the unprivileged tests need it");
+        } else {
+            println!("note: setpriv is missing; the unprivileged tests will say they skip");
+        }
+    }
+    Ok(())
+}
+
+fn rustix_is_root() -> bool {
+    Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
+}
+
+fn ci() -> Result<()> {
+    ensure_prerequisites()?;
+    step("formatting");
+    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    step("clippy, warnings denied");
+    run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    step("docs, warnings denied");
+    run(cargo().args(["doc", "--workspace", "--no-deps"]).env("RUSTDOCFLAGS", "-D warnings"))?;
+    step("no_std build of gpuring-core");
+    run(cargo().args(["build", "-p", "gpuring-core", "--target", NO_STD_TARGET]))?;
+    step("tests");
+    run(cargo().args(["test", "--workspace"]))?;
+    println!("\nci: all checks passed");
+    Ok(())
+}

@@ -127,7 +127,13 @@ fn run<S: StagingMemory>(staging: &S, stop: &AtomicBool) -> Result<ConsumerStats
         if entry.slot >= geometry.slot_count() || entry.bytes > geometry.slot_size() as u64 {
             return Err(HostError::BadEntry {
                 position,
-                what: format!("slot {} with {} bytes, but there are {} slots of {} bytes", entry.slot, entry.bytes, geometry.slot_count(), geometry.slot_size()),
+                what: format!(
+                    "slot {} with {} bytes, but there are {} slots of {} bytes",
+                    entry.slot,
+                    entry.bytes,
+                    geometry.slot_count(),
+                    geometry.slot_size()
+                ),
             });
         }
         let (result, status) = if entry.status == 0 {
