@@ -99,7 +99,37 @@ fn ci() -> Result<()> {
     step("no_std build of gpuring-core");
     run(cargo().args(["build", "-p", "gpuring-core", "--target", NO_STD_TARGET]))?;
     step("tests");
-    run(cargo().args(["test", "--workspace"]))?;
+    let (passed, failed) = run_tests()?;
     println!("\nci: all checks passed");
+    println!("tests: {passed} passed, {failed} failed");
     Ok(())
+}
+
+/// Run the workspace's tests, echoing their output, and add up cargo's
+/// `test result:` lines.
+fn run_tests() -> Result<(u64, u64)> {
+    use std::io::{BufRead, BufReader};
+    let mut cmd = cargo();
+    cmd.args(["test", "--workspace"]).stdout(std::process::Stdio::piped());
+    println!("$ {cmd:?}");
+    let mut child = cmd.spawn().context("starting cargo test")?;
+    let (mut passed, mut failed) = (0, 0);
+    for line in BufReader::new(child.stdout.take().context("cargo test's output")?).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let count = |word: &str| rest.split(';').find_map(|part| part.trim().strip_suffix(word)?.trim().rsplit(' ').next()?.parse::<u64>().ok());
+            passed += count(" passed").unwrap_or(0);
+            failed += count(" failed").unwrap_or(0);
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() || failed > 0 {
+        println!("tests: {passed} passed, {failed} failed");
+        bail!("cargo test failed with {status}");
+    }
+    if passed == 0 {
+        bail!("cargo test ran no test");
+    }
+    Ok((passed, failed))
 }
