@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gpuring_core::checksum::{Lanes, StreamDigest};
+use gpuring_core::io_queue::Producer;
 use gpuring_core::{SlotGeometry, StagingMemory, Telemetry};
 use gpuring_uring::{Driver, DriverOptions, Event, Source};
 use serde::Serialize;
@@ -156,7 +157,10 @@ pub fn run(sources: &[Source], config: &IngestConfig, progress: &mut dyn FnMut(u
         "host" => {
             let staging = Arc::new(gpuring_host::HostStaging::new(geometry, config.slots.next_power_of_two())?);
             let consumer = gpuring_host::HostConsumer::start(staging.clone());
-            let outcome = drive(staging, sources, config, progress);
+            let outcome = drive(staging.clone(), sources, config, progress);
+            // The driver closes the queue when it drops; if it was never
+            // built, close it here so the consumer stops.
+            Producer::new().close(&staging.queue());
             let consumer_result = consumer.join();
             // A consumer failure explains a stalled driver: report it first.
             consumer_result?;
