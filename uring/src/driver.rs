@@ -296,13 +296,14 @@ impl<S: StagingMemory> Driver<S> {
     fn push_read(&mut self, file: &OpenSource, slot: u32, offset: u64, done: u32, len: u32) -> Result<(), IngestError> {
         // O_DIRECT lengths must be block multiples; the kernel stops at end of file.
         let submit_len = if file.dio_align > 0 { len.next_multiple_of(file.dio_align) } else { len };
-        debug_assert!(done as usize + submit_len as usize <= self.geometry.slot_size());
-        // SAFETY: `slot` is in flight in the pending table, so nothing else
-        // touches its bytes until its completion is reaped; the range lies
-        // within the slot (`done + submit_len <= slot_size`: `done` is a block
-        // multiple under O_DIRECT and the slot size is one); the slot is
-        // registered buffer `slot`; the fd stays open while the source has
-        // outstanding segments, and the ring drains before the driver drops.
+        // The read must stay inside the slot: `done` is a block multiple under
+        // O_DIRECT and the slot size is one, so this holds; checked because
+        // the kernel would otherwise write into the next slot.
+        assert!(done as usize + submit_len as usize <= self.geometry.slot_size(), "read past the end of slot {slot}");
+        // Nothing else touches the slot while it is in flight in the pending
+        // table; the fd stays open while its source has outstanding segments;
+        // the ring drains before the driver (and the staging memory) drops.
+        // SAFETY: per the three lines above, and the slot is registered buffer `slot`.
         unsafe {
             let buf = self.staging.slot_ptr(slot).as_ptr().add(done as usize);
             self.ring.push_read_fixed(std::os::fd::AsFd::as_fd(&file.fd), buf, submit_len, offset + done as u64, slot as u16, slot as u64)
