@@ -386,9 +386,15 @@ impl<'a> IoQueue<'a> {
         Ok(unsafe { Self::view(ptr, capacity) })
     }
 
+    /// View a queue that [`IoQueue::init_raw`] initialised with `capacity`,
+    /// without checking its header again (for a backend that owns the memory
+    /// and hands out views often).
+    ///
     /// # Safety
-    /// `ptr` is 64-byte aligned and valid for `bytes_for(capacity)` bytes for 'a.
-    unsafe fn view(ptr: *mut u8, capacity: u32) -> Self {
+    /// `ptr` is 64-byte aligned, valid for `bytes_for(capacity)` bytes for
+    /// 'a, was initialised with this `capacity`, and is accessed by others
+    /// only atomically through this queue's protocol.
+    pub unsafe fn view(ptr: *mut u8, capacity: u32) -> Self {
         // SAFETY: per this function's contract; `QueueHeader` and `QueueEntry`
         // are made of atomics, which may alias memory other parties write atomically.
         unsafe {

@@ -30,7 +30,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gpuring_core::io_queue::{Completion, EntryKind, Producer, CONSUMED};
+use gpuring_core::io_queue::{Completion, EntryKind, Producer, Released, CONSUMED};
 use gpuring_core::pending::{Judge, Progress, Target};
 use gpuring_core::{PendingRead, PendingTable, SlotGeometry, SlotState, StagingMemory, Telemetry};
 use rustix::io::Errno;
@@ -77,7 +77,9 @@ pub enum Event {
         /// False when the consumer skipped the checksum (a failed read).
         checksummed: bool,
     },
-    /// Every segment of a source has been read and released.
+    /// Every segment of a source has been read and released, and a whole
+    /// file still has the size it was opened with. Sent for empty sources
+    /// too, and never for a source one of whose own reads failed.
     SourceDone {
         /// Index of the source.
         source: usize,
@@ -103,6 +105,8 @@ struct Active {
     next: u64,
     /// Segments handed out and not yet released.
     outstanding: u32,
+    /// A read of this source failed.
+    failed: bool,
 }
 
 /// State of one `ingest` call.
@@ -112,6 +116,8 @@ struct Run<'s> {
     current: Option<usize>,
     active: BTreeMap<usize, Active>,
     completed: VecDeque<u32>,
+    /// Sources finished since the caller was last told: (index, bytes).
+    done: Vec<(usize, u64)>,
     failure: Option<IngestError>,
 }
 
@@ -135,6 +141,8 @@ pub struct Driver<S: StagingMemory> {
     telemetry: Telemetry,
     options: DriverOptions,
     cqes: Vec<(u64, i32)>,
+    batch: Vec<Completion>,
+    releases: Vec<Released>,
     broken: bool,
 }
 
@@ -164,6 +172,8 @@ impl<S: StagingMemory> Driver<S> {
             telemetry: Telemetry::new(),
             options,
             cqes: Vec::new(),
+            batch: Vec::new(),
+            releases: Vec::new(),
             broken: false,
         })
     }
@@ -191,7 +201,7 @@ impl<S: StagingMemory> Driver<S> {
             });
         }
         let started = Instant::now();
-        let mut run = Run { sources, next_source: 0, current: None, active: BTreeMap::new(), completed: VecDeque::new(), failure: None };
+        let mut run = Run { sources, next_source: 0, current: None, active: BTreeMap::new(), completed: VecDeque::new(), done: Vec::new(), failure: None };
         let mut last_release = Instant::now();
         let result = loop {
             let mut progressed = match self.fill(&mut run) {
@@ -256,7 +266,7 @@ impl<S: StagingMemory> Driver<S> {
                     return Ok(Some((idx, offset, len)));
                 }
                 run.current = None;
-                self.finish_source(run, idx, &mut |_| {});
+                self.finish_source(run, idx);
             }
             if run.next_source == run.sources.len() {
                 return Ok(None);
@@ -265,7 +275,7 @@ impl<S: StagingMemory> Driver<S> {
             run.next_source += 1;
             let file = OpenSource::open(&run.sources[idx], self.options.direct, self.geometry.slot_size())?;
             let next = file.start;
-            run.active.insert(idx, Active { file, next, outstanding: 0 });
+            run.active.insert(idx, Active { file, next, outstanding: 0, failed: false });
             run.current = Some(idx);
         }
     }
@@ -341,6 +351,7 @@ impl<S: StagingMemory> Driver<S> {
             None
         };
         if let Some((status, error)) = failure {
+            run.active.get_mut(&(read.tag as usize)).expect("source of an in-flight read is active").failed = true;
             self.telemetry.on_failure()?;
             self.pending.fail(slot, status)?;
             run.completed.push_back(slot);
@@ -357,7 +368,9 @@ impl<S: StagingMemory> Driver<S> {
                 // A direct read only stops off a block boundary at end of file.
                 self.pending.fail(slot, -Errno::NODATA.raw_os_error())?;
                 run.completed.push_back(slot);
-                let path = run.active[&(read.tag as usize)].file.path.clone();
+                let a = run.active.get_mut(&(read.tag as usize)).expect("source of an in-flight read is active");
+                a.failed = true;
+                let path = a.file.path.clone();
                 run.fail(IngestError::Shrank { path, size, ended_at: read.target.offset() + read.done as u64 });
             }
             Progress::Short(read) => {
@@ -374,18 +387,17 @@ impl<S: StagingMemory> Driver<S> {
         if run.completed.is_empty() {
             return Ok(0);
         }
-        let items: Vec<Completion> = run
-            .completed
-            .iter()
-            .map(|&slot| match self.pending.state(slot) {
-                Ok(SlotState::Completed(read)) => {
-                    Completion { slot, status: read.status, kind: EntryKind::File, bytes: read.done as u64, offset: read.target.offset(), tag: read.tag }
-                }
-                other => unreachable!("slot {slot} queued for publishing in state {other:?}"),
-            })
-            .collect();
+        let mut batch = std::mem::take(&mut self.batch);
+        batch.clear();
+        batch.extend(run.completed.iter().map(|&slot| match self.pending.state(slot) {
+            Ok(SlotState::Completed(read)) => {
+                Completion { slot, status: read.status, kind: EntryKind::File, bytes: read.done as u64, offset: read.target.offset(), tag: read.tag }
+            }
+            other => unreachable!("slot {slot} queued for publishing in state {other:?}"),
+        }));
         let q = self.staging.queue();
-        let n = self.producer.publish_batch(&q, &items);
+        let n = self.producer.publish_batch(&q, &batch);
+        self.batch = batch;
         for slot in run.completed.drain(..n) {
             self.pending.publish(slot)?;
         }
@@ -399,45 +411,61 @@ impl<S: StagingMemory> Driver<S> {
     /// Take the consumer's releases: free their slots and report them.
     fn take_releases(&mut self, run: &mut Run<'_>, on_event: &mut impl FnMut(Event)) -> Result<u32, IngestError> {
         let q = self.staging.queue();
-        let mut released = Vec::new();
-        let n = self.producer.poll_released(&q, |r| released.push(r))?;
-        for r in released {
-            let read = self.pending.release(r.completion.slot)?;
-            self.telemetry.on_release(1)?;
-            let idx = read.tag as usize;
-            let a = run.active.get_mut(&idx).expect("released segment's source is active");
-            a.outstanding -= 1;
-            if read.status == 0 {
-                let offset = read.target.offset();
-                on_event(Event::Released {
-                    source: idx,
-                    segment: (offset - a.file.start) / self.geometry.slot_size() as u64,
-                    offset,
-                    bytes: read.done as u64,
-                    checksum: r.result,
-                    checksummed: r.consumer_status == CONSUMED,
-                });
-            }
-            if a.outstanding == 0 && a.next == a.file.end && run.current != Some(idx) {
-                self.finish_source(run, idx, on_event);
-            }
+        let mut released = std::mem::take(&mut self.releases);
+        released.clear();
+        let result = match self.producer.poll_released(&q, |r| released.push(r)) {
+            Ok(n) => released.iter().try_for_each(|r| self.release(run, r, on_event)).map(|()| n),
+            Err(e) => Err(e.into()),
+        };
+        self.releases = released;
+        for (source, bytes) in run.done.drain(..) {
+            on_event(Event::SourceDone { source, bytes });
         }
-        Ok(n)
+        result
     }
 
-    /// A source is fully read and released: check its size did not change.
-    fn finish_source(&mut self, run: &mut Run<'_>, idx: usize, on_event: &mut impl FnMut(Event)) {
-        let Some(a) = run.active.remove(&idx) else { return };
-        let file = a.file;
-        if file.whole {
-            match file.current_size() {
-                Ok(after) if after != file.size => run.fail(IngestError::ChangedSize { path: file.path, before: file.size, after }),
-                Ok(_) => {}
-                Err(e) => run.fail(e),
-            }
+    /// One released entry: free its slot and report it.
+    fn release(&mut self, run: &mut Run<'_>, r: &Released, on_event: &mut impl FnMut(Event)) -> Result<(), IngestError> {
+        let read = self.pending.release(r.completion.slot)?;
+        self.telemetry.on_release(1)?;
+        let idx = read.tag as usize;
+        let a = run.active.get_mut(&idx).expect("released segment's source is active");
+        a.outstanding -= 1;
+        if read.status == 0 {
+            let offset = read.target.offset();
+            on_event(Event::Released {
+                source: idx,
+                segment: (offset - a.file.start) / self.geometry.slot_size() as u64,
+                offset,
+                bytes: read.done as u64,
+                checksum: r.result,
+                checksummed: r.consumer_status == CONSUMED,
+            });
         }
-        if run.failure.is_none() {
-            on_event(Event::SourceDone { source: idx, bytes: file.end - file.start });
+        if a.outstanding == 0 && a.next == a.file.end && run.current != Some(idx) {
+            self.finish_source(run, idx);
+        }
+        Ok(())
+    }
+
+    /// A source is fully read and released: check its size did not change,
+    /// and report it done unless one of its own reads failed.
+    fn finish_source(&mut self, run: &mut Run<'_>, idx: usize) {
+        let Some(a) = run.active.remove(&idx) else { return };
+        if a.failed {
+            return;
+        }
+        let file = a.file;
+        // A byte range may grow or shrink outside itself; a whole file may not.
+        let changed = match file.whole.then(|| file.current_size()) {
+            Some(Ok(after)) if after != file.size => Some(IngestError::ChangedSize { path: file.path, before: file.size, after }),
+            Some(Err(e)) => Some(e),
+            _ => None,
+        };
+        match changed {
+            Some(e) => run.fail(e),
+            // Done is this source's own verdict, whatever happened to others.
+            None => run.done.push((idx, file.end - file.start)),
         }
     }
 

@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use gpuring_core::checksum::slot_checksum;
 use gpuring_core::io_queue::{Consumer, IoQueue, CONSUMED, SKIPPED};
@@ -27,8 +27,6 @@ pub struct ConsumerStats {
     pub bytes: u64,
     /// Entries released without a checksum because their read had failed.
     pub skipped: u64,
-    /// Time spent checksumming.
-    pub busy: Duration,
 }
 
 /// A running host consumer. Stop it with [`HostConsumer::join`] after the
@@ -137,13 +135,11 @@ fn run<S: StagingMemory>(staging: &S, stop: &AtomicBool) -> Result<ConsumerStats
             });
         }
         let (result, status) = if entry.status == 0 {
-            let started = Instant::now();
             // SAFETY: between publish and release the consumer owns the slot:
             // no read is in flight into it (the slot life cycle) and its bytes
             // happen-before the acquire in `peek` (the io_queue protocol).
             let bytes = unsafe { std::slice::from_raw_parts(staging.slot_ptr(entry.slot).as_ptr(), entry.bytes as usize) };
             let sum = slot_checksum(bytes);
-            stats.busy += started.elapsed();
             stats.bytes += entry.bytes;
             (sum, CONSUMED)
         } else {

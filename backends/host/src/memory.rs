@@ -142,6 +142,7 @@ impl Drop for Mapping {
 pub struct HostStaging {
     slots: Mapping,
     queue: Mapping,
+    queue_capacity: u32,
     geometry: SlotGeometry,
 }
 
@@ -154,7 +155,7 @@ impl HostStaging {
         // SAFETY: the mapping is ours, aligned, large enough, and lives as
         // long as `HostStaging`, which only hands out queue views borrowing it.
         unsafe { IoQueue::init_raw(queue.as_ptr().as_ptr(), queue.len(), queue_capacity)? };
-        Ok(Self { slots, queue, geometry })
+        Ok(Self { slots, queue, queue_capacity, geometry })
     }
 
     /// Bytes locked in all (slots and queue).
@@ -175,8 +176,9 @@ unsafe impl StagingMemory for HostStaging {
     }
 
     fn queue(&self) -> IoQueue<'_> {
-        // SAFETY: initialised in `new`; the view borrows `self`, which owns the memory.
-        unsafe { IoQueue::attach_raw(self.queue.as_ptr().as_ptr(), self.queue.len()) }.expect("queue initialised in HostStaging::new")
+        // SAFETY: initialised in `new` with this capacity; the view borrows
+        // `self`, which owns the memory.
+        unsafe { IoQueue::view(self.queue.as_ptr().as_ptr(), self.queue_capacity) }
     }
 
     fn kind(&self) -> MemoryKind {
