@@ -51,9 +51,13 @@ pub struct Lanes {
     pub b: u32,
 }
 
+/// Words per block of the wide loop: sixteen independent lanes, which fill
+/// one AVX-512 register or two AVX2 ones when the compiler vectorises it.
+const BLOCK_WORDS: usize = 16;
+
+/// Mix word `w` whose key (its index times [`INDEX_KEY`]) is `k`.
 #[inline(always)]
-fn mix_word(w: u32, j: u32) -> (u32, u32) {
-    let k = j.wrapping_mul(INDEX_KEY);
+fn mix_keyed(w: u32, k: u32) -> (u32, u32) {
     let mut x = (w ^ k).wrapping_mul(MUL_A);
     x ^= x >> 13;
     let mut y = x.wrapping_add(k).wrapping_mul(MUL_B);
@@ -61,28 +65,56 @@ fn mix_word(w: u32, j: u32) -> (u32, u32) {
     (x, y)
 }
 
+#[inline(always)]
+fn word_at(bytes: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+}
+
 impl Lanes {
     /// The lanes of `bytes`, whose first byte is word number `first_word` of
     /// the slot. Every part but the slot's last must be a whole number of
     /// words; a trailing partial word is zero-padded.
-    #[inline]
+    ///
+    /// The body runs in blocks of sixteen words with one running sum per
+    /// lane and column, a shape the compiler turns into vector code (the
+    /// sums are wrapping additions, so the order does not matter). It is
+    /// `inline(always)` so that a caller compiled for wider vectors (a
+    /// `#[target_feature]` function, see `gpuring-host`) gets them.
+    #[inline(always)]
     pub fn over(bytes: &[u8], first_word: u32) -> Lanes {
-        let mut a = 0u32;
-        let mut b = 0u32;
-        let mut j = first_word;
-        let mut words = bytes.chunks_exact(4);
+        const STEP: u32 = (BLOCK_WORDS as u32).wrapping_mul(INDEX_KEY);
+        let mut keys = [0u32; BLOCK_WORDS];
+        for (l, k) in keys.iter_mut().enumerate() {
+            *k = first_word.wrapping_add(l as u32).wrapping_mul(INDEX_KEY);
+        }
+        let mut sum_a = [0u32; BLOCK_WORDS];
+        let mut sum_b = [0u32; BLOCK_WORDS];
+        let mut blocks = bytes.chunks_exact(BLOCK_WORDS * 4);
+        for block in &mut blocks {
+            for l in 0..BLOCK_WORDS {
+                let (x, y) = mix_keyed(word_at(block, 4 * l), keys[l]);
+                sum_a[l] = sum_a[l].wrapping_add(x);
+                sum_b[l] = sum_b[l].wrapping_add(y);
+                keys[l] = keys[l].wrapping_add(STEP);
+            }
+        }
+        let mut a = sum_a.iter().fold(0u32, |s, v| s.wrapping_add(*v));
+        let mut b = sum_b.iter().fold(0u32, |s, v| s.wrapping_add(*v));
+        // The tail: fewer than sixteen words, the last maybe partial.
+        let rest = blocks.remainder();
+        let mut k = keys[0];
+        let mut words = rest.chunks_exact(4);
         for word in &mut words {
-            let w = u32::from_le_bytes([word[0], word[1], word[2], word[3]]);
-            let (x, y) = mix_word(w, j);
+            let (x, y) = mix_keyed(word_at(word, 0), k);
             a = a.wrapping_add(x);
             b = b.wrapping_add(y);
-            j = j.wrapping_add(1);
+            k = k.wrapping_add(INDEX_KEY);
         }
         let tail = words.remainder();
         if !tail.is_empty() {
             let mut last = [0u8; 4];
             last[..tail.len()].copy_from_slice(tail);
-            let (x, y) = mix_word(u32::from_le_bytes(last), j);
+            let (x, y) = mix_keyed(u32::from_le_bytes(last), k);
             a = a.wrapping_add(x);
             b = b.wrapping_add(y);
         }

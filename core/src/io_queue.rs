@@ -324,7 +324,7 @@ impl<'a> IoQueue<'a> {
         if capacity == 0 || capacity > MAX_CAPACITY || !capacity.is_power_of_two() {
             return Err(QueueError::BadCapacity { capacity });
         }
-        if addr % ALIGN != 0 {
+        if !addr.is_multiple_of(ALIGN) {
             return Err(QueueError::Misaligned { addr });
         }
         let needed = Self::bytes_for(capacity);
@@ -369,7 +369,7 @@ impl<'a> IoQueue<'a> {
         if len < HEADER_SIZE {
             return Err(QueueError::RegionTooSmall { len, needed: HEADER_SIZE });
         }
-        if ptr as usize % ALIGN != 0 {
+        if !(ptr as usize).is_multiple_of(ALIGN) {
             return Err(QueueError::Misaligned { addr: ptr as usize });
         }
         // SAFETY: aligned, at least a header long, valid per the caller.

@@ -110,7 +110,7 @@ fn round_down(value: usize, to: usize) -> usize {
 }
 
 fn round_up(value: usize, to: usize) -> usize {
-    round_down(value, to).saturating_add(if value % to == 0 { 0 } else { to })
+    round_down(value, to).saturating_add(if value.is_multiple_of(to) { 0 } else { to })
 }
 
 impl SlotGeometry {
@@ -122,7 +122,7 @@ impl SlotGeometry {
         if slot_size == 0 {
             return Err(GeometryError::ZeroSlotSize);
         }
-        if slot_size % PAGE_SIZE != 0 {
+        if !slot_size.is_multiple_of(PAGE_SIZE) {
             return Err(GeometryError::NotPageMultiple { slot_size });
         }
         if slot_size.checked_mul(slot_count as usize).is_none() {
@@ -136,7 +136,7 @@ impl SlotGeometry {
         if slot_count == 0 {
             return Err(GeometryError::ZeroSlots);
         }
-        if region_len % slot_count as usize != 0 {
+        if !region_len.is_multiple_of(slot_count as usize) {
             return Err(GeometryError::UnevenRegion { region_len, slot_count });
         }
         Self::new(slot_count, region_len / slot_count as usize)
@@ -144,7 +144,7 @@ impl SlotGeometry {
 
     /// Check that this geometry suits direct I/O with `block_size`-byte blocks.
     pub fn check_block_size(&self, block_size: u32) -> Result<(), GeometryError> {
-        if block_size == 0 || self.slot_size % block_size as usize != 0 {
+        if block_size == 0 || !self.slot_size.is_multiple_of(block_size as usize) {
             return Err(GeometryError::NotBlockMultiple { slot_size: self.slot_size, block_size });
         }
         Ok(())

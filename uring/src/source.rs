@@ -135,7 +135,7 @@ impl OpenSource {
             if mem_align as usize > gpuring_core::PAGE_SIZE {
                 return Err(unaligned("slot address alignment", gpuring_core::PAGE_SIZE as u64, mem_align));
             }
-            if slot_size % offset_align as usize != 0 {
+            if !slot_size.is_multiple_of(offset_align as usize) {
                 return Err(unaligned("slot size", slot_size as u64, offset_align));
             }
             if start % offset_align as u64 != 0 {

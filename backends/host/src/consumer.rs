@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use gpuring_core::checksum::slot_checksum;
+use crate::checksum::slot_checksum;
 use gpuring_core::io_queue::{Consumer, IoQueue, CONSUMED, SKIPPED};
 use gpuring_core::StagingMemory;
 use rustix::thread::futex;

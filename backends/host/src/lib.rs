@@ -10,6 +10,7 @@
 //! `gpuring-uring`: the ingest driver and this backend meet only through
 //! `gpuring-core`'s [`StagingMemory`] trait and io_queue protocol.
 
+pub mod checksum;
 mod consumer;
 mod memory;
 
