@@ -28,6 +28,13 @@ pub enum Error {
         /// Why.
         why: String,
     },
+    /// A bench case could not run or gave an unusable result.
+    BenchFailed {
+        /// The case.
+        case: String,
+        /// What happened.
+        why: String,
+    },
     /// Walking a directory or reading for verification failed.
     Io {
         /// The path.
@@ -53,6 +60,9 @@ impl fmt::Display for Error {
                 crate::ingest::BACKENDS.first().copied().unwrap_or("host")
             ),
             Self::NothingToIngest { why } => write!(f, "nothing to ingest: {why}. Fix: pass at least one non-empty regular file (or a directory holding one)"),
+            Self::BenchFailed { case, why } => {
+                write!(f, "bench case {case} failed: {why}. Fix: rerun with --runs 1 to see it alone, or leave fio out with --no-fio")
+            }
             Self::Io { path, op, error } => write!(f, "{}: {op} failed: {error}. Fix: check the path and its permissions", path.display()),
         }
     }

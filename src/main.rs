@@ -1,11 +1,11 @@
-//! The `gpuring` command: `ingest` and `probe`.
+//! The `gpuring` command: `ingest`, `bench` and `probe`.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use gpuring::ingest::{self, IngestConfig, IngestReport};
 use gpuring::{core::Bytes, Error};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -17,8 +17,27 @@ struct Cli {
     command: Command,
 }
 
+/// The library's default ring, as command-line defaults.
+const DEFAULT_SLOTS: u32 = ingest::DEFAULT_SLOTS;
+const DEFAULT_SLOT_SIZE: &str = "256K";
+
 fn size(text: &str) -> Result<usize, String> {
     gpuring::core::parse_size(text).and_then(|n| usize::try_from(n).ok()).ok_or_else(|| format!("`{text}` is not a size (try 4096, 64K, 1M or 1G)"))
+}
+
+/// The ring an ingest runs with.
+#[derive(Args)]
+struct RingArgs {
+    /// Backend that supplies the slot memory and the consumer.
+    #[arg(long, default_value = "host")]
+    backend: String,
+    /// Number of slots in the ring (fio's iodepth in the bench).
+    #[arg(long, default_value_t = DEFAULT_SLOTS)]
+    slots: u32,
+    /// Bytes per slot, a multiple of 4096 with K, M, G suffixes (fio's block
+    /// size in the bench).
+    #[arg(long, default_value = DEFAULT_SLOT_SIZE, value_parser = size)]
+    slot_size: usize,
 }
 
 #[derive(Subcommand)]
@@ -26,18 +45,15 @@ enum Command {
     /// Read files (directories: every regular file under them) into the slots,
     /// hand each slot to the backend's consumer, and verify its checksums.
     Ingest {
-        /// Backend that supplies the slot memory and the consumer.
-        #[arg(long, default_value = "host")]
-        backend: String,
-        /// Number of slots in the ring.
-        #[arg(long, default_value_t = 32)]
-        slots: u32,
-        /// Bytes per slot (a multiple of 4096; K, M, G suffixes).
-        #[arg(long, default_value = "1M", value_parser = size)]
-        slot_size: usize,
+        #[command(flatten)]
+        ring: RingArgs,
         /// Read with O_DIRECT: the device writes the slots.
         #[arg(long)]
         direct: bool,
+        /// Read with pread() into a heap buffer and copy into the slots, the
+        /// way programs do without gpuring (for comparison; not zero-bounce).
+        #[arg(long)]
+        bounce: bool,
         /// Skip the independent reference read (the consumer still checksums).
         #[arg(long)]
         no_verify: bool,
@@ -48,16 +64,44 @@ enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// Measure gpuring against fio, the read()+copy bounce path and memcpy,
+    /// on the same bytes, in one run (makes its own data under --dir).
+    Bench {
+        /// Print one JSON object on stdout (progress goes to stderr).
+        #[arg(long)]
+        json: bool,
+        /// Where to make the data (not tmpfs: the direct cases need O_DIRECT).
+        #[arg(long, default_value_os_t = std::env::temp_dir().join("gpuring-bench"))]
+        dir: PathBuf,
+        /// Size of the large file.
+        #[arg(long, default_value = "1G", value_parser = size)]
+        size: usize,
+        /// Number of small files.
+        #[arg(long, default_value_t = 2048)]
+        small_files: u32,
+        /// Size of each small file.
+        #[arg(long, default_value = "64K", value_parser = size)]
+        small_size: usize,
+        /// Runs of every case (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        runs: u32,
+        /// The gpuring and bounce cases' ring; fio's block size and depth follow it.
+        #[command(flatten)]
+        ring: RingArgs,
+        /// Leave fio's cases out even when fio is installed.
+        #[arg(long)]
+        no_fio: bool,
+    },
     /// Report what this machine can do, with reasons.
     Probe {
         /// Print one JSON object on stdout.
         #[arg(long)]
         json: bool,
         /// Slots of the ring to check RLIMIT_MEMLOCK against.
-        #[arg(long, default_value_t = 32)]
+        #[arg(long, default_value_t = DEFAULT_SLOTS)]
         slots: u32,
         /// Slot size of the ring to check RLIMIT_MEMLOCK against.
-        #[arg(long, default_value = "1M", value_parser = size)]
+        #[arg(long, default_value = DEFAULT_SLOT_SIZE, value_parser = size)]
         slot_size: usize,
         /// Directory whose file system is checked for direct I/O.
         #[arg(long, default_value = ".")]
@@ -77,8 +121,8 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Ingest { backend, slots, slot_size, direct, no_verify, json, paths } => {
-            let config = IngestConfig { backend, slots, slot_size, direct, verify: !no_verify, ..IngestConfig::default() };
+        Command::Ingest { ring: RingArgs { backend, slots, slot_size }, direct, bounce, no_verify, json, paths } => {
+            let config = IngestConfig { backend, slots, slot_size, direct, bounce, verify: !no_verify, ..IngestConfig::default() };
             let inputs = gpuring::inputs::collect(&paths)?;
             let total = total_bytes(&inputs.sources);
             if !inputs.sources.is_empty() && total == Some(0) {
@@ -99,6 +143,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let ok = report.complete && (!report.checksum.verified || report.checksum.matched);
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Bench { json, dir, size, small_files, small_size, runs, ring: RingArgs { backend, slots, slot_size }, no_fio } => {
+            let config = gpuring::bench::BenchConfig {
+                dir,
+                size: size as u64,
+                small_files,
+                small_size: small_size as u64,
+                runs: runs.max(1),
+                ingest: IngestConfig { backend, slots, slot_size, verify: false, ..IngestConfig::default() },
+                fio: !no_fio,
+            };
+            let report = gpuring::bench::run(&config, &mut |line| eprintln!("{line}"))?;
+            if json {
+                println!("{}", serde_json::to_string(&report).context("encoding the report")?);
+            } else {
+                print!("{}", gpuring::bench::table(&report));
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Probe { json, slots, slot_size, dir } => {
             let ring = slots as u64 * slot_size as u64;
@@ -145,7 +207,12 @@ fn print_report(r: &IngestReport, skipped: usize) {
         r.backend,
         r.slots,
         Bytes(r.slot_size as u64),
-        if r.direct { "O_DIRECT" } else { "buffered" }
+        match (r.direct, r.bounce) {
+            (false, false) => "buffered",
+            (true, false) => "O_DIRECT",
+            (false, true) => "buffered pread + copy",
+            (true, true) => "O_DIRECT pread + copy",
+        }
     );
     println!(
         "telemetry: {} reads submitted, {} completed, {} failed, {} short; {} published, {} released",

@@ -141,3 +141,55 @@ fn unreadable_file_is_reported() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("secret: permission denied") && stderr.contains("Fix:"), "{stderr}");
 }
+
+#[test]
+fn bench_json_has_every_case_with_ratios() {
+    let fio = Command::new("fio").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !fio {
+        assert!(!under_ci(), "fio is missing under CI; `cargo xtask ci` installs it (apt-get install fio)");
+        eprintln!("skipping the fio half of this test: fio is not installed (apt-get install fio)");
+    }
+    let dir = test_dir();
+    let data = dir.path().join("bench");
+    let args = ["bench", "--json", "--dir", data.to_str().unwrap(), "--size", "4M", "--small-files", "8", "--small-size", "8K", "--runs", "2"];
+    let out = gpuring(&args);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let cases = v["cases"].as_array().unwrap();
+    let mut names: Vec<&str> = cases.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    let mut want = vec!["memcpy", "gpuring-buffered", "bounce-buffered", "gpuring-direct", "bounce-direct", "gpuring-small-files", "bounce-small-files"];
+    if fio {
+        want.extend(["fio-buffered", "fio-direct", "fio-small-files"]);
+    }
+    names.sort();
+    want.sort();
+    assert_eq!(names, want);
+    assert_eq!(v["fio"]["ran"], fio);
+    for c in cases {
+        let name = c["name"].as_str().unwrap();
+        assert!(c["gib_per_s"].as_f64().unwrap() > 0.0, "{name}: {c}");
+        assert!(c["cpu_s_per_gib"].as_f64().unwrap() >= 0.0, "{name}");
+        assert_eq!(c["runs"].as_array().unwrap().len(), 2, "{name}");
+        let (min, max, median) = (c["spread"]["min"].as_f64().unwrap(), c["spread"]["max"].as_f64().unwrap(), c["gib_per_s"].as_f64().unwrap());
+        assert!(min <= median && median <= max, "{name}: median outside the spread");
+        if name.starts_with("gpuring-") {
+            let r = &c["ratios"];
+            assert!(r["vs_bounce"].as_f64().unwrap() > 0.0 && r["vs_memcpy"].as_f64().unwrap() > 0.0, "{name}: {r}");
+            assert_eq!(r["vs_fio"].is_f64(), fio, "{name}: {r}");
+        } else {
+            assert!(c["vs_gpuring"].as_f64().unwrap() > 0.0, "{name}");
+        }
+        if name.ends_with("small-files") {
+            assert!(c["files_per_s"].as_f64().unwrap() > 0.0 && c["iops"].as_f64().unwrap() > 0.0, "{name}");
+        }
+    }
+    // The data is kept for the next run; the human table names every case.
+    assert_eq!(std::fs::metadata(data.join("large.bin")).unwrap().len(), 4 << 20);
+    let out = gpuring(&["bench", "--dir", data.to_str().unwrap(), "--size", "4M", "--small-files", "8", "--small-size", "8K", "--runs", "1", "--no-fio"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("| gpuring-buffered |") && stdout.contains("gpuring-buffered: n/a fio"), "{stdout}");
+    assert!(stdout.contains("fio: not run: --no-fio was given"), "{stdout}");
+    assert!(!stderr.contains("writing"), "the data was reused: {stderr}");
+}

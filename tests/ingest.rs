@@ -173,3 +173,25 @@ fn slot_geometry_errors() {
     let e = ingest(&[Source::file(&path)], &cfg).unwrap_err().to_string();
     assert!(e.contains("backend `cuda` is not compiled into this gpuring") && e.contains("Fix: use --backend host"), "{e}");
 }
+
+#[test]
+fn bounce_path_delivers_the_same_bytes_and_counts_every_copy() {
+    let dir = test_dir();
+    for (i, size) in [1, SLOT, 10 * SLOT + 123].into_iter().enumerate() {
+        let path = make_file(dir.path(), &format!("b{i}"), size, 40 + i as u32);
+        for direct in [false, true] {
+            let r = ingest(&[Source::file(&path)], &IngestConfig { bounce: true, ..config(direct) }).unwrap();
+            let t = &r.telemetry;
+            let segments = (size as u64).div_ceil(SLOT as u64);
+            assert!(r.checksum.matched, "{size} bytes, direct {direct}: {:?}", r.checksum);
+            assert_eq!((t.bounce_bytes, t.bounce_reads), (size as u64, segments));
+            assert_eq!((t.kernel_copy_bytes, t.dma_bytes), (0, 0), "nothing reached the slots without a userspace copy");
+            assert_eq!((t.published, t.released), (segments, segments));
+            assert!(!r.zero_bounce && !r.dma_only && r.complete && r.bounce);
+        }
+    }
+    // Bad inputs get the same errors as on the io_uring path.
+    let missing = dir.path().join("missing");
+    let e = ingest(&[Source::file(&missing)], &IngestConfig { bounce: true, ..config(false) }).unwrap_err();
+    assert!(matches!(e, Error::Ingest(IngestError::NotFound { .. })), "{e}");
+}

@@ -10,6 +10,9 @@
 //!   slot ring with `IORING_OP_READ_FIXED`, finishes short reads, publishes
 //!   each completion to the io_queue exactly once, and reuses a slot only
 //!   after the consumer released it.
+//! - [`bounce`]: the path programs use today (`pread()` into a heap
+//!   buffer, then a copy into the slot), producing into the same io_queue,
+//!   for comparison and as a fallback; counted as `bounce` in telemetry.
 //! - [`probe`]: what this kernel and process can do (opcodes, SQE128,
 //!   RLIMIT_MEMLOCK, direct-I/O alignment), with reasons.
 //!
@@ -17,6 +20,7 @@
 //! `gpuring-core`'s `StagingMemory` trait. Everything that is not the ring
 //! itself goes through `rustix`.
 
+pub mod bounce;
 pub mod driver;
 pub mod error;
 pub mod probe;

@@ -70,16 +70,25 @@ fn ensure_prerequisites() -> Result<()> {
         run(Command::new("rustup").args(["target", "add", NO_STD_TARGET]))?;
     }
     // The unprivileged tests (memlock, permissions) drop root with setpriv.
-    if !std::path::Path::new("/usr/bin/setpriv").exists() {
-        if rustix_is_root() && succeeds(Command::new("apt-get").arg("--version")) {
-            println!("installing util-linux for setpriv (missing), as root with apt-get");
-            run(Command::new("apt-get").args(["update", "-qq"]))?;
-            run(Command::new("apt-get").args(["install", "-y", "-qq", "util-linux"]))?;
-        } else if under_ci() {
-            bail!("setpriv (util-linux) is missing and cannot be installed here; the unprivileged tests need it");
-        } else {
-            println!("note: setpriv is missing; the unprivileged tests will say they skip");
-        }
+    ensure_package("setpriv", "util-linux", "the unprivileged tests")?;
+    // The bench test compares against fio.
+    ensure_package("fio", "fio", "the bench's fio cases")?;
+    Ok(())
+}
+
+/// Install Debian package `package` when `command` is not on the PATH.
+fn ensure_package(command: &str, package: &str, needed_by: &str) -> Result<()> {
+    if succeeds(Command::new("sh").args(["-c", &format!("command -v {command}")])) {
+        return Ok(());
+    }
+    if rustix_is_root() && succeeds(Command::new("apt-get").arg("--version")) {
+        println!("installing {package} for {command} (missing; {needed_by} need it), as root with apt-get");
+        run(Command::new("apt-get").args(["update", "-qq"]))?;
+        run(Command::new("apt-get").args(["install", "-y", "-qq", "--no-install-recommends", package]))?;
+    } else if under_ci() {
+        bail!("{command} ({package}) is missing and cannot be installed here; {needed_by} need it");
+    } else {
+        println!("note: {command} is missing ({package}); {needed_by} will say they skip");
     }
     Ok(())
 }

@@ -1,0 +1,558 @@
+//! `gpuring bench`: gpuring against fio, the bounce path and memcpy, on the
+//! same bytes, in one run.
+//!
+//! The bench makes its own data under a directory (one large file, and a
+//! directory of many small files named the way fio names its own, so fio
+//! reads the very same files), then runs every case `runs` times,
+//! interleaved (case A, B, C, A, B, C, ...), so that a slow moment of a
+//! shared machine spreads over all cases instead of sinking one. Each case
+//! reports the median of its runs and the spread (min and max).
+//!
+//! Cache state per case: the buffered and small-file cases read warm data
+//! (the bench reads it once first); the direct cases start with the large
+//! file dropped from the page cache (`POSIX_FADV_DONTNEED`), though O_DIRECT
+//! bypasses it anyway.
+//!
+//! CPU time is the process's CPU clock around an in-process case (every
+//! thread: the driver, the consumer and io_uring's workers), and fio's own
+//! `usr_cpu + sys_cpu` for fio. gpuring's CPU time includes the consumer's
+//! checksum of every byte; fio's includes no consumer at all.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::error::Error;
+use crate::ingest::{self, IngestConfig};
+use gpuring_uring::Source;
+
+/// What to measure.
+#[derive(Clone, Debug)]
+pub struct BenchConfig {
+    /// Where the data is made (kept between runs when its sizes match).
+    pub dir: PathBuf,
+    /// Bytes in the large file.
+    pub size: u64,
+    /// Number of small files.
+    pub small_files: u32,
+    /// Bytes per small file.
+    pub small_size: u64,
+    /// Runs per case.
+    pub runs: u32,
+    /// Slots, backend and slot size of the gpuring cases (and the block
+    /// size and depth of fio's).
+    pub ingest: IngestConfig,
+    /// Run fio when it is installed.
+    pub fio: bool,
+}
+
+/// One case's result.
+#[derive(Clone, Debug, Serialize)]
+pub struct CaseReport {
+    /// Case name, e.g. `gpuring-buffered`.
+    pub name: String,
+    /// The data set and cache state: `large-buffered`, `large-direct` or
+    /// `small-files`.
+    pub group: &'static str,
+    /// Median throughput.
+    pub gib_per_s: f64,
+    /// Slowest and fastest run.
+    pub spread: Spread,
+    /// Median CPU seconds per GiB moved.
+    pub cpu_s_per_gib: f64,
+    /// Median files per second (small-file cases).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files_per_s: Option<f64>,
+    /// Median reads per second (small-file cases).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iops: Option<f64>,
+    /// GiB/s of every run, in order.
+    pub runs: Vec<f64>,
+    /// For gpuring cases: gpuring's throughput over each reference's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ratios: Option<Ratios>,
+    /// For other cases: this case's throughput over the gpuring case of its
+    /// group (memcpy: over `gpuring-buffered`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vs_gpuring: Option<f64>,
+}
+
+/// Min and max GiB/s over the runs.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Spread {
+    /// Slowest run.
+    pub min: f64,
+    /// Fastest run.
+    pub max: f64,
+}
+
+/// A gpuring case's throughput divided by the references'.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Ratios {
+    /// Over fio on the same data (null when fio did not run).
+    pub vs_fio: Option<f64>,
+    /// Over `read()` + copy on the same data.
+    pub vs_bounce: Option<f64>,
+    /// Over the multi-threaded memcpy ceiling.
+    pub vs_memcpy: Option<f64>,
+}
+
+/// Whether fio ran, and why not.
+#[derive(Clone, Debug, Serialize)]
+pub struct FioStatus {
+    /// fio's cases ran.
+    pub ran: bool,
+    /// `fio --version`, when installed.
+    pub version: Option<String>,
+    /// Why not, when it did not run.
+    pub why_not: Option<String>,
+}
+
+/// The whole bench.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchReport {
+    /// UTC date of the run (YYYY-MM-DD).
+    pub date: String,
+    /// CPUs this process may use.
+    pub cpus: usize,
+    /// Kernel release.
+    pub kernel: String,
+    /// Backend of the gpuring cases.
+    pub backend: String,
+    /// Where the data lives.
+    pub dir: String,
+    /// Large-file bytes.
+    pub size: u64,
+    /// Small files and their size.
+    pub small_files: u32,
+    /// Bytes per small file.
+    pub small_size: u64,
+    /// Slots (and fio's iodepth).
+    pub slots: u32,
+    /// Slot size (and fio's block size).
+    pub slot_size: usize,
+    /// Runs per case.
+    pub runs: u32,
+    /// fio's status.
+    pub fio: FioStatus,
+    /// Every case.
+    pub cases: Vec<CaseReport>,
+}
+
+/// One run of one case.
+#[derive(Clone, Copy, Debug, Default)]
+struct Sample {
+    bytes: u64,
+    seconds: f64,
+    cpu_seconds: f64,
+    files: u64,
+    reads: u64,
+}
+
+impl Sample {
+    fn gib_per_s(&self) -> f64 {
+        self.bytes as f64 / self.seconds.max(1e-9) / GIB
+    }
+}
+
+const GIB: f64 = (1u64 << 30) as f64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Memcpy,
+    Gpuring,
+    Bounce,
+    Fio,
+}
+
+struct Case {
+    name: String,
+    kind: Kind,
+    group: &'static str,
+    samples: Vec<Sample>,
+}
+
+/// The data set on disk.
+struct Data {
+    large: PathBuf,
+    small_dir: PathBuf,
+    small: Vec<Source>,
+}
+
+/// Run the bench, calling `say` with a line of progress now and then.
+pub fn run(config: &BenchConfig, say: &mut dyn FnMut(&str)) -> Result<BenchReport, Error> {
+    let data = prepare(config, say)?;
+    let fio = fio_status(config);
+    let mut cases = Vec::new();
+    let mut add = |name: &str, kind, group| cases.push(Case { name: name.into(), kind, group, samples: Vec::new() });
+    add("memcpy", Kind::Memcpy, "large-buffered");
+    for (group, mode) in [("large-buffered", "buffered"), ("large-direct", "direct"), ("small-files", "small-files")] {
+        add(&format!("gpuring-{mode}"), Kind::Gpuring, group);
+        add(&format!("bounce-{mode}"), Kind::Bounce, group);
+        if fio.ran {
+            add(&format!("fio-{mode}"), Kind::Fio, group);
+        }
+    }
+    for run in 1..=config.runs {
+        say(&format!("run {run} of {}", config.runs));
+        let mut warm_group = "";
+        for case in &mut cases {
+            if case.group != warm_group {
+                set_cache(&data, case.group)?;
+                warm_group = case.group;
+            }
+            let sample = match case.kind {
+                Kind::Memcpy => memcpy(config.size, config.ingest.slots, config.ingest.slot_size),
+                Kind::Gpuring | Kind::Bounce => in_process(&data, case, config)?,
+                Kind::Fio => run_fio(&data, case.group, config)?,
+            };
+            say(&format!("  {:<20} {:>7.2} GiB/s", case.name, sample.gib_per_s()));
+            case.samples.push(sample);
+        }
+    }
+    Ok(report(config, &data, fio, &cases))
+}
+
+fn io_error<'p>(path: &'p Path, op: &'static str) -> impl FnOnce(std::io::Error) -> Error + 'p {
+    move |error| Error::Io { path: path.to_owned(), op, error }
+}
+
+/// Make the large file and the small files unless they already exist with
+/// the right sizes.
+fn prepare(config: &BenchConfig, say: &mut dyn FnMut(&str)) -> Result<Data, Error> {
+    let dir = &config.dir;
+    std::fs::create_dir_all(dir).map_err(io_error(dir, "creating the bench directory"))?;
+    let large = dir.join("large.bin");
+    if std::fs::metadata(&large).map(|m| m.len()).ok() != Some(config.size) {
+        say(&format!("writing {} to {}", crate::core::Bytes(config.size), large.display()));
+        write_pattern(&large, config.size, 1)?;
+    }
+    let small_dir = dir.join(format!("small-{}x{}", config.small_files, config.small_size));
+    std::fs::create_dir_all(&small_dir).map_err(io_error(&small_dir, "creating the small-file directory"))?;
+    let mut small = Vec::with_capacity(config.small_files as usize);
+    let mut wrote = false;
+    for i in 0..config.small_files {
+        // fio's default name for file i of job `small`.
+        let path = small_dir.join(format!("small.0.{i}"));
+        if std::fs::metadata(&path).map(|m| m.len()).ok() != Some(config.small_size) {
+            if !wrote {
+                say(&format!("writing {} files of {} to {}", config.small_files, crate::core::Bytes(config.small_size), small_dir.display()));
+                wrote = true;
+            }
+            write_pattern(&path, config.small_size, i as u64 + 2)?;
+        }
+        small.push(Source::file(path));
+    }
+    Ok(Data { large, small_dir, small })
+}
+
+/// Write `len` pseudo-random bytes (xorshift) to `path`.
+fn write_pattern(path: &Path, len: u64, seed: u64) -> Result<(), Error> {
+    let mut file = std::fs::File::create(path).map_err(io_error(path, "creating"))?;
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut chunk = vec![0u8; 4 << 20];
+    let mut left = len;
+    while left > 0 {
+        for word in chunk.chunks_exact_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            word.copy_from_slice(&x.to_le_bytes());
+        }
+        let n = left.min(chunk.len() as u64) as usize;
+        file.write_all(&chunk[..n]).map_err(io_error(path, "writing"))?;
+        left -= n as u64;
+    }
+    file.sync_all().map_err(io_error(path, "syncing"))
+}
+
+/// Warm the files a group reads, or drop the large file from the cache.
+fn set_cache(data: &Data, group: &str) -> Result<(), Error> {
+    let paths: Vec<&Path> = match group {
+        "small-files" => data.small.iter().map(|s| s.path.as_path()).collect(),
+        _ => vec![data.large.as_path()],
+    };
+    for path in paths {
+        let mut file = std::fs::File::open(path).map_err(io_error(path, "opening"))?;
+        if group == "large-direct" {
+            // Best effort: dirty or mapped pages stay, which O_DIRECT ignores anyway.
+            let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed);
+        } else {
+            let mut buf = vec![0u8; 1 << 20];
+            while file.read(&mut buf).map_err(io_error(path, "warming the page cache"))? > 0 {}
+        }
+    }
+    Ok(())
+}
+
+fn cpu_now() -> f64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
+}
+
+/// A gpuring or bounce ingest, verification off (the consumer still checksums).
+fn in_process(data: &Data, case: &Case, config: &BenchConfig) -> Result<Sample, Error> {
+    let mut ingest = IngestConfig { verify: false, bounce: case.kind == Kind::Bounce, direct: case.group == "large-direct", ..config.ingest.clone() };
+    let sources: Vec<Source> = match case.group {
+        "small-files" => {
+            ingest.direct = false;
+            data.small.clone()
+        }
+        _ => vec![Source::file(&data.large)],
+    };
+    let cpu = cpu_now();
+    let report = ingest::run(&sources, &ingest, &mut |_| {})?;
+    let cpu_seconds = cpu_now() - cpu;
+    if !report.complete {
+        return Err(Error::BenchFailed { case: case.name.clone(), why: "the ingest did not complete".into() });
+    }
+    Ok(Sample { bytes: report.bytes, seconds: report.seconds, cpu_seconds, files: report.files as u64, reads: report.telemetry.completed_reads })
+}
+
+/// Copy `total` bytes with every CPU this process may use, `slot_size` at a
+/// time, from a source larger than the caches into a ring of `slots` slots
+/// (the memory traffic of a page-cache read into the slots). Each thread
+/// owns its share of the ring.
+fn memcpy(total: u64, slots: u32, slot_size: usize) -> Sample {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let source_len = (total.min(1 << 30) as usize).max(slot_size).next_multiple_of(slot_size);
+    let source = AlignedBuf::new(source_len, 0x5A);
+    let per_thread = (slots as usize).div_ceil(threads).max(1) * slot_size;
+    let mut ring = AlignedBuf::new(per_thread * threads, 0);
+    let chunks = total.div_ceil(slot_size as u64);
+    let barrier = std::sync::Barrier::new(threads + 1);
+    let cpu = cpu_now();
+    let seconds = std::thread::scope(|s| {
+        for (t, own) in ring.as_mut().chunks_mut(per_thread).enumerate() {
+            let (source, barrier) = (source.as_ref(), &barrier);
+            s.spawn(move || {
+                barrier.wait();
+                let mut i = t as u64;
+                let mut to = 0;
+                while i < chunks {
+                    let from = (i as usize * slot_size) % source_len;
+                    let len = (total - i * slot_size as u64).min(slot_size as u64) as usize;
+                    own[to..to + len].copy_from_slice(&source[from..from + len]);
+                    to = (to + slot_size) % own.len();
+                    i += threads as u64;
+                }
+                barrier.wait();
+            });
+        }
+        barrier.wait();
+        let start = Instant::now();
+        barrier.wait();
+        start.elapsed().as_secs_f64()
+    });
+    std::hint::black_box(ring.as_mut());
+    Sample { bytes: total, seconds, cpu_seconds: cpu_now() - cpu, files: 0, reads: chunks }
+}
+
+/// Page-aligned heap memory (a `Vec<u8>` is not page-aligned, and copies
+/// into memory that is not 64-byte aligned are several times slower).
+struct AlignedBuf {
+    ptr: std::ptr::NonNull<u8>,
+    layout: std::alloc::Layout,
+}
+
+impl AlignedBuf {
+    /// `len` bytes set to `fill`: every page is touched now, which keeps page
+    /// faults out of the timing.
+    fn new(len: usize, fill: u8) -> Self {
+        let layout = std::alloc::Layout::from_size_align(len.max(1), 4096).expect("bench sizes fit a Layout");
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { std::alloc::alloc(layout) };
+        let Some(ptr) = std::ptr::NonNull::new(ptr) else { std::alloc::handle_alloc_error(layout) };
+        // SAFETY: a fresh allocation of `layout.size()` bytes.
+        unsafe { ptr.as_ptr().write_bytes(fill, layout.size()) };
+        Self { ptr, layout }
+    }
+
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: an owned, initialised allocation of `layout.size()` bytes.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.layout.size()) }
+    }
+
+    fn as_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `as_ref`, and `&mut self` makes this the only view.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.layout.size()) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) }
+    }
+}
+
+fn fio_status(config: &BenchConfig) -> FioStatus {
+    let version =
+        Command::new("fio").arg("--version").output().ok().filter(|o| o.status.success()).map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    let why_not = match (&version, config.fio) {
+        (_, false) => Some("--no-fio was given".to_owned()),
+        (None, true) => Some("fio is not installed (Debian: apt-get install fio); its cases are left out".to_owned()),
+        (Some(_), true) => None,
+    };
+    FioStatus { ran: why_not.is_none(), version, why_not }
+}
+
+/// fio's io_uring engine with fixed buffers and registered files, page-aligned
+/// buffers, the slots' block size and depth.
+fn run_fio(data: &Data, group: &str, config: &BenchConfig) -> Result<Sample, Error> {
+    let bs = config.ingest.slot_size as u64;
+    let mut cmd = Command::new("fio");
+    cmd.args(["--ioengine=io_uring", "--fixedbufs", "--registerfiles", "--rw=read", "--mem_align=4096", "--output-format=json", "--thread"]);
+    cmd.arg(format!("--iodepth={}", config.ingest.slots));
+    let (files, expect) = match group {
+        "small-files" => {
+            cmd.arg("--name=small").arg(format!("--directory={}", data.small_dir.display()));
+            cmd.arg(format!("--nrfiles={}", config.small_files)).arg(format!("--filesize={}", config.small_size));
+            cmd.arg(format!("--size={}", config.small_size * config.small_files as u64));
+            cmd.args(["--file_service_type=sequential", "--invalidate=0", "--direct=0"]);
+            cmd.arg(format!("--bs={}", bs.min(config.small_size)));
+            (config.small_files as u64, config.small_size * config.small_files as u64)
+        }
+        _ => {
+            cmd.arg("--name=large").arg(format!("--filename={}", data.large.display())).arg(format!("--size={}", config.size));
+            cmd.arg(format!("--bs={bs}"));
+            cmd.args(if group == "large-direct" { ["--direct=1", "--invalidate=0"] } else { ["--direct=0", "--invalidate=0"] });
+            (1, config.size)
+        }
+    };
+    let failed = |why: String| Error::BenchFailed { case: format!("fio ({group})"), why };
+    let out = cmd.output().map_err(|e| failed(format!("could not start fio: {e}")))?;
+    if !out.status.success() {
+        return Err(failed(format!("fio exited with {}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim())));
+    }
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| failed(format!("unreadable JSON from fio: {e}")))?;
+    let job = &json["jobs"][0];
+    let read = &job["read"];
+    let (bytes, runtime_ms) = (read["io_bytes"].as_u64().unwrap_or(0), read["runtime"].as_f64().unwrap_or(0.0));
+    if job["error"].as_i64() != Some(0) || bytes != expect || runtime_ms <= 0.0 {
+        return Err(failed(format!("fio read {bytes} of {expect} bytes in {runtime_ms} ms (error {})", job["error"])));
+    }
+    let seconds = runtime_ms / 1000.0;
+    let cpu_pct = job["usr_cpu"].as_f64().unwrap_or(0.0) + job["sys_cpu"].as_f64().unwrap_or(0.0);
+    Ok(Sample { bytes, seconds, cpu_seconds: cpu_pct / 100.0 * seconds, files, reads: read["total_ios"].as_u64().unwrap_or(0) })
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => 0.0,
+        _ if n % 2 == 1 => values[n / 2],
+        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+fn report(config: &BenchConfig, data: &Data, fio: FioStatus, cases: &[Case]) -> BenchReport {
+    let medians = |case: &Case| median(case.samples.iter().map(Sample::gib_per_s).collect());
+    let find = |kind: Kind, group: &str| cases.iter().find(|c| c.kind == kind && c.group == group).map(medians);
+    let mut out = Vec::new();
+    for case in cases {
+        let gib = medians(case);
+        let runs: Vec<f64> = case.samples.iter().map(Sample::gib_per_s).collect();
+        let per_file = case.group == "small-files";
+        let over = |other: Option<f64>| other.filter(|o| *o > 0.0).map(|o| gib / o);
+        let (ratios, vs_gpuring) = match case.kind {
+            Kind::Gpuring => (
+                Some(Ratios {
+                    vs_fio: over(find(Kind::Fio, case.group)),
+                    vs_bounce: over(find(Kind::Bounce, case.group)),
+                    vs_memcpy: over(find(Kind::Memcpy, "large-buffered")),
+                }),
+                None,
+            ),
+            _ => (None, find(Kind::Gpuring, case.group).filter(|g| *g > 0.0).map(|g| gib / g)),
+        };
+        out.push(CaseReport {
+            name: case.name.clone(),
+            group: case.group,
+            gib_per_s: gib,
+            spread: Spread { min: runs.iter().copied().fold(f64::INFINITY, f64::min), max: runs.iter().copied().fold(0.0, f64::max) },
+            cpu_s_per_gib: median(case.samples.iter().map(|s| s.cpu_seconds / (s.bytes as f64 / GIB).max(1e-12)).collect()),
+            files_per_s: per_file.then(|| median(case.samples.iter().map(|s| s.files as f64 / s.seconds.max(1e-9)).collect())),
+            iops: per_file.then(|| median(case.samples.iter().map(|s| s.reads as f64 / s.seconds.max(1e-9)).collect())),
+            runs,
+            ratios,
+            vs_gpuring,
+        });
+    }
+    BenchReport {
+        date: utc_date(),
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        kernel: rustix::system::uname().release().to_string_lossy().into_owned(),
+        backend: config.ingest.backend.clone(),
+        dir: data.large.parent().unwrap_or(Path::new(".")).display().to_string(),
+        size: config.size,
+        small_files: config.small_files,
+        small_size: config.small_size,
+        slots: config.ingest.slots,
+        slot_size: config.ingest.slot_size,
+        runs: config.runs,
+        fio,
+        cases: out,
+    }
+}
+
+/// Today's UTC date as YYYY-MM-DD (days-from-civil inverted, proleptic Gregorian).
+fn utc_date() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let z = (secs / 86_400) as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+/// The report as a table, one line per case, then gpuring's ratios.
+pub fn table(r: &BenchReport) -> String {
+    let mut s = format!(
+        "gpuring bench, {}: {} CPUs, kernel {}, backend {}, {} slots of {}, large file {}, {} small files of {}, median of {} runs\n\n",
+        r.date,
+        r.cpus,
+        r.kernel,
+        r.backend,
+        r.slots,
+        crate::core::Bytes(r.slot_size as u64),
+        crate::core::Bytes(r.size),
+        r.small_files,
+        crate::core::Bytes(r.small_size),
+        r.runs
+    );
+    s += "| case | GiB/s | spread | CPU s/GiB | vs gpuring | files/s | IOPS |\n|---|---:|---:|---:|---:|---:|---:|\n";
+    for c in &r.cases {
+        let opt = |v: Option<f64>, digits: usize| v.map_or("".to_owned(), |v| format!("{v:.digits$}"));
+        s += &format!(
+            "| {} | {:.2} | {:.2}-{:.2} | {:.3} | {} | {} | {} |\n",
+            c.name,
+            c.gib_per_s,
+            c.spread.min,
+            c.spread.max,
+            c.cpu_s_per_gib,
+            c.vs_gpuring.map_or("1.00x".to_owned(), |v| format!("{v:.2}x")),
+            opt(c.files_per_s, 0),
+            opt(c.iops, 0)
+        );
+    }
+    s += "\n";
+    for c in r.cases.iter().filter(|c| c.ratios.is_some()) {
+        let ratios = c.ratios.as_ref().expect("filtered");
+        let x = |v: Option<f64>| v.map_or("n/a".to_owned(), |v| format!("{v:.2}x"));
+        s += &format!("{}: {} fio, {} bounce, {} memcpy\n", c.name, x(ratios.vs_fio), x(ratios.vs_bounce), x(ratios.vs_memcpy));
+    }
+    if let Some(why) = &r.fio.why_not {
+        s += &format!("fio: not run: {why}\n");
+    }
+    s
+}
