@@ -21,6 +21,8 @@ pub struct Item {
 /// The whole report.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
+    /// The backends compiled into this build, default first.
+    pub backends: Vec<&'static str>,
     /// Every check, grouped.
     pub checks: Vec<Item>,
 }
@@ -62,5 +64,5 @@ pub fn report(ring_bytes: u64, dir: &Path) -> Report {
         ok: false,
         detail: "no GPU backend is compiled in, so no GPU memory can be exposed for peer DMA (BAR1)".into(),
     });
-    Report { checks }
+    Report { backends: crate::ingest::BACKENDS.to_vec(), checks }
 }

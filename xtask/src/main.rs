@@ -4,6 +4,10 @@
 //!   when missing, formatting, clippy with warnings denied, docs with
 //!   warnings denied, the `no_std` build of gpuring-core, all tests.
 //!
+//! - `hwtest [--require BACKEND]... [--json] [--gpuring PATH]`: the hardware
+//!   suite for every backend the `gpuring` binary was built with; the report
+//!   goes to `target/hwtest/` (see `hwtest.rs`).
+//!
 //! Under `CI=true` a component the suite relies on that cannot be installed
 //! is a failure; elsewhere the task says what it skipped and why.
 
@@ -11,15 +15,20 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
+mod hwtest;
+
 /// A bare-metal target: building core for it proves core is `no_std`.
 const NO_STD_TARGET: &str = "x86_64-unknown-none";
 
 fn main() -> Result<()> {
-    let task = std::env::args().nth(1);
-    match task.as_deref() {
+    // Every task works from the workspace root, wherever it was started.
+    std::env::set_current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).context("entering the workspace root")?;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
         Some("ci") => ci(),
-        _ => {
-            eprintln!("usage: cargo xtask ci");
+        Some("hwtest") => hwtest::run(&args[1..], cargo),
+        task => {
+            eprintln!("usage: cargo xtask ci | cargo xtask hwtest [--require BACKEND]... [--json] [--gpuring PATH]");
             bail!("unknown task {task:?}")
         }
     }
@@ -109,6 +118,8 @@ fn ci() -> Result<()> {
     run(cargo().args(["build", "-p", "gpuring-core", "--target", NO_STD_TARGET]))?;
     step("tests");
     let (passed, failed) = run_tests()?;
+    step("hardware suite on this machine's backends");
+    hwtest::run(&["--require".into(), "host".into()], cargo)?;
     println!("\nci: all checks passed");
     println!("tests: {passed} passed, {failed} failed");
     Ok(())
