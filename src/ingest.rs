@@ -23,7 +23,8 @@ pub const DEFAULT_SLOTS: u32 = 32;
 /// Bytes per slot in the default ring: 32 slots of 256 KiB (8 MiB) stay in
 /// this kind of machine's last-level cache between the kernel's copy into a
 /// slot and the consumer's read of it, which measured faster for page-cache
-/// reads than 1 MiB slots (the bench's note in the README has the numbers).
+/// reads than 1 MiB slots (11-13 against 7-8 GiB/s on a cached 1 GiB file,
+/// 2 vCPUs, 2026-11-23).
 pub const DEFAULT_SLOT_SIZE: usize = 256 << 10;
 
 /// How to ingest.
