@@ -9,7 +9,10 @@
 //! `bounce` path and `zero_bounce` is false.
 //!
 //! One thread does the reads and the copies in turn; the consumer runs
-//! elsewhere, as with the driver.
+//! elsewhere, as with the driver. One difference from the driver: a failed
+//! `pread()` is not published (no bytes reached a slot, and the slot goes
+//! straight back to the free list); the error is returned after every
+//! segment already published has been released.
 //!
 //! [`Driver`]: crate::Driver
 
