@@ -27,6 +27,7 @@ use serde::Serialize;
 
 use crate::error::Error;
 use crate::ingest::{self, IngestConfig};
+use gpuring_uring::bounce::HeapBuffer;
 use gpuring_uring::Source;
 
 /// What to measure.
@@ -319,15 +320,15 @@ fn in_process(data: &Data, case: &Case, config: &BenchConfig) -> Result<Sample, 
 fn memcpy(total: u64, slots: u32, slot_size: usize) -> Sample {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let source_len = (total.min(1 << 30) as usize).max(slot_size).next_multiple_of(slot_size);
-    let source = AlignedBuf::new(source_len, 0x5A);
+    let source = HeapBuffer::new(source_len, 0x5A);
     let per_thread = (slots as usize).div_ceil(threads).max(1) * slot_size;
-    let mut ring = AlignedBuf::new(per_thread * threads, 0);
+    let mut ring = HeapBuffer::new(per_thread * threads, 0);
     let chunks = total.div_ceil(slot_size as u64);
     let barrier = std::sync::Barrier::new(threads + 1);
     let cpu = cpu_now();
     let seconds = std::thread::scope(|s| {
-        for (t, own) in ring.as_mut().chunks_mut(per_thread).enumerate() {
-            let (source, barrier) = (source.as_ref(), &barrier);
+        for (t, own) in ring.as_mut_slice().chunks_mut(per_thread).enumerate() {
+            let (source, barrier) = (source.as_slice(), &barrier);
             s.spawn(move || {
                 barrier.wait();
                 let mut i = t as u64;
@@ -347,46 +348,8 @@ fn memcpy(total: u64, slots: u32, slot_size: usize) -> Sample {
         barrier.wait();
         start.elapsed().as_secs_f64()
     });
-    std::hint::black_box(ring.as_mut());
+    std::hint::black_box(ring.as_mut_slice());
     Sample { bytes: total, seconds, cpu_seconds: cpu_now() - cpu, files: 0, reads: chunks }
-}
-
-/// Page-aligned heap memory (a `Vec<u8>` is not page-aligned, and copies
-/// into memory that is not 64-byte aligned are several times slower).
-struct AlignedBuf {
-    ptr: std::ptr::NonNull<u8>,
-    layout: std::alloc::Layout,
-}
-
-impl AlignedBuf {
-    /// `len` bytes set to `fill`: every page is touched now, which keeps page
-    /// faults out of the timing.
-    fn new(len: usize, fill: u8) -> Self {
-        let layout = std::alloc::Layout::from_size_align(len.max(1), 4096).expect("bench sizes fit a Layout");
-        // SAFETY: the layout has a non-zero size.
-        let ptr = unsafe { std::alloc::alloc(layout) };
-        let Some(ptr) = std::ptr::NonNull::new(ptr) else { std::alloc::handle_alloc_error(layout) };
-        // SAFETY: a fresh allocation of `layout.size()` bytes.
-        unsafe { ptr.as_ptr().write_bytes(fill, layout.size()) };
-        Self { ptr, layout }
-    }
-
-    fn as_ref(&self) -> &[u8] {
-        // SAFETY: an owned, initialised allocation of `layout.size()` bytes.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.layout.size()) }
-    }
-
-    fn as_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as in `as_ref`, and `&mut self` makes this the only view.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.layout.size()) }
-    }
-}
-
-impl Drop for AlignedBuf {
-    fn drop(&mut self) {
-        // SAFETY: allocated in `new` with this layout.
-        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) }
-    }
 }
 
 fn fio_status(config: &BenchConfig) -> FioStatus {

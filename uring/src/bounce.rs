@@ -32,29 +32,44 @@ use crate::wait;
 /// How long one futex sleep waits for a release at most.
 const RELEASE_POLL: Duration = Duration::from_millis(1);
 
-/// A page-aligned heap buffer (O_DIRECT needs aligned memory; buffered
-/// reads get the same, so the two differ only in the flag).
-struct HeapBuffer {
+/// Page-aligned heap memory. O_DIRECT needs aligned buffers, and copies
+/// into memory that is not 64-byte aligned are several times slower, so the
+/// bounce path (and the bench's memcpy) use this rather than a `Vec<u8>`.
+pub struct HeapBuffer {
     ptr: std::ptr::NonNull<u8>,
     layout: Layout,
 }
 
 impl HeapBuffer {
-    fn new(len: usize) -> Self {
-        let layout = Layout::from_size_align(len.max(1), 4096).expect("slot sizes are page multiples well below isize::MAX");
+    /// `len` bytes (at least one), every one set to `fill`: all pages are
+    /// touched now, which keeps page faults out of later timings.
+    pub fn new(len: usize, fill: u8) -> Self {
+        let layout = Layout::from_size_align(len.max(1), 4096).expect("a length below isize::MAX - 4095");
         // SAFETY: the layout has a non-zero size.
         let ptr = unsafe { alloc(layout) };
         let Some(ptr) = std::ptr::NonNull::new(ptr) else { std::alloc::handle_alloc_error(layout) };
-        // SAFETY: freshly allocated, `len` bytes; zeroed so it is initialised.
-        unsafe { ptr.as_ptr().write_bytes(0, layout.size()) };
+        // SAFETY: a fresh allocation of `layout.size()` bytes.
+        unsafe { ptr.as_ptr().write_bytes(fill, layout.size()) };
         Self { ptr, layout }
     }
 
-    fn as_mut(&mut self) -> &mut [u8] {
-        // SAFETY: owned, initialised allocation of `layout.size()` bytes.
+    /// The bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: an owned, initialised allocation of `layout.size()` bytes.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.layout.size()) }
+    }
+
+    /// The bytes, writable.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as in `as_slice`, and `&mut self` makes this the only view.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.layout.size()) }
     }
 }
+
+// SAFETY: a plain owned allocation, like a `Vec<u8>`.
+unsafe impl Send for HeapBuffer {}
+// SAFETY: shared access is read-only (`as_slice`).
+unsafe impl Sync for HeapBuffer {}
 
 impl Drop for HeapBuffer {
     fn drop(&mut self) {
@@ -155,7 +170,7 @@ impl<F: FnMut(Event)> State<'_, F> {
             self.telemetry.on_submit(len as u64)?;
             // O_DIRECT lengths must be block multiples; the file ends where it ends.
             let want = if file.dio_align > 0 { len.next_multiple_of(file.dio_align as usize) } else { len };
-            let failure = match pread_full(file, &mut heap.as_mut()[..want], offset) {
+            let failure = match pread_full(file, &mut heap.as_mut_slice()[..want], offset) {
                 Err(errno) => Some(IngestError::Read { path: file.path.clone(), offset, slot, errno }),
                 Ok(got) if got < len => Some(IngestError::Shrank { path: file.path.clone(), size: file.size, ended_at: offset + got as u64 }),
                 Ok(got) if got > len && file.whole && offset + len as u64 == file.size => {
@@ -173,7 +188,7 @@ impl<F: FnMut(Event)> State<'_, F> {
             // it until the entry published below hands it to the consumer;
             // `len <= slot_size`.
             let dst = unsafe { std::slice::from_raw_parts_mut(staging.slot_ptr(slot).as_ptr(), len) };
-            dst.copy_from_slice(&heap.as_mut()[..len]);
+            dst.copy_from_slice(&heap.as_mut_slice()[..len]);
             self.telemetry.on_complete(Path::Bounce, len as u64, false)?;
             self.segments[slot as usize] = Segment { source: idx, index };
             self.outstanding[idx] += 1;
@@ -220,7 +235,7 @@ pub fn ingest<S: StagingMemory>(staging: &S, sources: &[Source], options: &Drive
         release_timeout: options.release_timeout,
         on_event,
     };
-    let mut heap = HeapBuffer::new(geometry.slot_size());
+    let mut heap = HeapBuffer::new(geometry.slot_size(), 0);
     let mut failure = None;
     for (idx, source) in sources.iter().enumerate() {
         let read = OpenSource::open(source, options.direct, geometry.slot_size()).and_then(|file| state.source(staging, idx, &file, &mut heap));
