@@ -177,9 +177,12 @@ pub fn run(args: &[String], cargo: impl Fn() -> Command) -> Result<()> {
                     }
                 }
                 Err(why) => {
-                    // The first suite failing to start means the backend cannot run here.
-                    usable = path != "buffered";
-                    Row::new(backend, path, if required || usable { "fail" } else { "skipped" }, why, None)
+                    // An error before any suite passed means the backend cannot
+                    // run here (no device, no driver): a skip unless required.
+                    // After one passed, it is a failure of this suite.
+                    let cannot_start = path == "buffered";
+                    usable = !cannot_start;
+                    Row::new(backend, path, if required || !cannot_start { "fail" } else { "skipped" }, why, None)
                 }
             };
             rows.push(row);
