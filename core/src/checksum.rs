@@ -33,11 +33,21 @@
 //! [`StreamDigest`], which combines each segment's checksum with the
 //! segment's index.
 
+// The constants are public so that GPU implementations can be generated
+// from them (the Vulkan backend's shader prelude is) rather than copied.
+
 /// Multiplier that turns a word index into its key (2^32 / golden ratio).
-const INDEX_KEY: u32 = 0x9E37_79B9;
-const MUL_A: u32 = 0x85EB_CA6B;
-const MUL_B: u32 = 0xC2B2_AE35;
-const LEN_KEY: u64 = 0x9E37_79B9_7F4A_7C15;
+pub const INDEX_KEY: u32 = 0x9E37_79B9;
+/// Multiplier of a word's first mix.
+pub const MUL_A: u32 = 0x85EB_CA6B;
+/// Multiplier of a word's second mix.
+pub const MUL_B: u32 = 0xC2B2_AE35;
+/// Multiplier of the length (and of a segment index in [`StreamDigest`]).
+pub const LEN_KEY: u64 = 0x9E37_79B9_7F4A_7C15;
+/// [`fmix64`]'s first multiplier.
+pub const FMIX_1: u64 = 0xFF51_AFD7_ED55_8CCD;
+/// [`fmix64`]'s second multiplier.
+pub const FMIX_2: u64 = 0xC4CE_B9FE_1A85_EC53;
 
 /// The two running sums of the checksum, before the length is folded in.
 ///
@@ -142,9 +152,9 @@ impl core::ops::Add for Lanes {
 #[inline]
 pub fn fmix64(mut h: u64) -> u64 {
     h ^= h >> 33;
-    h = h.wrapping_mul(0xFF51_AFD7_ED55_8CCD);
+    h = h.wrapping_mul(FMIX_1);
     h ^= h >> 33;
-    h = h.wrapping_mul(0xC4CE_B9FE_1A85_EC53);
+    h = h.wrapping_mul(FMIX_2);
     h ^= h >> 33;
     h
 }

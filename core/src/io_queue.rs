@@ -43,7 +43,7 @@
 //! | 24..32 | `offset`          | producer   | where they came from (see `kind`) |
 //! | 32..40 | `tag`             | producer   | the caller's tag (gpuring: the source's index) |
 //! | 40..48 | `result`          | consumer   | the consumer's checksum of the slot |
-//! | 48..52 | `consumer_status` | consumer   | 0 checksummed, 1 skipped (`status` was not 0) |
+//! | 48..52 | `consumer_status` | consumer   | 0 checksummed, 1 skipped (`status` was not 0), 2 rejected (the entry broke the protocol; the consumer failed) |
 //! | 52..64 | reserved          |            | zero |
 //!
 //! # Memory ordering
@@ -194,6 +194,10 @@ pub enum EntryKind {
 pub const CONSUMED: u32 = 0;
 /// `consumer_status`: the entry carried an error status, so there was nothing to checksum.
 pub const SKIPPED: u32 = 1;
+/// `consumer_status`: the entry broke the protocol (wrong `seq`, slot out of
+/// range, more bytes than a slot). A consumer that writes this also sets
+/// `consumer_failed` and releases nothing more.
+pub const REJECTED: u32 = 2;
 
 /// A completion to publish (the producer-written fields of an entry).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -579,6 +583,21 @@ impl Consumer {
         self.next
     }
 
+    /// How many published entries wait to be consumed.
+    pub fn available(&self, q: &IoQueue<'_>) -> u32 {
+        q.header.producer.load(Ordering::Acquire).wrapping_sub(self.next)
+    }
+
+    /// For a consumer whose releases are stored by someone else (a GPU
+    /// kernel that advances `consumer` itself): take the released position
+    /// from the header and return how many entries it moved by.
+    pub fn follow(&mut self, q: &IoQueue<'_>) -> u32 {
+        let released = q.header.consumer.load(Ordering::Acquire);
+        let moved = released.wrapping_sub(self.next);
+        self.next = released;
+        moved
+    }
+
     /// The next published entry, if any, without consuming it.
     pub fn peek(&self, q: &IoQueue<'_>) -> Result<Option<Completion>, QueueError> {
         let producer = q.header.producer.load(Ordering::Acquire);
@@ -689,6 +708,26 @@ mod tests {
         assert!(!c.finished(&q));
         p.close(&q);
         assert!(c.finished(&q));
+    }
+
+    #[test]
+    fn a_follower_takes_releases_stored_by_someone_else() {
+        let mut mem = Mem([0; IoQueue::bytes_for(4)]);
+        let q = IoQueue::init(&mut mem.0, 4).unwrap();
+        let (mut p, mut follower) = (Producer::new(), Consumer::new());
+        assert_eq!(follower.available(&q), 0);
+        assert_eq!(p.publish_batch(&q, &[completion(0), completion(1), completion(2)]), 3);
+        assert_eq!(follower.available(&q), 3);
+        // A device releases the first two entries by storing `consumer` and
+        // the results itself, as the Vulkan shader does.
+        q.entry(0).result.store(7, Ordering::Relaxed);
+        q.entry(1).result.store(8, Ordering::Relaxed);
+        q.header().consumer.store(2, Ordering::Release);
+        assert_eq!(follower.follow(&q), 2);
+        assert_eq!((follower.position(), follower.available(&q), follower.follow(&q)), (2, 1, 0));
+        let mut seen = Vec::new();
+        assert_eq!(p.poll_released(&q, |r| seen.push(r.result)).unwrap(), 2);
+        assert_eq!(seen, [7, 8]);
     }
 
     #[test]

@@ -100,60 +100,93 @@ impl Drop for HostConsumer {
     }
 }
 
+/// What [`wait_for_entries`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Waited {
+    /// This many published entries wait to be consumed.
+    Ready(u32),
+    /// The producer closed the queue and everything was consumed.
+    Finished,
+    /// The caller's stop flag was set.
+    Stopped,
+}
+
+/// Wait until `consumer` has published entries to take, the queue is
+/// finished, or `stop` is set: a short spin, then futex sleeps on `producer`
+/// by the io_queue's sleeping protocol. Every consumer that runs a host
+/// thread (this backend's, and the GPU backends' dispatch threads) waits
+/// this way.
+pub fn wait_for_entries(q: &IoQueue<'_>, consumer: &Consumer, stop: &AtomicBool) -> Waited {
+    let mut idle = 0u32;
+    loop {
+        if stop.load(Ordering::Acquire) {
+            return Waited::Stopped;
+        }
+        let available = consumer.available(q);
+        if available > 0 {
+            return Waited::Ready(available);
+        }
+        if consumer.finished(q) {
+            return Waited::Finished;
+        }
+        idle += 1;
+        if idle < SPINS {
+            std::hint::spin_loop();
+        } else if consumer.prepare_sleep(q) {
+            futex_sleep(&q.header().producer, consumer.position());
+            consumer.end_sleep(q);
+        }
+    }
+}
+
 fn run<S: StagingMemory>(staging: &S, stop: &AtomicBool) -> Result<ConsumerStats, HostError> {
     let q = staging.queue();
     let geometry = staging.geometry();
     let mut consumer = Consumer::new();
     let mut stats = ConsumerStats::default();
-    let mut idle = 0u32;
-    while !stop.load(Ordering::Acquire) {
-        let Some(entry) = consumer.peek(&q)? else {
-            if consumer.finished(&q) {
-                break;
+    while let Waited::Ready(available) = wait_for_entries(&q, &consumer, stop) {
+        for _ in 0..available {
+            let entry = consumer.peek(&q)?.expect("published entries stay until released");
+            let position = consumer.position();
+            if entry.slot >= geometry.slot_count() || entry.bytes > geometry.slot_size() as u64 {
+                return Err(HostError::BadEntry {
+                    position,
+                    what: format!(
+                        "slot {} with {} bytes, but there are {} slots of {} bytes",
+                        entry.slot,
+                        entry.bytes,
+                        geometry.slot_count(),
+                        geometry.slot_size()
+                    ),
+                });
             }
-            idle += 1;
-            if idle < SPINS {
-                std::hint::spin_loop();
-            } else if consumer.prepare_sleep(&q) {
-                futex_sleep(&q.header().producer, consumer.position());
-                consumer.end_sleep(&q);
-            }
-            continue;
-        };
-        idle = 0;
-        let position = consumer.position();
-        if entry.slot >= geometry.slot_count() || entry.bytes > geometry.slot_size() as u64 {
-            return Err(HostError::BadEntry {
-                position,
-                what: format!(
-                    "slot {} with {} bytes, but there are {} slots of {} bytes",
-                    entry.slot,
-                    entry.bytes,
-                    geometry.slot_count(),
-                    geometry.slot_size()
-                ),
-            });
+            let (result, status) = if entry.status == 0 {
+                // SAFETY: between publish and release the consumer owns the slot:
+                // no read is in flight into it (the slot life cycle) and its bytes
+                // happen-before the acquire in `peek` (the io_queue protocol).
+                let bytes = unsafe { std::slice::from_raw_parts(staging.slot_ptr(entry.slot).as_ptr(), entry.bytes as usize) };
+                let sum = slot_checksum(bytes);
+                stats.bytes += entry.bytes;
+                (sum, CONSUMED)
+            } else {
+                stats.skipped += 1;
+                (0, SKIPPED)
+            };
+            consumer.release(&q, result, status);
+            stats.entries += 1;
+            wake_producer(&q);
         }
-        let (result, status) = if entry.status == 0 {
-            // SAFETY: between publish and release the consumer owns the slot:
-            // no read is in flight into it (the slot life cycle) and its bytes
-            // happen-before the acquire in `peek` (the io_queue protocol).
-            let bytes = unsafe { std::slice::from_raw_parts(staging.slot_ptr(entry.slot).as_ptr(), entry.bytes as usize) };
-            let sum = slot_checksum(bytes);
-            stats.bytes += entry.bytes;
-            (sum, CONSUMED)
-        } else {
-            stats.skipped += 1;
-            (0, SKIPPED)
-        };
-        consumer.release(&q, result, status);
-        stats.entries += 1;
-        wake_producer(&q);
     }
     Ok(stats)
 }
 
-fn wake_producer(q: &IoQueue<'_>) {
+/// Wake a consumer sleeping on `producer` (to make it see a stop flag).
+pub fn wake_consumer(q: &IoQueue<'_>) {
+    futex_wake(&q.header().producer);
+}
+
+/// Wake the producer if it sleeps waiting for releases (after a release).
+pub fn wake_producer(q: &IoQueue<'_>) {
     if q.producer_needs_wake() {
         futex_wake(&q.header().consumer);
     }

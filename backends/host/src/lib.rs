@@ -14,7 +14,7 @@ pub mod checksum;
 mod consumer;
 mod memory;
 
-pub use consumer::{ConsumerStats, HostConsumer};
+pub use consumer::{wait_for_entries, wake_consumer, wake_producer, ConsumerStats, HostConsumer, Waited};
 pub use memory::{HostError, HostStaging, Mapping};
 
 pub use gpuring_core::StagingMemory;

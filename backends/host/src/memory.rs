@@ -95,14 +95,40 @@ unsafe impl Sync for Mapping {}
 impl Mapping {
     /// Map and lock `len` bytes (rounded up to whole pages), zero-filled.
     pub fn new_locked(len: usize) -> Result<Self, HostError> {
-        let len = len.div_ceil(PAGE_SIZE).max(1) * PAGE_SIZE;
+        Self::new_locked_aligned(len, PAGE_SIZE)
+    }
+
+    /// Map and lock `len` bytes rounded up to a multiple of `align`, starting
+    /// at a multiple of `align` (a power of two; a page or more), zero-filled.
+    /// GPU APIs that import host memory ask for such alignment (Vulkan's
+    /// `minImportedHostPointerAlignment`).
+    pub fn new_locked_aligned(len: usize, align: usize) -> Result<Self, HostError> {
+        assert!(align.is_power_of_two() && align >= PAGE_SIZE, "alignment {align} is not a power of two of at least a page");
+        let len = len.div_ceil(align).max(1) * align;
         let requested = len as u64;
+        // Over-map by `align - PAGE_SIZE`, then give back the pages before
+        // the aligned start and after its end.
+        let span = len + (align - PAGE_SIZE);
         // SAFETY: a fresh private anonymous mapping aliases nothing.
-        let ptr = unsafe { rustix::mm::mmap_anonymous(std::ptr::null_mut(), len, ProtFlags::READ | ProtFlags::WRITE, MapFlags::PRIVATE) }
+        let raw = unsafe { rustix::mm::mmap_anonymous(std::ptr::null_mut(), span, ProtFlags::READ | ProtFlags::WRITE, MapFlags::PRIVATE) }
             .map_err(|errno| HostError::Map { requested, errno })?;
-        let mapping = Mapping { ptr: NonNull::new(ptr.cast()).ok_or(HostError::Map { requested, errno: Errno::NOMEM })?, len };
-        // SAFETY: `ptr..ptr+len` is the mapping just created.
-        if let Err(errno) = unsafe { rustix::mm::mlock(ptr, len) } {
+        let head = (raw as usize).next_multiple_of(align) - raw as usize;
+        let tail = span - head - len;
+        // SAFETY: both ranges are whole pages of the mapping just made, outside
+        // the part kept; nothing refers to them.
+        unsafe {
+            if head > 0 {
+                let _ = rustix::mm::munmap(raw, head);
+            }
+            if tail > 0 {
+                let _ = rustix::mm::munmap(raw.cast::<u8>().add(head + len).cast(), tail);
+            }
+        }
+        // SAFETY: `head < span`, inside the mapping.
+        let ptr = unsafe { raw.cast::<u8>().add(head) };
+        let mapping = Mapping { ptr: NonNull::new(ptr).ok_or(HostError::Map { requested, errno: Errno::NOMEM })?, len };
+        // SAFETY: `ptr..ptr+len` is the part of the mapping kept.
+        if let Err(errno) = unsafe { rustix::mm::mlock(ptr.cast(), len) } {
             let limit = getrlimit(Resource::Memlock).current;
             return Err(match errno {
                 Errno::NOMEM | Errno::PERM | Errno::AGAIN => HostError::MemlockLimit { requested, limit },
@@ -199,6 +225,18 @@ mod tests {
         assert_eq!(s.queue().capacity(), 4);
         assert_eq!(s.kind(), MemoryKind::LockedHost);
         assert_eq!(s.locked_bytes(), 256 << 10 | 4096);
+    }
+
+    #[test]
+    fn aligned_mappings_start_and_end_on_the_alignment() {
+        for align in [PAGE_SIZE, 64 << 10, 2 << 20] {
+            let m = Mapping::new_locked_aligned(5000, align).unwrap();
+            assert_eq!((m.as_ptr().as_ptr() as usize % align, m.len()), (0, align.max(8192)));
+            // SAFETY: the mapping is ours and `len` bytes long.
+            let bytes = unsafe { std::slice::from_raw_parts_mut(m.as_ptr().as_ptr(), m.len()) };
+            assert!(bytes.iter().all(|&b| b == 0));
+            bytes.fill(0x5A);
+        }
     }
 
     #[test]
