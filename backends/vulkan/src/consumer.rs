@@ -1,0 +1,344 @@
+//! The Vulkan consumer: a host thread that dispatches the compute shader on
+//! batches of published io_queue entries.
+//!
+//! The thread never reads a slot. It waits for published entries as the
+//! host consumer does ([`gpuring_host::wait_for_entries`]), then records and
+//! submits one command buffer per batch:
+//!
+//! 1. `checksum`, one workgroup per entry: check the entry, checksum the
+//!    slot's bytes in parallel, write `result` and `consumer_status`;
+//! 2. a pipeline barrier (compute writes before compute reads and writes);
+//! 3. `release`, one invocation: after a device-scope barrier, store
+//!    `consumer = first + count`, which hands the batch's slots back to the
+//!    producer; or set `consumer_failed` if an entry was rejected;
+//! 4. a barrier from compute writes to host reads.
+//!
+//! It waits on the batch's fence before the next one, so one batch is on the
+//! device at a time and releases stay in queue order; meanwhile the driver
+//! keeps reading into the slots that are free. The batch is every entry
+//! published when the thread looks, so the batches grow when the device is
+//! the slower side.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use ash::vk;
+use gpuring_core::io_queue::{Consumer, IoQueue, REJECTED};
+use gpuring_core::StagingMemory;
+use gpuring_host::{wait_for_entries, wake_producer, ConsumerStats, Waited};
+
+use crate::context::Context;
+use crate::error::{call, VulkanError};
+use crate::memory::VulkanStaging;
+
+mod codes {
+    include!(concat!(env!("OUT_DIR"), "/codes.rs"));
+}
+
+/// The shader, SPIR-V built from `consumer.wgsl` by build.rs.
+const SPIRV: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/consumer.spv"));
+
+/// How long one batch may take on the device.
+const BATCH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The shader's push constants (`Params` in `consumer.wgsl`).
+#[derive(Clone, Copy, Debug)]
+struct Params {
+    first: u32,
+    count: u32,
+    capacity: u32,
+    slot_count: u32,
+    slot_bytes: u32,
+}
+
+impl Params {
+    fn bytes(&self) -> [u8; 20] {
+        let words = [self.first, self.count, self.capacity, self.slot_count, self.slot_bytes];
+        let mut out = [0u8; 20];
+        for (chunk, w) in out.chunks_exact_mut(4).zip(words) {
+            chunk.copy_from_slice(&w.to_ne_bytes());
+        }
+        out
+    }
+}
+
+/// The shader's pipelines and everything a batch needs, destroyed on drop.
+struct Pipelines {
+    ctx: Arc<Context>,
+    module: vk::ShaderModule,
+    set_layout: vk::DescriptorSetLayout,
+    layout: vk::PipelineLayout,
+    checksum: vk::Pipeline,
+    release: vk::Pipeline,
+    pool: vk::DescriptorPool,
+    set: vk::DescriptorSet,
+    commands: vk::CommandPool,
+    cmd: vk::CommandBuffer,
+    fence: vk::Fence,
+}
+
+impl Pipelines {
+    fn new(staging: &VulkanStaging) -> Result<Self, VulkanError> {
+        let ctx = staging.ctx.clone();
+        let null = Self {
+            ctx: ctx.clone(),
+            module: vk::ShaderModule::null(),
+            set_layout: vk::DescriptorSetLayout::null(),
+            layout: vk::PipelineLayout::null(),
+            checksum: vk::Pipeline::null(),
+            release: vk::Pipeline::null(),
+            pool: vk::DescriptorPool::null(),
+            set: vk::DescriptorSet::null(),
+            commands: vk::CommandPool::null(),
+            cmd: vk::CommandBuffer::null(),
+            fence: vk::Fence::null(),
+        };
+        // Every handle goes into `p` as soon as it exists, so an error on the
+        // way out destroys what was made (`Drop` skips null handles).
+        let mut p = null;
+        let d = &ctx.device;
+        let words: Vec<u32> = SPIRV.chunks_exact(4).map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]])).collect();
+        // SAFETY: for every creation below, the create infos and what they
+        // point to are valid for the call, every handle they name is this
+        // device's and alive, and `Drop` destroys each object once.
+        unsafe {
+            p.module = d.create_shader_module(&vk::ShaderModuleCreateInfo::default().code(&words), None).map_err(call("vkCreateShaderModule"))?;
+            let bindings = [0, 1].map(|binding| {
+                vk::DescriptorSetLayoutBinding::default()
+                    .binding(binding)
+                    .descriptor_type(vk::DescriptorType::STORAGE_BUFFER)
+                    .descriptor_count(1)
+                    .stage_flags(vk::ShaderStageFlags::COMPUTE)
+            });
+            p.set_layout = d
+                .create_descriptor_set_layout(&vk::DescriptorSetLayoutCreateInfo::default().bindings(&bindings), None)
+                .map_err(call("vkCreateDescriptorSetLayout"))?;
+            let ranges = [vk::PushConstantRange::default().stage_flags(vk::ShaderStageFlags::COMPUTE).size(20)];
+            let set_layouts = [p.set_layout];
+            p.layout = d
+                .create_pipeline_layout(&vk::PipelineLayoutCreateInfo::default().set_layouts(&set_layouts).push_constant_ranges(&ranges), None)
+                .map_err(call("vkCreatePipelineLayout"))?;
+            let stage = |name| vk::PipelineShaderStageCreateInfo::default().stage(vk::ShaderStageFlags::COMPUTE).module(p.module).name(name);
+            let infos = [
+                vk::ComputePipelineCreateInfo::default().stage(stage(c"checksum")).layout(p.layout),
+                vk::ComputePipelineCreateInfo::default().stage(stage(c"release")).layout(p.layout),
+            ];
+            let pipelines = d.create_compute_pipelines(vk::PipelineCache::null(), &infos, None).map_err(|(made, result)| {
+                for pipeline in made {
+                    d.destroy_pipeline(pipeline, None);
+                }
+                VulkanError::Call { call: "vkCreateComputePipelines", result }
+            })?;
+            (p.checksum, p.release) = (pipelines[0], pipelines[1]);
+            let sizes = [vk::DescriptorPoolSize::default().ty(vk::DescriptorType::STORAGE_BUFFER).descriptor_count(2)];
+            p.pool = d
+                .create_descriptor_pool(&vk::DescriptorPoolCreateInfo::default().max_sets(1).pool_sizes(&sizes), None)
+                .map_err(call("vkCreateDescriptorPool"))?;
+            p.set = d
+                .allocate_descriptor_sets(&vk::DescriptorSetAllocateInfo::default().descriptor_pool(p.pool).set_layouts(&set_layouts))
+                .map_err(call("vkAllocateDescriptorSets"))?[0];
+            let queue_info = [vk::DescriptorBufferInfo::default().buffer(staging.queue.buffer).range(vk::WHOLE_SIZE)];
+            let slots_info = [vk::DescriptorBufferInfo::default().buffer(staging.slots.buffer).range(vk::WHOLE_SIZE)];
+            let writes = [
+                vk::WriteDescriptorSet::default().dst_set(p.set).dst_binding(0).descriptor_type(vk::DescriptorType::STORAGE_BUFFER).buffer_info(&queue_info),
+                vk::WriteDescriptorSet::default().dst_set(p.set).dst_binding(1).descriptor_type(vk::DescriptorType::STORAGE_BUFFER).buffer_info(&slots_info),
+            ];
+            d.update_descriptor_sets(&writes, &[]);
+            p.commands = d
+                .create_command_pool(
+                    &vk::CommandPoolCreateInfo::default().queue_family_index(ctx.queue_family).flags(vk::CommandPoolCreateFlags::RESET_COMMAND_BUFFER),
+                    None,
+                )
+                .map_err(call("vkCreateCommandPool"))?;
+            p.cmd = d
+                .allocate_command_buffers(
+                    &vk::CommandBufferAllocateInfo::default().command_pool(p.commands).level(vk::CommandBufferLevel::PRIMARY).command_buffer_count(1),
+                )
+                .map_err(call("vkAllocateCommandBuffers"))?[0];
+            p.fence = d.create_fence(&vk::FenceCreateInfo::default(), None).map_err(call("vkCreateFence"))?;
+        }
+        Ok(p)
+    }
+
+    /// Run one batch on the device and wait for it.
+    fn run(&self, params: Params) -> Result<(), VulkanError> {
+        let d = &self.ctx.device;
+        let barrier = |src, dst| [vk::MemoryBarrier::default().src_access_mask(src).dst_access_mask(dst)];
+        let compute = vk::PipelineStageFlags::COMPUTE_SHADER;
+        // SAFETY: the command buffer is idle (the previous batch's fence was
+        // waited for) and only this thread records or submits it; every
+        // handle recorded is alive for as long as `self`; the fence is
+        // unsignalled when submitted (reset here, waited for below).
+        unsafe {
+            d.reset_fences(&[self.fence]).map_err(call("vkResetFences"))?;
+            d.begin_command_buffer(self.cmd, &vk::CommandBufferBeginInfo::default().flags(vk::CommandBufferUsageFlags::ONE_TIME_SUBMIT))
+                .map_err(call("vkBeginCommandBuffer"))?;
+            d.cmd_bind_descriptor_sets(self.cmd, vk::PipelineBindPoint::COMPUTE, self.layout, 0, &[self.set], &[]);
+            d.cmd_push_constants(self.cmd, self.layout, vk::ShaderStageFlags::COMPUTE, 0, &params.bytes());
+            d.cmd_bind_pipeline(self.cmd, vk::PipelineBindPoint::COMPUTE, self.checksum);
+            d.cmd_dispatch(self.cmd, params.count, 1, 1);
+            let between = barrier(vk::AccessFlags::SHADER_WRITE, vk::AccessFlags::SHADER_READ | vk::AccessFlags::SHADER_WRITE);
+            d.cmd_pipeline_barrier(self.cmd, compute, compute, vk::DependencyFlags::empty(), &between, &[], &[]);
+            d.cmd_bind_pipeline(self.cmd, vk::PipelineBindPoint::COMPUTE, self.release);
+            d.cmd_dispatch(self.cmd, 1, 1, 1);
+            let to_host = barrier(vk::AccessFlags::SHADER_WRITE, vk::AccessFlags::HOST_READ);
+            d.cmd_pipeline_barrier(self.cmd, compute, vk::PipelineStageFlags::HOST, vk::DependencyFlags::empty(), &to_host, &[], &[]);
+            d.end_command_buffer(self.cmd).map_err(call("vkEndCommandBuffer"))?;
+            let cmds = [self.cmd];
+            let submit = [vk::SubmitInfo::default().command_buffers(&cmds)];
+            d.queue_submit(self.ctx.queue, &submit, self.fence).map_err(call("vkQueueSubmit"))?;
+            match d.wait_for_fences(&[self.fence], true, BATCH_TIMEOUT.as_nanos() as u64) {
+                Ok(()) => Ok(()),
+                Err(vk::Result::TIMEOUT) => {
+                    // The batch may still run: wait for it without a limit, so
+                    // no shader touches the memory after we return.
+                    let _ = d.device_wait_idle();
+                    Err(VulkanError::Timeout { entries: params.count, seconds: BATCH_TIMEOUT.as_secs() })
+                }
+                Err(result) => Err(VulkanError::Call { call: "vkWaitForFences", result }),
+            }
+        }
+    }
+}
+
+impl Drop for Pipelines {
+    fn drop(&mut self) {
+        let d = &self.ctx.device;
+        // SAFETY: no batch is running (`run` returns only after its fence, or
+        // after waiting for the device to go idle); each handle is this
+        // device's and destroyed once; null handles are allowed.
+        unsafe {
+            let _ = d.device_wait_idle();
+            d.destroy_fence(self.fence, None);
+            d.destroy_command_pool(self.commands, None);
+            d.destroy_descriptor_pool(self.pool, None);
+            d.destroy_pipeline(self.checksum, None);
+            d.destroy_pipeline(self.release, None);
+            d.destroy_pipeline_layout(self.layout, None);
+            d.destroy_descriptor_set_layout(self.set_layout, None);
+            d.destroy_shader_module(self.module, None);
+        }
+    }
+}
+
+/// A running Vulkan consumer. Stop it with [`VulkanConsumer::join`] after
+/// the producer closed the queue; dropping it stops it early.
+pub struct VulkanConsumer {
+    handle: Option<JoinHandle<Result<ConsumerStats, VulkanError>>>,
+    stop: Arc<AtomicBool>,
+    staging: Arc<VulkanStaging>,
+}
+
+impl std::fmt::Debug for VulkanConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VulkanConsumer").field("running", &self.handle.is_some()).finish()
+    }
+}
+
+impl VulkanConsumer {
+    /// Build the shader's pipelines on `staging`'s device and start
+    /// dispatching on a new thread.
+    pub fn start(staging: Arc<VulkanStaging>) -> Result<Self, VulkanError> {
+        let geometry = staging.geometry();
+        if geometry.slot_size() as u64 > u32::MAX as u64 {
+            return Err(VulkanError::TooLarge { what: "slot", len: geometry.slot_size() as u64, max: u32::MAX as u64 });
+        }
+        let pipelines = Pipelines::new(&staging)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let handle = {
+            let (staging, stop) = (staging.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("gpuring-vulkan".into())
+                .spawn(move || {
+                    let result = run(&staging, &pipelines, &stop);
+                    drop(pipelines);
+                    if result.is_err() {
+                        let q = staging.queue();
+                        Consumer::new().fail(&q, 1);
+                        wake_producer(&q);
+                    }
+                    result
+                })
+                .expect("spawning the Vulkan consumer thread")
+        };
+        Ok(Self { handle: Some(handle), stop, staging })
+    }
+
+    /// Wait until the producer has closed the queue and every entry is
+    /// released, then return what the consumer did.
+    pub fn join(mut self) -> Result<ConsumerStats, VulkanError> {
+        let handle = self.handle.take().expect("joined once");
+        handle.join().map_err(|_| VulkanError::ConsumerPanicked)?
+    }
+}
+
+impl Drop for VulkanConsumer {
+    fn drop(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            self.stop.store(true, Ordering::Release);
+            gpuring_host::wake_consumer(&self.staging.queue());
+            let _ = handle.join();
+        }
+    }
+}
+
+fn run(staging: &VulkanStaging, pipelines: &Pipelines, stop: &AtomicBool) -> Result<ConsumerStats, VulkanError> {
+    let q = staging.queue();
+    let geometry = staging.geometry();
+    let mut consumer = Consumer::new();
+    let mut stats = ConsumerStats::default();
+    while let Waited::Ready(available) = wait_for_entries(&q, &consumer, stop) {
+        let first = consumer.position();
+        // Vulkan guarantees at least 65535 workgroups per dispatch dimension.
+        let count = available.min(65_535);
+        let params = Params { first, count, capacity: q.capacity(), slot_count: geometry.slot_count(), slot_bytes: geometry.slot_size() as u32 };
+        // Count before the release: once released, the producer may reuse
+        // the entries.
+        let mut batch = ConsumerStats::default();
+        for position in first..first.wrapping_add(count) {
+            let e = q.entry(position);
+            match e.status.load(Ordering::Relaxed) {
+                0 => batch.bytes += e.bytes.load(Ordering::Relaxed),
+                _ => batch.skipped += 1,
+            }
+            batch.entries += 1;
+        }
+        pipelines.run(params)?;
+        if q.consumer_failed() != 0 {
+            return Err(rejection(&q, first, count, geometry.slot_count(), geometry.slot_size()));
+        }
+        let moved = consumer.follow(&q);
+        if moved != count {
+            return Err(VulkanError::Rejected { position: first, what: format!("the shader released {moved} entries of a batch of {count}") });
+        }
+        stats.entries += batch.entries;
+        stats.bytes += batch.bytes;
+        stats.skipped += batch.skipped;
+        wake_producer(&q);
+    }
+    Ok(stats)
+}
+
+/// Describe why the shader failed the queue.
+fn rejection(q: &IoQueue<'_>, first: u32, count: u32, slot_count: u32, slot_size: usize) -> VulkanError {
+    if q.consumer_failed() == codes::FAILED_OUT_OF_STEP {
+        let at = q.header().consumer.load(Ordering::Acquire);
+        return VulkanError::Rejected { position: first, what: format!("the queue's consumer position was {at}, not the batch's first entry {first}") };
+    }
+    for position in first..first.wrapping_add(count) {
+        let e = q.entry(position);
+        if e.consumer_status.load(Ordering::Relaxed) == REJECTED {
+            let (seq, slot, bytes) = (e.seq.load(Ordering::Relaxed), e.slot.load(Ordering::Relaxed), e.bytes.load(Ordering::Relaxed));
+            let what = if seq != position.wrapping_add(1) {
+                format!("its seq is {seq}, not {}", position.wrapping_add(1))
+            } else {
+                format!("slot {slot} with {bytes} bytes, but there are {slot_count} slots of {slot_size} bytes")
+            };
+            return VulkanError::Rejected { position, what };
+        }
+    }
+    debug_assert_eq!(q.consumer_failed(), codes::FAILED_REJECTED);
+    VulkanError::Rejected { position: first, what: format!("consumer_failed is {:#x} but no entry is marked rejected", q.consumer_failed()) }
+}

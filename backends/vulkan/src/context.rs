@@ -1,0 +1,290 @@
+//! The Vulkan instance and device: loading, listing, choosing, creating.
+
+use std::ffi::CStr;
+
+use ash::vk;
+
+use crate::error::{call, VulkanError};
+
+/// Workgroup size of the checksum shader (`consumer.wgsl`).
+pub(crate) const WORKGROUP: u32 = 256;
+
+/// What the backend needs to know about one physical device, and what
+/// `gpuring probe` reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// Index in the loader's enumeration order (what `--device N` means).
+    pub index: usize,
+    /// The device's name.
+    pub name: String,
+    /// `discrete_gpu`, `integrated_gpu`, `virtual_gpu`, `cpu` or `other`.
+    pub kind: &'static str,
+    /// Vulkan version the device supports, as `major.minor.patch`.
+    pub api_version: String,
+    /// Whether it offers `VK_EXT_external_memory_host`.
+    pub external_memory_host: bool,
+    /// `minImportedHostPointerAlignment` (0 without the extension).
+    pub import_alignment: u64,
+    /// `maxStorageBufferRange`.
+    pub max_storage_buffer_range: u64,
+    /// Size of the largest device-local heap that also has a host-visible
+    /// memory type (a BAR window onto device memory), if any.
+    pub bar_window: Option<u64>,
+    /// Whether the device's memory is really system memory (a CPU device),
+    /// so a "device-local" mapping is ordinary pages.
+    pub device_memory_is_system_memory: bool,
+    /// Whether it offers `VK_EXT_external_memory_dma_buf` (export of device
+    /// memory as a dma-buf file descriptor).
+    pub dma_buf: bool,
+    /// A queue family with compute, if any.
+    pub compute_family: Option<u32>,
+    /// Why the backend cannot use this device (`None`: it can).
+    pub unusable: Option<String>,
+}
+
+/// The loaded library and an instance, destroyed on drop.
+pub(crate) struct Instance {
+    // Declared before `entry`, so the instance's functions are gone before
+    // the library that holds them is unloaded.
+    pub(crate) instance: ash::Instance,
+    _entry: ash::Entry,
+}
+
+impl Instance {
+    pub(crate) fn new() -> Result<Self, VulkanError> {
+        // SAFETY: loading libvulkan runs its initialisers; the loader is a
+        // well-behaved system library, and `Entry` keeps it loaded while
+        // any function taken from it can run.
+        let entry = unsafe { ash::Entry::load() }.map_err(|e| VulkanError::NoLoader { why: e.to_string() })?;
+        let app = vk::ApplicationInfo::default().application_name(c"gpuring").api_version(vk::API_VERSION_1_1);
+        let info = vk::InstanceCreateInfo::default().application_info(&app);
+        // SAFETY: `info` and what it points to are valid for the call.
+        let instance = unsafe { entry.create_instance(&info, None) }.map_err(|result| match result {
+            vk::Result::ERROR_INCOMPATIBLE_DRIVER => VulkanError::NoDevice,
+            result => VulkanError::Call { call: "vkCreateInstance", result },
+        })?;
+        Ok(Self { instance, _entry: entry })
+    }
+
+    /// Every physical device, described.
+    pub(crate) fn devices(&self) -> Result<Vec<(vk::PhysicalDevice, DeviceInfo)>, VulkanError> {
+        // SAFETY: the instance is alive; the returned handles live as long as it.
+        let physical = unsafe { self.instance.enumerate_physical_devices() }.map_err(call("vkEnumeratePhysicalDevices"))?;
+        physical.into_iter().enumerate().map(|(index, pd)| Ok((pd, self.describe(index, pd)?))).collect()
+    }
+
+    fn describe(&self, index: usize, pd: vk::PhysicalDevice) -> Result<DeviceInfo, VulkanError> {
+        let i = &self.instance;
+        // SAFETY: for this and the queries below, `pd` came from this live instance,
+        // and every output structure is valid for writing.
+        let props = unsafe { i.get_physical_device_properties(pd) };
+        // SAFETY: as above.
+        let extensions = unsafe { i.enumerate_device_extension_properties(pd) }.map_err(call("vkEnumerateDeviceExtensionProperties"))?;
+        let has = |name: &CStr| extensions.iter().any(|e| e.extension_name_as_c_str() == Ok(name));
+        let external_memory_host = has(ash::ext::external_memory_host::NAME);
+        let mut import_alignment = 0;
+        if external_memory_host && props.api_version >= vk::API_VERSION_1_1 {
+            let mut host = vk::PhysicalDeviceExternalMemoryHostPropertiesEXT::default();
+            let mut props2 = vk::PhysicalDeviceProperties2::default().push_next(&mut host);
+            // SAFETY: as above; the chain holds a structure the device knows.
+            unsafe { i.get_physical_device_properties2(pd, &mut props2) };
+            import_alignment = host.min_imported_host_pointer_alignment;
+        }
+        // SAFETY: as above.
+        let memory = unsafe { i.get_physical_device_memory_properties(pd) };
+        let heaps = memory.memory_heaps_as_slice();
+        let bar_window = memory
+            .memory_types_as_slice()
+            .iter()
+            .filter(|t| t.property_flags.contains(vk::MemoryPropertyFlags::DEVICE_LOCAL | vk::MemoryPropertyFlags::HOST_VISIBLE))
+            .map(|t| heaps[t.heap_index as usize].size)
+            .max();
+        // SAFETY: as above.
+        let families = unsafe { i.get_physical_device_queue_family_properties(pd) };
+        let compute_family = families.iter().position(|f| f.queue_flags.contains(vk::QueueFlags::COMPUTE)).map(|f| f as u32);
+        let kind = match props.device_type {
+            vk::PhysicalDeviceType::DISCRETE_GPU => "discrete_gpu",
+            vk::PhysicalDeviceType::INTEGRATED_GPU => "integrated_gpu",
+            vk::PhysicalDeviceType::VIRTUAL_GPU => "virtual_gpu",
+            vk::PhysicalDeviceType::CPU => "cpu",
+            _ => "other",
+        };
+        let limits = props.limits;
+        let unusable = if props.api_version < vk::API_VERSION_1_1 {
+            Some("it supports only Vulkan 1.0; gpuring needs 1.1".to_owned())
+        } else if !external_memory_host {
+            Some("it lacks VK_EXT_external_memory_host, which imports the io_uring-registered slots".to_owned())
+        } else if compute_family.is_none() {
+            Some("it has no compute queue".to_owned())
+        } else if limits.max_compute_work_group_invocations < WORKGROUP || limits.max_compute_work_group_size[0] < WORKGROUP {
+            Some(format!("its compute workgroups hold at most {} invocations; the shader needs {WORKGROUP}", limits.max_compute_work_group_invocations))
+        } else {
+            None
+        };
+        Ok(DeviceInfo {
+            index,
+            name: props.device_name_as_c_str().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|_| format!("device {index}")),
+            kind,
+            api_version: format!(
+                "{}.{}.{}",
+                vk::api_version_major(props.api_version),
+                vk::api_version_minor(props.api_version),
+                vk::api_version_patch(props.api_version)
+            ),
+            external_memory_host,
+            import_alignment,
+            max_storage_buffer_range: limits.max_storage_buffer_range as u64,
+            bar_window,
+            device_memory_is_system_memory: props.device_type == vk::PhysicalDeviceType::CPU,
+            dma_buf: has(ash::ext::external_memory_dma_buf::NAME),
+            compute_family,
+            unusable,
+        })
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        // SAFETY: every device made from this instance is gone (`Context`
+        // drops its device first), and nothing else uses the instance.
+        unsafe { self.instance.destroy_instance(None) };
+    }
+}
+
+/// Describe every Vulkan device on this machine (for `gpuring probe`).
+pub fn devices() -> Result<Vec<DeviceInfo>, VulkanError> {
+    Ok(Instance::new()?.devices()?.into_iter().map(|(_, info)| info).collect())
+}
+
+/// Pick a device: `selector` is an index or part of a name (case-blind);
+/// without one, the first usable device, GPUs before CPU devices.
+pub(crate) fn choose(devices: &[DeviceInfo], selector: Option<&str>) -> Result<usize, VulkanError> {
+    if devices.is_empty() {
+        return Err(VulkanError::NoDevice);
+    }
+    let found = match selector {
+        Some(s) => {
+            let by_index = s.parse::<usize>().ok().filter(|i| *i < devices.len());
+            let found = by_index.or_else(|| devices.iter().position(|d| d.name.to_lowercase().contains(&s.to_lowercase())));
+            found.ok_or_else(|| VulkanError::DeviceNotFound {
+                wanted: s.to_owned(),
+                available: devices.iter().map(|d| format!("{}: {}", d.index, d.name)).collect(),
+            })?
+        }
+        None => {
+            let rank = |d: &DeviceInfo| match d.kind {
+                "discrete_gpu" => 0,
+                "integrated_gpu" => 1,
+                "virtual_gpu" => 2,
+                "cpu" => 4,
+                _ => 3,
+            };
+            let usable = devices.iter().enumerate().filter(|(_, d)| d.unusable.is_none()).min_by_key(|(i, d)| (rank(d), *i));
+            usable.map(|(i, _)| i).unwrap_or(0)
+        }
+    };
+    match &devices[found].unusable {
+        Some(what) => Err(VulkanError::Unsupported { device: devices[found].name.clone(), what: what.clone() }),
+        None => Ok(found),
+    }
+}
+
+/// A logical device with one compute queue, and what the backend uses of it.
+pub struct Context {
+    pub(crate) device: ash::Device,
+    pub(crate) host_memory: ash::ext::external_memory_host::Device,
+    pub(crate) queue: vk::Queue,
+    pub(crate) queue_family: u32,
+    pub(crate) memory: vk::PhysicalDeviceMemoryProperties,
+    pub(crate) info: DeviceInfo,
+    // Dropped after the device (see `Drop`).
+    _instance: Instance,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context").field("device", &self.info.name).finish()
+    }
+}
+
+impl Context {
+    /// Open the device `selector` names (see [`choose`]).
+    pub fn new(selector: Option<&str>) -> Result<Self, VulkanError> {
+        let instance = Instance::new()?;
+        let devices = instance.devices()?;
+        let infos: Vec<DeviceInfo> = devices.iter().map(|(_, d)| d.clone()).collect();
+        let (pd, info) = devices.into_iter().nth(choose(&infos, selector)?).expect("choose returns an index into the list");
+        let queue_family = info.compute_family.expect("a usable device has a compute family");
+        let priorities = [1.0f32];
+        let queues = [vk::DeviceQueueCreateInfo::default().queue_family_index(queue_family).queue_priorities(&priorities)];
+        let extensions = [ash::ext::external_memory_host::NAME.as_ptr()];
+        let create = vk::DeviceCreateInfo::default().queue_create_infos(&queues).enabled_extension_names(&extensions);
+        // SAFETY: `pd` belongs to this instance; `create` and what it points
+        // to are valid for the call; the extension was checked to exist.
+        let device = unsafe { instance.instance.create_device(pd, &create, None) }.map_err(call("vkCreateDevice"))?;
+        // SAFETY: queue 0 of a family the device was created with.
+        let queue = unsafe { device.get_device_queue(queue_family, 0) };
+        // SAFETY: `pd` belongs to this live instance.
+        let memory = unsafe { instance.instance.get_physical_device_memory_properties(pd) };
+        let host_memory = ash::ext::external_memory_host::Device::new(&instance.instance, &device);
+        Ok(Self { device, host_memory, queue, queue_family, memory, info, _instance: instance })
+    }
+
+    /// The chosen device.
+    pub fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+}
+
+impl Drop for Context {
+    fn drop(&mut self) {
+        // SAFETY: every object made from the device holds an `Arc<Context>`,
+        // so they are all destroyed by now; waiting for idle first means no
+        // work is still running when the device goes.
+        unsafe {
+            let _ = self.device.device_wait_idle();
+            self.device.destroy_device(None);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(index: usize, name: &str, kind: &'static str, unusable: Option<&str>) -> DeviceInfo {
+        DeviceInfo {
+            index,
+            name: name.into(),
+            kind,
+            api_version: "1.3.0".into(),
+            external_memory_host: true,
+            import_alignment: 4096,
+            max_storage_buffer_range: 1 << 27,
+            bar_window: None,
+            device_memory_is_system_memory: kind == "cpu",
+            dma_buf: false,
+            compute_family: Some(0),
+            unusable: unusable.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn choosing_by_default_index_and_name() {
+        let list =
+            [device(0, "llvmpipe (LLVM 15)", "cpu", None), device(1, "NVIDIA H100", "discrete_gpu", None), device(2, "Old", "integrated_gpu", Some("too old"))];
+        assert_eq!(choose(&list, None).unwrap(), 1, "a usable GPU before a CPU device");
+        assert_eq!(choose(&list[..1], None).unwrap(), 0);
+        assert_eq!(choose(&list, Some("0")).unwrap(), 0);
+        assert_eq!(choose(&list, Some("h100")).unwrap(), 1);
+        assert_eq!(choose(&list, Some("LLVMPIPE")).unwrap(), 0);
+        let e = choose(&list, Some("radeon")).unwrap_err().to_string();
+        assert!(e.contains("no Vulkan device matches `radeon` (devices: 0: llvmpipe (LLVM 15); 1: NVIDIA H100; 2: Old)"), "{e}");
+        assert!(e.contains("Fix: pass --device"), "{e}");
+        let e = choose(&list, Some("2")).unwrap_err().to_string();
+        assert!(e.contains("Vulkan device `Old` cannot run gpuring: too old. Fix: pick another device"), "{e}");
+        assert!(matches!(choose(&[], None), Err(VulkanError::NoDevice)));
+        // Only unusable devices: the first is named with its reason.
+        assert!(matches!(choose(&list[2..], None), Err(VulkanError::Unsupported { .. })));
+    }
+}

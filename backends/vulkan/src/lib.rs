@@ -1,0 +1,32 @@
+//! gpuring-vulkan: the Vulkan backend, on ash with the loader opened at run
+//! time (no Vulkan SDK is needed to build it).
+//!
+//! - [`VulkanStaging`]: the slots and the io_queue are locked, page-aligned
+//!   host pages (from `gpuring_host::Mapping`, aligned to the device's
+//!   `minImportedHostPointerAlignment`), imported into the device with
+//!   `VK_EXT_external_memory_host` as host-coherent storage buffers. io_uring
+//!   registers the same pages, so the kernel's copy (buffered reads) or the
+//!   disk's DMA (`O_DIRECT`) lands in bytes the shader reads with no copy.
+//! - [`VulkanConsumer`]: a compute shader (`src/consumer.wgsl`, translated to
+//!   SPIR-V by naga in build.rs, with its constants generated from
+//!   gpuring-core) checksums each published slot with one workgroup per
+//!   entry and releases the batch by storing the queue's `consumer` position
+//!   itself; a host thread only waits for entries and dispatches batches.
+//! - [`devices`]: every device with what gpuring needs of it, and
+//!   [`BarWindow`]: device-local memory mapped by the host, for `gpuring
+//!   probe` to test whether io_uring can register it.
+//!
+//! It depends on gpuring-core and on gpuring-host (for locked host mappings
+//! and the host side of waiting on the io_queue), never on gpuring-uring.
+
+mod bar;
+mod consumer;
+mod context;
+mod error;
+mod memory;
+
+pub use bar::BarWindow;
+pub use consumer::VulkanConsumer;
+pub use context::{devices, Context, DeviceInfo};
+pub use error::VulkanError;
+pub use memory::VulkanStaging;
