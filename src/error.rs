@@ -7,6 +7,8 @@ use gpuring_core::GeometryError;
 #[cfg(feature = "host")]
 use gpuring_host::HostError;
 use gpuring_uring::IngestError;
+#[cfg(feature = "vulkan")]
+use gpuring_vulkan::VulkanError;
 
 /// Why an ingest (or its setup) failed.
 #[derive(Debug)]
@@ -16,8 +18,16 @@ pub enum Error {
     /// The host backend failed.
     #[cfg(feature = "host")]
     Host(HostError),
+    /// The Vulkan backend failed.
+    #[cfg(feature = "vulkan")]
+    Vulkan(VulkanError),
     /// Bad slot geometry.
     Geometry(GeometryError),
+    /// `--device` was given for a backend that has no devices.
+    NoDevices {
+        /// The backend.
+        backend: String,
+    },
     /// The backend asked for is not part of this build.
     BackendNotBuilt {
         /// Its name.
@@ -52,7 +62,10 @@ impl fmt::Display for Error {
             Self::Ingest(e) => write!(f, "{e}"),
             #[cfg(feature = "host")]
             Self::Host(e) => write!(f, "{e}"),
+            #[cfg(feature = "vulkan")]
+            Self::Vulkan(e) => write!(f, "{e}"),
             Self::Geometry(e) => write!(f, "{e}"),
+            Self::NoDevices { backend } => write!(f, "backend `{backend}` has no devices to choose from. Fix: leave out --device, or use a GPU backend"),
             Self::BackendNotBuilt { name } => write!(
                 f,
                 "backend `{name}` is not compiled into this gpuring (compiled in: {}). Fix: use --backend {}",
@@ -80,6 +93,13 @@ impl From<IngestError> for Error {
 impl From<HostError> for Error {
     fn from(e: HostError) -> Self {
         Self::Host(e)
+    }
+}
+
+#[cfg(feature = "vulkan")]
+impl From<VulkanError> for Error {
+    fn from(e: VulkanError) -> Self {
+        Self::Vulkan(e)
     }
 }
 

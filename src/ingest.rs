@@ -16,6 +16,8 @@ use crate::error::Error;
 pub const BACKENDS: &[&str] = &[
     #[cfg(feature = "host")]
     "host",
+    #[cfg(feature = "vulkan")]
+    "vulkan",
 ];
 
 /// Slots in the default ring.
@@ -32,6 +34,9 @@ pub const DEFAULT_SLOT_SIZE: usize = 256 << 10;
 pub struct IngestConfig {
     /// Backend name (see [`BACKENDS`]).
     pub backend: String,
+    /// The GPU backend's device: an index or part of a name (`None`: the
+    /// backend's choice, GPUs first).
+    pub device: Option<String>,
     /// Number of slots.
     pub slots: u32,
     /// Bytes per slot.
@@ -51,6 +56,7 @@ impl Default for IngestConfig {
     fn default() -> Self {
         Self {
             backend: "host".into(),
+            device: None,
             slots: DEFAULT_SLOTS,
             slot_size: DEFAULT_SLOT_SIZE,
             direct: false,
@@ -140,6 +146,8 @@ pub struct ChecksumReport {
 pub struct IngestReport {
     /// Backend name.
     pub backend: String,
+    /// The device the backend used (`null` for the host backend).
+    pub device: Option<String>,
     /// What the slot memory was.
     pub memory_kind: &'static str,
     /// Files ingested.
@@ -174,22 +182,45 @@ pub struct IngestReport {
 /// each segment the consumer releases.
 pub fn run(sources: &[Source], config: &IngestConfig, progress: &mut dyn FnMut(u64)) -> Result<IngestReport, Error> {
     let geometry = SlotGeometry::new(config.slots, config.slot_size)?;
+    let queue_capacity = config.slots.next_power_of_two();
     match config.backend.as_str() {
         #[cfg(feature = "host")]
         "host" => {
-            let staging = Arc::new(gpuring_host::HostStaging::new(geometry, config.slots.next_power_of_two())?);
+            if config.device.is_some() {
+                return Err(Error::NoDevices { backend: config.backend.clone() });
+            }
+            let staging = Arc::new(gpuring_host::HostStaging::new(geometry, queue_capacity)?);
             let consumer = gpuring_host::HostConsumer::start(staging.clone());
-            let outcome = drive(staging.clone(), sources, config, progress);
-            // The driver closes the queue when it drops; if it was never
-            // built, close it here so the consumer stops.
-            Producer::new().close(&staging.queue());
-            let consumer_result = consumer.join();
-            // A consumer failure explains a stalled driver: report it first.
-            consumer_result?;
-            finish(outcome?, sources, config)
+            with_consumer(staging, None, || Ok(consumer.join().map(drop)?), sources, config, progress)
+        }
+        #[cfg(feature = "vulkan")]
+        "vulkan" => {
+            let staging = Arc::new(gpuring_vulkan::VulkanStaging::new(config.device.as_deref(), geometry, queue_capacity)?);
+            let device = Some(staging.context().info().name.clone());
+            let consumer = gpuring_vulkan::VulkanConsumer::start(staging.clone())?;
+            with_consumer(staging, device, || Ok(consumer.join().map(drop)?), sources, config, progress)
         }
         other => Err(Error::BackendNotBuilt { name: other.to_owned() }),
     }
+}
+
+/// Drive the ingest into `staging` while its consumer runs, then close the
+/// queue, `join` the consumer and verify.
+fn with_consumer<S: StagingMemory>(
+    staging: Arc<S>,
+    device: Option<String>,
+    join: impl FnOnce() -> Result<(), Error>,
+    sources: &[Source],
+    config: &IngestConfig,
+    progress: &mut dyn FnMut(u64),
+) -> Result<IngestReport, Error> {
+    let outcome = drive(staging.clone(), sources, config, progress);
+    // The driver closes the queue when it drops; if it was never built,
+    // close it here so the consumer stops.
+    Producer::new().close(&staging.queue());
+    // A consumer failure explains a stalled driver: report it first.
+    join()?;
+    finish(outcome?, device, sources, config)
 }
 
 /// What the driver produced, before verification.
@@ -221,7 +252,7 @@ fn drive<S: StagingMemory>(staging: Arc<S>, sources: &[Source], config: &IngestC
     Ok(Driven { memory_kind, telemetry: stats.telemetry, seconds: stats.elapsed.as_secs_f64(), digests })
 }
 
-fn finish(driven: Driven, sources: &[Source], config: &IngestConfig) -> Result<IngestReport, Error> {
+fn finish(driven: Driven, device: Option<String>, sources: &[Source], config: &IngestConfig) -> Result<IngestReport, Error> {
     let t = &driven.telemetry;
     let verdict = t.validate().map_err(|e| Error::Ingest(e.into()))?;
     let bytes = t.completed_bytes;
@@ -243,6 +274,7 @@ fn finish(driven: Driven, sources: &[Source], config: &IngestConfig) -> Result<I
     }
     Ok(IngestReport {
         backend: config.backend.clone(),
+        device,
         memory_kind: driven.memory_kind,
         files: sources.len(),
         bytes,

@@ -32,3 +32,5 @@ pub use gpuring_core as core;
 #[cfg(feature = "host")]
 pub use gpuring_host as host;
 pub use gpuring_uring as uring;
+#[cfg(feature = "vulkan")]
+pub use gpuring_vulkan as vulkan;

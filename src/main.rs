@@ -31,6 +31,10 @@ struct RingArgs {
     /// Backend that supplies the slot memory and the consumer.
     #[arg(long, default_value = "host")]
     backend: String,
+    /// The GPU backend's device: an index or part of its name, as `gpuring
+    /// probe` lists them (default: the first usable, GPUs before CPUs).
+    #[arg(long)]
+    device: Option<String>,
     /// Number of slots in the ring (fio's iodepth in the bench).
     #[arg(long, default_value_t = DEFAULT_SLOTS)]
     slots: u32,
@@ -121,8 +125,8 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Ingest { ring: RingArgs { backend, slots, slot_size }, direct, bounce, no_verify, json, paths } => {
-            let config = IngestConfig { backend, slots, slot_size, direct, bounce, verify: !no_verify, ..IngestConfig::default() };
+        Command::Ingest { ring: RingArgs { backend, device, slots, slot_size }, direct, bounce, no_verify, json, paths } => {
+            let config = IngestConfig { backend, device, slots, slot_size, direct, bounce, verify: !no_verify, ..IngestConfig::default() };
             let inputs = gpuring::inputs::collect(&paths)?;
             let total = total_bytes(&inputs.sources);
             if !inputs.sources.is_empty() && total == Some(0) {
@@ -144,14 +148,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let ok = report.complete && (!report.checksum.verified || report.checksum.matched);
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        Command::Bench { json, dir, size, small_files, small_size, runs, ring: RingArgs { backend, slots, slot_size }, no_fio } => {
+        Command::Bench { json, dir, size, small_files, small_size, runs, ring: RingArgs { backend, device, slots, slot_size }, no_fio } => {
             let config = gpuring::bench::BenchConfig {
                 dir,
                 size: size as u64,
                 small_files,
                 small_size: small_size as u64,
                 runs: runs.max(1),
-                ingest: IngestConfig { backend, slots, slot_size, verify: false, ..IngestConfig::default() },
+                ingest: IngestConfig { backend, device, slots, slot_size, verify: false, ..IngestConfig::default() },
                 fio: !no_fio,
             };
             let report = gpuring::bench::run(&config, &mut |line| eprintln!("{line}"))?;
@@ -169,7 +173,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string(&report).context("encoding the report")?);
             } else {
                 for c in &report.checks {
-                    println!("{:<9} {:<16} {:<3} {}", c.group, c.name, if c.ok { "yes" } else { "no" }, c.detail);
+                    println!("{:<9} {:<20} {:<3} {}", c.group, c.name, if c.ok { "yes" } else { "no" }, c.detail);
                 }
             }
             Ok(ExitCode::SUCCESS)

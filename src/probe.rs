@@ -50,19 +50,143 @@ pub fn report(ring_bytes: u64, dir: &Path) -> Report {
             format!("found {}; NVMe passthrough ingest is not built yet", namespaces.join(", "))
         },
     });
+    let mut peer_dma = Vec::new();
     for name in crate::ingest::BACKENDS {
-        checks.push(Item { group: "backend", name: (*name).into(), ok: true, detail: "locked host memory, CPU consumer thread; needs no GPU".into() });
+        let (rows, devices) = backend_checks(name);
+        checks.extend(rows);
+        peer_dma.extend(devices);
     }
     for name in ["cuda", "vulkan", "rocm"] {
         if !crate::ingest::BACKENDS.contains(&name) {
             checks.push(Item { group: "backend", name: name.into(), ok: false, detail: "not compiled into this build".into() });
         }
     }
-    checks.push(Item {
-        group: "gpu",
-        name: "peer_dma".into(),
-        ok: false,
-        detail: "no GPU backend is compiled in, so no GPU memory can be exposed for peer DMA (BAR1)".into(),
-    });
+    let detail = if !peer_dma.is_empty() {
+        format!("io_uring registered mapped device memory (a BAR window) of: {}", peer_dma.join(", "))
+    } else if crate::ingest::BACKENDS.iter().all(|b| *b == "host") {
+        "no GPU backend is compiled in, so no GPU memory can be exposed for peer DMA (BAR1)".to_owned()
+    } else {
+        "no GPU's device memory could be registered with io_uring (see the gpu rows above)".to_owned()
+    };
+    checks.push(Item { group: "gpu", name: "peer_dma".into(), ok: !peer_dma.is_empty(), detail });
     Report { backends: crate::ingest::BACKENDS.to_vec(), checks }
+}
+
+/// Why `backend` cannot run on this machine (`None`: it can).
+pub fn backend_unusable(backend: &str) -> Option<String> {
+    let (rows, _) = backend_checks(backend);
+    rows.iter().find(|c| c.group == "backend" && !c.ok).map(|c| c.detail.clone())
+}
+
+/// The rows for one compiled-in backend (the backend itself, then what it
+/// found: devices, BAR windows, dma-buf export), and the GPUs whose device
+/// memory io_uring could register (peer DMA).
+fn backend_checks(backend: &str) -> (Vec<Item>, Vec<String>) {
+    match backend {
+        "host" => {
+            (vec![Item { group: "backend", name: "host".into(), ok: true, detail: "locked host memory, CPU consumer thread; needs no GPU".into() }], Vec::new())
+        }
+        #[cfg(feature = "vulkan")]
+        "vulkan" => vulkan_checks(),
+        other => (vec![Item { group: "backend", name: other.into(), ok: false, detail: "not compiled into this build".into() }], Vec::new()),
+    }
+}
+
+#[cfg(feature = "vulkan")]
+fn vulkan_checks() -> (Vec<Item>, Vec<String>) {
+    use gpuring_core::Bytes;
+
+    let devices = match gpuring_vulkan::devices() {
+        Ok(d) if d.is_empty() => Err(gpuring_vulkan::VulkanError::NoDevice),
+        other => other,
+    };
+    let devices = match devices {
+        Ok(d) => d,
+        Err(e) => return (vec![Item { group: "backend", name: "vulkan".into(), ok: false, detail: e.to_string() }], Vec::new()),
+    };
+    let usable: Vec<_> = devices.iter().filter(|d| d.unusable.is_none()).collect();
+    let mut rows = vec![Item {
+        group: "backend",
+        name: "vulkan".into(),
+        ok: !usable.is_empty(),
+        detail: if usable.is_empty() {
+            format!(
+                "no usable device among {}: {}",
+                devices.len(),
+                devices.iter().map(|d| format!("{} ({})", d.name, d.unusable.as_deref().unwrap_or(""))).collect::<Vec<_>>().join("; ")
+            )
+        } else {
+            format!("{} usable device(s); slots imported with VK_EXT_external_memory_host, compute-shader consumer", usable.len())
+        },
+    }];
+    let mut peer_dma = Vec::new();
+    for d in &devices {
+        let detail = match &d.unusable {
+            None => format!(
+                "{} ({}, Vulkan {}): usable; import alignment {}, largest storage buffer {}",
+                d.name,
+                d.kind,
+                d.api_version,
+                Bytes(d.import_alignment),
+                Bytes(d.max_storage_buffer_range)
+            ),
+            Some(why) => format!("{} ({}, Vulkan {}): not usable: {why}", d.name, d.kind, d.api_version),
+        };
+        rows.push(Item { group: "gpu", name: format!("vulkan_device_{}", d.index), ok: d.unusable.is_none(), detail });
+        let bar = bar_window_check(d);
+        if bar.ok && !d.device_memory_is_system_memory {
+            peer_dma.push(d.name.clone());
+        }
+        rows.push(bar);
+        rows.push(Item {
+            group: "gpu",
+            name: format!("vulkan_dma_buf_{}", d.index),
+            ok: false,
+            detail: if d.dma_buf {
+                "offers VK_EXT_external_memory_dma_buf, but io_uring's buffer registration takes process memory, not a dma-buf file descriptor, so file reads cannot target it on this kernel".into()
+            } else {
+                "no VK_EXT_external_memory_dma_buf: device memory cannot be exported as a dma-buf".into()
+            },
+        });
+    }
+    (rows, peer_dma)
+}
+
+/// Map 1 MiB of the device's device-local, host-visible memory and try to
+/// register it with io_uring, which is what peer DMA into VRAM would need.
+#[cfg(feature = "vulkan")]
+fn bar_window_check(d: &gpuring_vulkan::DeviceInfo) -> Item {
+    use gpuring_core::Bytes;
+    use std::sync::Arc;
+
+    let name = format!("vulkan_bar_window_{}", d.index);
+    let Some(heap) = d.bar_window else {
+        return Item { group: "gpu", name, ok: false, detail: "no device-local, host-visible memory type (no BAR window)".into() };
+    };
+    let len = 1 << 20;
+    let tried = (|| -> Result<Result<(), String>, String> {
+        let ctx = Arc::new(gpuring_vulkan::Context::new(Some(&d.index.to_string())).map_err(|e| e.to_string())?);
+        let window = gpuring_vulkan::BarWindow::map(&ctx, len).map_err(|e| e.to_string())?.ok_or("the memory type went away")?;
+        let mut ring = gpuring_uring::Ring::new(1).map_err(|e| e.to_string())?;
+        // SAFETY: the window stays mapped until after the ring is dropped
+        // (`ring` is declared after `window`, so it drops first).
+        Ok(unsafe { ring.register_buffers(&[(window.ptr().as_ptr(), window.len())]) }.map_err(|e| e.to_string()))
+    })();
+    let system =
+        if d.device_memory_is_system_memory { " (this is a CPU device: its device-local memory is ordinary system memory, not a GPU BAR)" } else { "" };
+    match tried {
+        Ok(Ok(())) => {
+            Item { group: "gpu", name, ok: true, detail: format!("BAR window in a {} heap: io_uring registered 1 MiB of it mapped{system}", Bytes(heap)) }
+        }
+        Ok(Err(e)) => Item {
+            group: "gpu",
+            name,
+            ok: false,
+            detail: format!(
+                "BAR window in a {} heap, but io_uring could not register it ({e}): the kernel cannot pin mapped device memory for I/O{system}",
+                Bytes(heap)
+            ),
+        },
+        Err(e) => Item { group: "gpu", name, ok: false, detail: format!("BAR window in a {} heap, but mapping it failed: {e}", Bytes(heap)) },
+    }
 }

@@ -62,11 +62,12 @@ fn errors_exit_non_zero_with_a_fix() {
     let dir = test_dir();
     let empty = make_file(dir.path(), "empty", 0, 0);
     let file = make_file(dir.path(), "f", 10, 0);
-    let cases: [(Vec<&str>, &str); 5] = [
+    let cases: [(Vec<&str>, &str); 6] = [
         (vec!["ingest", empty.to_str().unwrap()], "nothing to ingest: every input file is empty"),
         (vec!["ingest", "--slots", "0", file.to_str().unwrap()], "0 slots"),
         (vec!["ingest", "--slot-size", "5000", file.to_str().unwrap()], "round it to 4096 or 8192"),
-        (vec!["ingest", "--backend", "vulkan", file.to_str().unwrap()], "backend `vulkan` is not compiled"),
+        (vec!["ingest", "--backend", "metal", file.to_str().unwrap()], "backend `metal` is not compiled into this gpuring (compiled in: host"),
+        (vec!["ingest", "--device", "0", file.to_str().unwrap()], "backend `host` has no devices to choose from"),
         (vec!["ingest", "/nonexistent/file"], "no such file or directory"),
     ];
     for (args, want) in cases {
@@ -192,4 +193,38 @@ fn bench_json_has_every_case_with_ratios() {
     assert!(stdout.contains("| gpuring-buffered |") && stdout.contains("gpuring-buffered: n/a fio"), "{stdout}");
     assert!(stdout.contains("fio: not run: --no-fio was given"), "{stdout}");
     assert!(!stderr.contains("writing"), "the data was reused: {stderr}");
+}
+
+#[cfg(feature = "vulkan")]
+#[test]
+fn vulkan_ingest_and_device_selection_from_the_command_line() {
+    if common::backends().iter().all(|b| *b != "vulkan") {
+        return;
+    }
+    let dir = test_dir();
+    let file = make_file(dir.path(), "v", 3 * 65536 + 5, 3);
+    let path = file.to_str().unwrap();
+    for direct in [&[][..], &["--direct"][..]] {
+        let out = gpuring(&[&["ingest", "--backend", "vulkan", "--device", "0", "--slot-size", "64K", "--json", path][..], direct].concat());
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stderr}");
+        let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(v["backend"], "vulkan");
+        assert!(v["device"].as_str().is_some_and(|d| !d.is_empty()), "{v}");
+        assert_eq!(v["memory_kind"], "gpu_mapped_host");
+        assert_eq!((v["checksum"]["match"].as_bool(), v["zero_bounce"].as_bool()), (Some(true), Some(true)), "{v}");
+        assert_eq!(v["dma_only"].as_bool(), Some(!direct.is_empty()));
+    }
+    let out = gpuring(&["ingest", "--backend", "vulkan", "--device", "no such gpu", path]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("no Vulkan device matches `no such gpu` (devices: 0: ") && stderr.contains("Fix: pass --device"), "{stderr}");
+    let out = gpuring(&["probe", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&text(&out).0).unwrap();
+    let row = |name: &str| v["checks"].as_array().unwrap().iter().find(|c| c["name"] == name).cloned().unwrap_or_else(|| panic!("no {name} row: {v}"));
+    assert_eq!(row("vulkan")["ok"], true);
+    assert_eq!(row("vulkan_device_0")["ok"], true);
+    for name in ["vulkan_bar_window_0", "vulkan_dma_buf_0", "peer_dma"] {
+        assert!(!row(name)["detail"].as_str().unwrap().is_empty(), "{name} says why");
+    }
 }

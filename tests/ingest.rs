@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{make_file, test_dir};
+use common::{backends, make_file, test_dir};
 use gpuring::ingest::{self, IngestConfig, IngestReport};
 use gpuring::uring::{IngestError, Source};
 use gpuring::Error;
@@ -11,6 +11,10 @@ const SLOT: usize = 64 << 10;
 
 fn config(direct: bool) -> IngestConfig {
     IngestConfig { slots: 4, slot_size: SLOT, direct, ..IngestConfig::default() }
+}
+
+fn on(backend: &str, config: IngestConfig) -> IngestConfig {
+    IngestConfig { backend: backend.into(), ..config }
 }
 
 fn ingest(sources: &[Source], config: &IngestConfig) -> Result<IngestReport, Error> {
@@ -43,14 +47,21 @@ fn assert_exact(r: &IngestReport, size: u64, direct: bool) {
 }
 
 #[test]
-fn size_matrix_buffered_and_direct() {
+fn size_matrix_buffered_and_direct_on_every_backend() {
     let dir = test_dir();
     // 10 slots + 123 bytes is larger than the whole 4-slot ring.
     for (i, size) in [0, 1, 4095, 4096, SLOT - 1, SLOT, SLOT + 1, 10 * SLOT + 123].into_iter().enumerate() {
         let path = make_file(dir.path(), &format!("f{i}"), size, i as u32);
-        for direct in [false, true] {
-            let r = ingest(&[Source::file(&path)], &config(direct)).unwrap_or_else(|e| panic!("{size} bytes, direct={direct}: {e}"));
-            assert_exact(&r, size as u64, direct);
+        for backend in backends() {
+            for direct in [false, true] {
+                let r =
+                    ingest(&[Source::file(&path)], &on(backend, config(direct))).unwrap_or_else(|e| panic!("{backend}, {size} bytes, direct={direct}: {e}"));
+                assert_exact(&r, size as u64, direct);
+                assert_eq!(r.backend, backend);
+                let memory = if backend == "host" { "locked_host" } else { "gpu_mapped_host" };
+                assert_eq!(r.memory_kind, memory);
+                assert_eq!(r.device.is_some(), backend != "host", "a GPU backend names its device");
+            }
         }
     }
 }
@@ -59,10 +70,16 @@ fn size_matrix_buffered_and_direct() {
 fn a_file_much_larger_than_the_ring_keeps_flowing() {
     let dir = test_dir();
     let path = make_file(dir.path(), "big", 200 * 4096 + 7, 99);
-    let cfg = IngestConfig { slots: 2, slot_size: 4096, ..IngestConfig::default() };
-    let r = ingest(&[Source::file(&path)], &cfg).unwrap();
-    assert!(r.checksum.matched);
-    assert_eq!(r.telemetry.published, 201);
+    // 64 MiB through 8 slots of 64 KiB: the ring turns over 128 times.
+    let huge = make_file(dir.path(), "huge", 64 << 20, 98);
+    for backend in backends() {
+        let cfg = IngestConfig { backend: backend.into(), slots: 2, slot_size: 4096, ..IngestConfig::default() };
+        let r = ingest(&[Source::file(&path)], &cfg).unwrap();
+        assert!(r.checksum.matched, "{backend}");
+        assert_eq!(r.telemetry.published, 201);
+        let r = ingest(&[Source::file(&huge)], &on(backend, IngestConfig { slots: 8, ..config(false) })).unwrap();
+        assert_exact(&r, 64 << 20, false);
+    }
 }
 
 #[test]
@@ -76,8 +93,8 @@ fn many_small_files_in_nested_directories() {
     }
     let inputs = gpuring::inputs::collect(&[dir.path().to_owned()]).unwrap();
     assert_eq!(inputs.sources.len(), 300);
-    for direct in [false, true] {
-        let r = ingest(&inputs.sources, &config(direct)).unwrap();
+    for (backend, direct) in backends().into_iter().flat_map(|b| [(b, false), (b, true)]) {
+        let r = ingest(&inputs.sources, &on(backend, config(direct))).unwrap();
         assert_eq!((r.files, r.bytes), (300, total));
         assert!(r.checksum.matched && r.checksum.files_matched == 300);
         assert_eq!(r.telemetry.failed_completions, 0);
@@ -88,11 +105,13 @@ fn many_small_files_in_nested_directories() {
 fn byte_ranges() {
     let dir = test_dir();
     let path = make_file(dir.path(), "r", 5 * SLOT, 5);
-    for (range, direct) in [(100..SLOT as u64 * 3 + 5, false), (4096..SLOT as u64 * 2, true), (8192..5 * SLOT as u64 - 3, true)] {
-        let len = range.end - range.start;
-        let r = ingest(&[Source::range(&path, range.clone())], &config(direct)).unwrap();
-        assert!(r.checksum.matched, "{range:?}");
-        assert_eq!((r.bytes, r.telemetry.submitted_bytes), (len, len));
+    for backend in backends() {
+        for (range, direct) in [(100..SLOT as u64 * 3 + 5, false), (4096..SLOT as u64 * 2, true), (8192..5 * SLOT as u64 - 3, true)] {
+            let len = range.end - range.start;
+            let r = ingest(&[Source::range(&path, range.clone())], &on(backend, config(direct))).unwrap();
+            assert!(r.checksum.matched, "{backend} {range:?}");
+            assert_eq!((r.bytes, r.telemetry.submitted_bytes), (len, len));
+        }
     }
     let err = |range, direct| ingest(&[Source::range(&path, range)], &config(direct)).unwrap_err().to_string();
     let e = err(100..8192, true);
@@ -179,8 +198,8 @@ fn bounce_path_delivers_the_same_bytes_and_counts_every_copy() {
     let dir = test_dir();
     for (i, size) in [1, SLOT, 10 * SLOT + 123].into_iter().enumerate() {
         let path = make_file(dir.path(), &format!("b{i}"), size, 40 + i as u32);
-        for direct in [false, true] {
-            let r = ingest(&[Source::file(&path)], &IngestConfig { bounce: true, ..config(direct) }).unwrap();
+        for (backend, direct) in backends().into_iter().flat_map(|b| [(b, false), (b, true)]) {
+            let r = ingest(&[Source::file(&path)], &on(backend, IngestConfig { bounce: true, ..config(direct) })).unwrap();
             let t = &r.telemetry;
             let segments = (size as u64).div_ceil(SLOT as u64);
             assert!(r.checksum.matched, "{size} bytes, direct {direct}: {:?}", r.checksum);

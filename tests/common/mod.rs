@@ -38,3 +38,18 @@ pub fn make_file(dir: &Path, name: &str, len: usize, seed: u32) -> PathBuf {
 pub fn under_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
 }
+
+/// The compiled-in backends that can run here. A GPU backend with no usable
+/// device is left out with the reason printed, and fails the test under
+/// CI=true, where the test command has installed what it needs.
+pub fn backends() -> Vec<&'static str> {
+    let mut usable = Vec::new();
+    for &backend in gpuring::ingest::BACKENDS {
+        match gpuring::probe::backend_unusable(backend) {
+            None => usable.push(backend),
+            Some(why) if under_ci() => panic!("CI=true but backend {backend} cannot run here: {why}"),
+            Some(why) => eprintln!("skipping backend {backend}: {why}"),
+        }
+    }
+    usable
+}
