@@ -82,22 +82,39 @@ fn ensure_prerequisites() -> Result<()> {
     ensure_package("setpriv", "util-linux", "the unprivileged tests")?;
     // The bench test compares against fio.
     ensure_package("fio", "fio", "the bench's fio cases")?;
+    // The Vulkan backend's tests run on Mesa's lavapipe (a CPU device).
+    ensure_installed(
+        "the Vulkan loader and lavapipe",
+        "ldconfig -p | grep -q 'libvulkan.so.1 ' && ls /usr/share/vulkan/icd.d/lvp_icd.*.json",
+        &["libvulkan1", "mesa-vulkan-drivers"],
+        "the Vulkan backend's tests",
+    )?;
     Ok(())
 }
 
+/// The facade features CI builds, lints, documents and tests: every backend
+/// this machine can build.
+const FEATURES: &str = "gpuring/vulkan";
+
 /// Install Debian package `package` when `command` is not on the PATH.
 fn ensure_package(command: &str, package: &str, needed_by: &str) -> Result<()> {
-    if succeeds(Command::new("sh").args(["-c", &format!("command -v {command}")])) {
+    ensure_installed(command, &format!("command -v {command}"), &[package], needed_by)
+}
+
+/// Install Debian `packages` when the shell test `present` fails.
+fn ensure_installed(what: &str, present: &str, packages: &[&str], needed_by: &str) -> Result<()> {
+    if succeeds(Command::new("sh").args(["-c", &format!("{present} >/dev/null 2>&1")])) {
         return Ok(());
     }
+    let names = packages.join(" ");
     if rustix_is_root() && succeeds(Command::new("apt-get").arg("--version")) {
-        println!("installing {package} for {command} (missing; {needed_by} need it), as root with apt-get");
+        println!("installing {names} for {what} (missing; {needed_by} need it), as root with apt-get");
         run(Command::new("apt-get").args(["update", "-qq"]))?;
-        run(Command::new("apt-get").args(["install", "-y", "-qq", "--no-install-recommends", package]))?;
+        run(Command::new("apt-get").args(["install", "-y", "-qq", "--no-install-recommends"]).args(packages))?;
     } else if under_ci() {
-        bail!("{command} ({package}) is missing and cannot be installed here; {needed_by} need it");
+        bail!("{what} ({names}) is missing and cannot be installed here; {needed_by} need it");
     } else {
-        println!("note: {command} is missing ({package}); {needed_by} will say they skip");
+        println!("note: {what} is missing ({names}); {needed_by} will say they skip");
     }
     Ok(())
 }
@@ -111,15 +128,15 @@ fn ci() -> Result<()> {
     step("formatting");
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     step("clippy, warnings denied");
-    run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    run(cargo().args(["clippy", "--workspace", "--all-targets", "--features", FEATURES, "--", "-D", "warnings"]))?;
     step("docs, warnings denied");
-    run(cargo().args(["doc", "--workspace", "--no-deps"]).env("RUSTDOCFLAGS", "-D warnings"))?;
+    run(cargo().args(["doc", "--workspace", "--no-deps", "--features", FEATURES]).env("RUSTDOCFLAGS", "-D warnings"))?;
     step("no_std build of gpuring-core");
     run(cargo().args(["build", "-p", "gpuring-core", "--target", NO_STD_TARGET]))?;
     step("tests");
     let (passed, failed) = run_tests()?;
     step("hardware suite on this machine's backends");
-    hwtest::run(&["--require".into(), "host".into()], cargo)?;
+    hwtest::run(&["--require", "host", "--require", "vulkan"].map(String::from), cargo)?;
     println!("\nci: all checks passed");
     println!("tests: {passed} passed, {failed} failed");
     Ok(())
@@ -130,7 +147,7 @@ fn ci() -> Result<()> {
 fn run_tests() -> Result<(u64, u64)> {
     use std::io::{BufRead, BufReader};
     let mut cmd = cargo();
-    cmd.args(["test", "--workspace"]).stdout(std::process::Stdio::piped());
+    cmd.args(["test", "--workspace", "--features", FEATURES]).stdout(std::process::Stdio::piped());
     println!("$ {cmd:?}");
     let mut child = cmd.spawn().context("starting cargo test")?;
     let (mut passed, mut failed) = (0, 0);
