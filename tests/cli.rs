@@ -219,6 +219,20 @@ fn vulkan_ingest_and_device_selection_from_the_command_line() {
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("no Vulkan device matches `no such gpu` (devices: 0: ") && stderr.contains("Fix: pass --device"), "{stderr}");
+    // A loader with no driver to load (the loader reads VK_DRIVER_FILES, and
+    // older loaders VK_ICD_FILENAMES): a clear error, not a panic.
+    let no_driver = |args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gpuring"));
+        cmd.args(args).env("VK_DRIVER_FILES", "/nonexistent/icd.json").env("VK_ICD_FILENAMES", "/nonexistent/icd.json");
+        cmd.output().unwrap()
+    };
+    let out = no_driver(&["ingest", "--backend", "vulkan", path]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("the Vulkan loader found no device. Fix: install a Vulkan driver"), "{stderr}");
+    let (stdout, _) = text(&no_driver(&["probe"]));
+    assert!(stdout.lines().any(|l| l.starts_with("backend") && l.contains("vulkan") && l.contains(" no ") && l.contains("found no device")), "{stdout}");
+
     let out = gpuring(&["probe", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&text(&out).0).unwrap();
     let row = |name: &str| v["checks"].as_array().unwrap().iter().find(|c| c["name"] == name).cloned().unwrap_or_else(|| panic!("no {name} row: {v}"));

@@ -208,7 +208,8 @@ impl std::fmt::Debug for Context {
 }
 
 impl Context {
-    /// Open the device `selector` names (see [`choose`]).
+    /// Open the device `selector` names: an index or part of a name
+    /// (case-blind); `None`: the first usable device, GPUs before CPU devices.
     pub fn new(selector: Option<&str>) -> Result<Self, VulkanError> {
         let instance = Instance::new()?;
         let devices = instance.devices()?;
