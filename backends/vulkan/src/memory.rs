@@ -31,11 +31,14 @@ pub(crate) struct Imported {
 
 impl Imported {
     fn new(ctx: &Arc<Context>, len: usize, what: &'static str) -> Result<Self, VulkanError> {
-        let max = ctx.info.max_storage_buffer_range;
-        if len as u64 > max {
-            return Err(VulkanError::TooLarge { what, len: len as u64, max });
-        }
+        // The import covers whole alignment units, and the storage buffer
+        // is bound whole, so the rounded size must fit the device's range.
         let align = (ctx.info.import_alignment as usize).max(PAGE_SIZE).next_power_of_two();
+        let rounded = len.max(1).next_multiple_of(align) as u64;
+        let max = ctx.info.max_storage_buffer_range;
+        if rounded > max {
+            return Err(VulkanError::TooLarge { what, len: rounded, max });
+        }
         let host = Mapping::new_locked_aligned(len, align)?;
         let mut imported = Imported { buffer: vk::Buffer::null(), memory: vk::DeviceMemory::null(), host, ctx: ctx.clone() };
         let device = &ctx.device;
