@@ -72,10 +72,15 @@ pub fn report(ring_bytes: u64, dir: &Path) -> Report {
     Report { backends: crate::ingest::BACKENDS.to_vec(), checks }
 }
 
-/// Why `backend` cannot run on this machine (`None`: it can).
+/// Why `backend` cannot run on this machine (`None`: it can). Cheaper than
+/// the report: it looks for usable devices but maps and registers nothing.
 pub fn backend_unusable(backend: &str) -> Option<String> {
-    let (rows, _) = backend_checks(backend);
-    rows.iter().find(|c| c.group == "backend" && !c.ok).map(|c| c.detail.clone())
+    let row = match backend {
+        #[cfg(feature = "vulkan")]
+        "vulkan" => vulkan_devices().0,
+        other => backend_checks(other).0.remove(0),
+    };
+    (!row.ok).then_some(row.detail)
 }
 
 /// The rows for one compiled-in backend (the backend itself, then what it
@@ -92,33 +97,41 @@ fn backend_checks(backend: &str) -> (Vec<Item>, Vec<String>) {
     }
 }
 
+/// The Vulkan backend's row (usable or why not) and the devices behind it.
 #[cfg(feature = "vulkan")]
-fn vulkan_checks() -> (Vec<Item>, Vec<String>) {
-    use gpuring_core::Bytes;
-
+fn vulkan_devices() -> (Item, Vec<gpuring_vulkan::DeviceInfo>) {
     let devices = match gpuring_vulkan::devices() {
         Ok(d) if d.is_empty() => Err(gpuring_vulkan::VulkanError::NoDevice),
         other => other,
     };
     let devices = match devices {
         Ok(d) => d,
-        Err(e) => return (vec![Item { group: "backend", name: "vulkan".into(), ok: false, detail: e.to_string() }], Vec::new()),
+        Err(e) => return (Item { group: "backend", name: "vulkan".into(), ok: false, detail: e.to_string() }, Vec::new()),
     };
-    let usable: Vec<_> = devices.iter().filter(|d| d.unusable.is_none()).collect();
-    let mut rows = vec![Item {
+    let usable = devices.iter().filter(|d| d.unusable.is_none()).count();
+    let row = Item {
         group: "backend",
         name: "vulkan".into(),
-        ok: !usable.is_empty(),
-        detail: if usable.is_empty() {
+        ok: usable > 0,
+        detail: if usable == 0 {
             format!(
                 "no usable device among {}: {}",
                 devices.len(),
                 devices.iter().map(|d| format!("{} ({})", d.name, d.unusable.as_deref().unwrap_or(""))).collect::<Vec<_>>().join("; ")
             )
         } else {
-            format!("{} usable device(s); slots imported with VK_EXT_external_memory_host, compute-shader consumer", usable.len())
+            format!("{usable} usable device(s); slots imported with VK_EXT_external_memory_host, compute-shader consumer")
         },
-    }];
+    };
+    (row, devices)
+}
+
+#[cfg(feature = "vulkan")]
+fn vulkan_checks() -> (Vec<Item>, Vec<String>) {
+    use gpuring_core::Bytes;
+
+    let (row, devices) = vulkan_devices();
+    let mut rows = vec![row];
     let mut peer_dma = Vec::new();
     for d in &devices {
         let detail = match &d.unusable {

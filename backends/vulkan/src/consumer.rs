@@ -167,10 +167,11 @@ impl Pipelines {
         let d = &self.ctx.device;
         let barrier = |src, dst| [vk::MemoryBarrier::default().src_access_mask(src).dst_access_mask(dst)];
         let compute = vk::PipelineStageFlags::COMPUTE_SHADER;
-        // SAFETY: the command buffer is idle (the previous batch's fence was
-        // waited for) and only this thread records or submits it; every
-        // handle recorded is alive for as long as `self`; the fence is
-        // unsignalled when submitted (reset here, waited for below).
+        // The command buffer is idle (the previous batch's fence was waited
+        // for) and only this thread records or submits it; every handle
+        // recorded lives as long as `self`; the fence is unsignalled when
+        // submitted (reset here, waited for below).
+        // SAFETY: Vulkan's external-synchronisation and lifetime rules hold, as just said.
         unsafe {
             d.reset_fences(&[self.fence]).map_err(call("vkResetFences"))?;
             d.begin_command_buffer(self.cmd, &vk::CommandBufferBeginInfo::default().flags(vk::CommandBufferUsageFlags::ONE_TIME_SUBMIT))
@@ -256,7 +257,10 @@ impl VulkanConsumer {
                     drop(pipelines);
                     if result.is_err() {
                         let q = staging.queue();
-                        Consumer::new().fail(&q, 1);
+                        // Keep the shader's own failure code when it set one.
+                        if q.consumer_failed() == 0 {
+                            Consumer::new().fail(&q, 1);
+                        }
                         wake_producer(&q);
                     }
                     result
