@@ -7,6 +7,13 @@
 //! counts the command cannot express or the device cannot transfer in one
 //! command (never truncating them). [`NvmeStatus`] decodes the positive
 //! `res` the kernel returns when the controller reports an error.
+//!
+//! A namespace's geometry comes from the device: [`identify_command`] builds
+//! the Identify admin command (sent through `NVME_IOCTL_ADMIN_CMD`, whose
+//! `struct nvme_passthru_cmd` has the same 72-byte layout, `rsvd2` being its
+//! `result`), [`IdentifyNamespace::parse`] reads the size and the formatted
+//! block size out of its 4096-byte answer, and [`mdts_bytes`] the controller's
+//! largest transfer.
 
 use core::fmt;
 use core::mem::{offset_of, size_of};
@@ -19,6 +26,26 @@ pub const NVME_URING_CMD_IO: u32 = ioc(3, b'N', 0x80, size_of::<NvmeUringCmd>() 
 
 /// `_IO('N', 0x40)`: asks a namespace's character device for its namespace id.
 pub const NVME_IOCTL_ID: u32 = ioc(0, b'N', 0x40, 0);
+
+/// `_IOWR('N', 0x41, struct nvme_passthru_cmd)`: a synchronous admin command.
+pub const NVME_IOCTL_ADMIN_CMD: u32 = ioc(3, b'N', 0x41, size_of::<NvmeUringCmd>() as u32);
+
+/// The admin command set's Identify opcode.
+pub const NVME_ADMIN_IDENTIFY: u8 = 0x06;
+
+/// Identify's CNS value for the namespace data structure.
+pub const CNS_NAMESPACE: u8 = 0x00;
+
+/// Identify's CNS value for the controller data structure.
+pub const CNS_CONTROLLER: u8 = 0x01;
+
+/// Bytes of every Identify data structure.
+pub const IDENTIFY_BYTES: usize = 4096;
+
+/// The memory page size MDTS is counted in when the controller's CAP.MPSMIN
+/// cannot be read (it lives in the controller's registers, out of a user
+/// program's reach); 4 KiB is every controller's usual minimum.
+pub const MDTS_UNIT_BYTES: u32 = 4096;
 
 /// The largest block count one Read can carry (NLB is 16 bits, zero-based).
 pub const MAX_BLOCKS_PER_COMMAND: u32 = 1 << 16;
@@ -94,6 +121,7 @@ const _: () = {
     // Measured on the project's kernels (shared/PLATFORM.md).
     assert!(NVME_URING_CMD_IO == 0xC048_4E80);
     assert!(NVME_IOCTL_ID == 0x4E40);
+    assert!(NVME_IOCTL_ADMIN_CMD == 0xC048_4E41);
 };
 
 impl NvmeUringCmd {
@@ -230,6 +258,135 @@ pub fn read_command(ns: &Namespace, slba: u64, blocks: u32, addr: u64, buf_len: 
     })
 }
 
+/// An Identify admin command for data structure `cns` of namespace `nsid`
+/// (0 for the controller), answered into the 4096 bytes at `addr`.
+pub fn identify_command(cns: u8, nsid: u32, addr: u64) -> NvmeUringCmd {
+    NvmeUringCmd { opcode: NVME_ADMIN_IDENTIFY, nsid, addr, data_len: IDENTIFY_BYTES as u32, cdw10: cns as u32, ..NvmeUringCmd::default() }
+}
+
+/// What the Identify Namespace data structure says about reading it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdentifyNamespace {
+    /// Namespace size (NSZE) in logical blocks.
+    pub size_blocks: u64,
+    /// The formatted logical block size in bytes.
+    pub lba_size: u32,
+    /// Metadata bytes per block of the formatted LBA format (0: none).
+    pub metadata_bytes: u16,
+}
+
+/// Why an Identify answer cannot be used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdentifyError {
+    /// Fewer than 4096 bytes.
+    Short {
+        /// Bytes given.
+        len: usize,
+    },
+    /// The formatted LBA format index is past the formats the namespace lists.
+    BadFormatIndex {
+        /// The index in FLBAS.
+        index: u8,
+        /// Formats listed (NLBAF + 1).
+        formats: u8,
+    },
+    /// The block size exponent is outside 2^9..2^16.
+    BadBlockSize {
+        /// LBADS.
+        lbads: u8,
+    },
+    /// Metadata is interleaved with the data (extended LBAs), so a read of
+    /// N blocks would not be N times the block size of data.
+    ExtendedMetadata {
+        /// Metadata bytes per block.
+        metadata_bytes: u16,
+    },
+    /// The namespace has no blocks (it is inactive or not attached).
+    Empty,
+}
+
+impl fmt::Display for IdentifyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::Short { len } => write!(f, "an Identify answer of {len} bytes is shorter than {IDENTIFY_BYTES}"),
+            Self::BadFormatIndex { index, formats } => write!(f, "the formatted LBA format {index} is not among the {formats} the namespace lists"),
+            Self::BadBlockSize { lbads } => write!(f, "a logical block size of 2^{lbads} bytes is outside 512 B..64 KiB"),
+            Self::ExtendedMetadata { metadata_bytes } => write!(
+                f,
+                "the namespace is formatted with {metadata_bytes} bytes of metadata interleaved with each block, which gpuring does not read. Fix: format it without extended metadata (nvme format --ms=0)"
+            ),
+            Self::Empty => write!(f, "the namespace has no blocks (inactive or not attached). Fix: attach it, or pick another namespace"),
+        }
+    }
+}
+
+impl core::error::Error for IdentifyError {}
+
+fn le_u64(data: &[u8], at: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&data[at..at + 8]);
+    u64::from_le_bytes(b)
+}
+
+impl IdentifyNamespace {
+    /// Parse an Identify Namespace (CNS 0) answer: NSZE at byte 0, NLBAF at
+    /// 25, FLBAS at 26, the LBA formats from byte 128 (4 bytes each: MS in
+    /// bits 0..16, LBADS in bits 16..24). All fields are little-endian.
+    pub fn parse(data: &[u8]) -> Result<Self, IdentifyError> {
+        if data.len() < IDENTIFY_BYTES {
+            return Err(IdentifyError::Short { len: data.len() });
+        }
+        let size_blocks = le_u64(data, 0);
+        let formats = data[25].saturating_add(1);
+        let flbas = data[26];
+        // FLBAS bits 0..4 are the index's low bits; bits 5..7 its high bits
+        // when more than 16 formats exist.
+        let mut index = flbas & 0x0F;
+        if formats > 16 {
+            index |= ((flbas >> 5) & 0x3) << 4;
+        }
+        if index >= formats {
+            return Err(IdentifyError::BadFormatIndex { index, formats });
+        }
+        let at = 128 + 4 * index as usize;
+        let metadata_bytes = u16::from_le_bytes([data[at], data[at + 1]]);
+        let lbads = data[at + 2];
+        if !(9..=16).contains(&lbads) {
+            return Err(IdentifyError::BadBlockSize { lbads });
+        }
+        if metadata_bytes != 0 && flbas & 0x10 != 0 {
+            return Err(IdentifyError::ExtendedMetadata { metadata_bytes });
+        }
+        if size_blocks == 0 {
+            return Err(IdentifyError::Empty);
+        }
+        Ok(Self { size_blocks, lba_size: 1 << lbads, metadata_bytes })
+    }
+}
+
+/// The controller's Maximum Data Transfer Size in bytes, from an Identify
+/// Controller (CNS 1) answer (MDTS at byte 77, a power of two in units of
+/// [`MDTS_UNIT_BYTES`]); `None` when the controller sets no limit (MDTS 0) or
+/// the answer is short.
+pub fn mdts_bytes(identify_controller: &[u8]) -> Option<u32> {
+    let mdts = *identify_controller.get(77)?;
+    if mdts == 0 || identify_controller.len() < IDENTIFY_BYTES {
+        return None;
+    }
+    let bytes = (MDTS_UNIT_BYTES as u64).checked_shl(mdts as u32).unwrap_or(u64::MAX);
+    Some(bytes.min(u32::MAX as u64) as u32)
+}
+
+/// Bytes of one NVMe segment (one Read command into one slot) of `ns` with
+/// slots of `slot_size` bytes: the largest multiple of the block size that
+/// fits the slot, the device's max transfer and one command's 65536 blocks.
+/// Zero when not even one block fits.
+pub fn segment_bytes(ns: &Namespace, slot_size: usize) -> u32 {
+    let lba = ns.lba_size as u64;
+    let limit = (slot_size as u64).min(ns.max_transfer_bytes as u64).min(MAX_BLOCKS_PER_COMMAND as u64 * lba);
+    (limit / lba * lba) as u32
+}
+
 /// An NVMe completion status as the kernel reports it in a positive `res`:
 /// status code in bits 0..8, status code type in bits 8..11, More in bit 13,
 /// Do Not Retry in bit 14. Kept as the raw value so unknown codes survive.
@@ -333,6 +490,66 @@ mod tests {
         assert!(err.to_string().contains("93..101"));
         assert!(read_command(&small, u64::MAX, 1, 0, 4096).is_err());
         assert_eq!(read_command(&NS, 0, 8, 0, 2048), Err(NvmeError::BufferTooSmall { needed: 4096, len: 2048 }));
+    }
+
+    fn identify_ns(nsze: u64, nlbaf: u8, flbas: u8, formats: &[(u16, u8)]) -> [u8; IDENTIFY_BYTES] {
+        let mut d = [0u8; IDENTIFY_BYTES];
+        d[0..8].copy_from_slice(&nsze.to_le_bytes());
+        d[25] = nlbaf;
+        d[26] = flbas;
+        for (i, &(ms, lbads)) in formats.iter().enumerate() {
+            d[128 + 4 * i..130 + 4 * i].copy_from_slice(&ms.to_le_bytes());
+            d[130 + 4 * i] = lbads;
+        }
+        d
+    }
+
+    #[test]
+    fn parses_identify_namespace() {
+        let d = identify_ns(131072, 1, 1, &[(0, 9), (0, 12)]);
+        assert_eq!(IdentifyNamespace::parse(&d), Ok(IdentifyNamespace { size_blocks: 131072, lba_size: 4096, metadata_bytes: 0 }));
+        let d = identify_ns(8, 0, 0, &[(8, 9)]);
+        assert_eq!(IdentifyNamespace::parse(&d).unwrap().metadata_bytes, 8);
+        // More than 16 formats: FLBAS bits 5..7 carry the index's high bits.
+        let mut formats = [(0u16, 9u8); 20];
+        formats[17] = (0, 13);
+        let d = identify_ns(8, 19, 0x21, &formats);
+        assert_eq!(IdentifyNamespace::parse(&d).unwrap().lba_size, 8192);
+        assert_eq!(IdentifyNamespace::parse(&d[..100]), Err(IdentifyError::Short { len: 100 }));
+        assert_eq!(IdentifyNamespace::parse(&identify_ns(8, 0, 1, &[(0, 9)])), Err(IdentifyError::BadFormatIndex { index: 1, formats: 1 }));
+        assert_eq!(IdentifyNamespace::parse(&identify_ns(8, 0, 0, &[(0, 8)])), Err(IdentifyError::BadBlockSize { lbads: 8 }));
+        let err = IdentifyNamespace::parse(&identify_ns(8, 0, 0x10, &[(8, 9)])).unwrap_err();
+        assert_eq!(err, IdentifyError::ExtendedMetadata { metadata_bytes: 8 });
+        assert!(err.to_string().contains("Fix:"));
+        assert_eq!(IdentifyNamespace::parse(&identify_ns(0, 0, 0, &[(0, 9)])), Err(IdentifyError::Empty));
+    }
+
+    #[test]
+    fn identify_command_and_mdts() {
+        let cmd = identify_command(CNS_NAMESPACE, 3, 0x1000);
+        assert_eq!((cmd.opcode, cmd.nsid, cmd.addr, cmd.data_len, cmd.cdw10), (0x06, 3, 0x1000, 4096, 0));
+        assert_eq!(identify_command(CNS_CONTROLLER, 0, 0).cdw10, 1);
+        let mut ctrl = [0u8; IDENTIFY_BYTES];
+        assert_eq!(mdts_bytes(&ctrl), None);
+        ctrl[77] = 7;
+        assert_eq!(mdts_bytes(&ctrl), Some(512 << 10));
+        assert_eq!(mdts_bytes(&ctrl[..78]), None);
+        ctrl[77] = 20;
+        assert_eq!(mdts_bytes(&ctrl), Some(u32::MAX));
+        ctrl[77] = 255;
+        assert_eq!(mdts_bytes(&ctrl), Some(u32::MAX));
+    }
+
+    #[test]
+    fn segments_respect_slot_transfer_and_block_count() {
+        assert_eq!(segment_bytes(&NS, 256 << 10), 256 << 10);
+        assert_eq!(segment_bytes(&NS, 1 << 20), 512 << 10);
+        assert_eq!(segment_bytes(&Namespace { lba_size: 4096, ..NS }, 6144), 4096);
+        assert_eq!(segment_bytes(&Namespace { lba_size: 4096, ..NS }, 2048), 0);
+        let huge = Namespace { max_transfer_bytes: u32::MAX, ..NS };
+        assert_eq!(segment_bytes(&huge, 1 << 30), 65536 * 512);
+        // A max transfer that is not a block multiple rounds down.
+        assert_eq!(segment_bytes(&Namespace { lba_size: 4096, max_transfer_bytes: 10000, ..NS }, 1 << 20), 8192);
     }
 
     #[test]
