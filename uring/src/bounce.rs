@@ -238,6 +238,11 @@ pub fn ingest<S: StagingMemory>(staging: &S, sources: &[Source], options: &Drive
     let mut heap = HeapBuffer::new(geometry.slot_size(), 0);
     let mut failure = None;
     for (idx, source) in sources.iter().enumerate() {
+        if source.kind == crate::SourceKind::Nvme {
+            let what = format!("{}: NVMe passthrough has no bounce path (the device writes the slot). Fix: leave out --bounce", source.path.display());
+            failure = Some(IngestError::Unsupported { what });
+            break;
+        }
         let read = OpenSource::open(source, options.direct, geometry.slot_size()).and_then(|file| state.source(staging, idx, &file, &mut heap));
         match read {
             Ok(bytes) if state.outstanding[idx] == 0 => (state.on_event)(Event::SourceDone { source: idx, bytes }),

@@ -4,12 +4,16 @@
 //!
 //! 1. **Fill**: while a slot is free and bytes remain, cut the next
 //!    slot-sized segment off the current source and queue a `READ_FIXED` of
-//!    it into the slot (sources are opened lazily, in order).
+//!    it into the slot (sources are opened lazily, in order). For an NVMe
+//!    namespace the segment is one NVMe Read (`IORING_OP_URING_CMD`), at most
+//!    the device's max transfer, 65536 blocks and the slot: passthrough is
+//!    never split by the kernel, so the driver cuts it.
 //! 2. **Submit** queued reads in one `io_uring_enter`.
 //! 3. **Reap** completions without blocking. A short read queues the rest;
 //!    an error, an early end of file or more bytes than the file had when
 //!    opened fail the read (and the ingest, once everything in flight has
-//!    landed).
+//!    landed). An NVMe Read succeeds with `res == 0`, all of it; a positive
+//!    `res` is the controller's status, a negative one an errno.
 //! 4. **Publish** completed slots to the io_queue in completion order, as one
 //!    batch; what does not fit stays queued for the next round.
 //! 5. **Take releases** from the consumer: each frees its slot and is reported
@@ -21,6 +25,16 @@
 //! bounded by the slot ring whatever the input size: a source is only ever
 //! read one slot-sized segment at a time, into a free slot.
 //!
+//! NVMe commands address the slot either through the registered buffer
+//! (`IORING_URING_CMD_FIXED`, no page pinning per command) or by plain
+//! address. Which one is probed, not guessed from the kernel version: the
+//! first NVMe Read of a driver is sent alone, fixed, into the slot it is
+//! for, and if the kernel refuses that (`EINVAL`/`EOPNOTSUPP`, as Linux 6.1
+//! does for registered buffers over the device's segment limit) and the
+//! plain form works, plain it is ([`DriverOptions::nvme_fixed`] forces one).
+//! That probe read is not counted in the telemetry; the segment is then read
+//! again, as any other.
+//!
 //! The driver owns the staging memory (through an `Arc`) and the ring. On
 //! drop it cancels and waits for every read in flight before letting go of
 //! the memory; if that wait fails it leaks the memory rather than free it
@@ -31,6 +45,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gpuring_core::io_queue::{Completion, EntryKind, Producer, Released, CONSUMED};
+use gpuring_core::nvme::{self, NvmeStatus};
 use gpuring_core::pending::{Judge, Progress, Target};
 use gpuring_core::{PendingRead, PendingTable, SlotGeometry, SlotState, StagingMemory, Telemetry};
 use rustix::io::Errno;
@@ -43,6 +58,9 @@ use crate::wait;
 /// How long the driver polls for releases while also waiting for reads.
 const RELEASE_POLL: Duration = Duration::from_micros(200);
 
+/// `user_data` of the fixed-buffer probe read.
+const PROBE_TAG: u64 = u64::MAX - 1;
+
 /// How the driver reads.
 #[derive(Clone, Debug)]
 pub struct DriverOptions {
@@ -50,11 +68,15 @@ pub struct DriverOptions {
     pub direct: bool,
     /// Give up when the consumer releases nothing for this long.
     pub release_timeout: Duration,
+    /// NVMe Reads through the registered slot buffers (`Some(true)`), by
+    /// plain address (`Some(false)`), or whichever the kernel accepts,
+    /// probed on the first NVMe Read (`None`).
+    pub nvme_fixed: Option<bool>,
 }
 
 impl Default for DriverOptions {
     fn default() -> Self {
-        Self { direct: false, release_timeout: Duration::from_secs(60) }
+        Self { direct: false, release_timeout: Duration::from_secs(60), nvme_fixed: None }
     }
 }
 
@@ -66,9 +88,9 @@ pub enum Event {
         /// Index of the source in the `ingest` call.
         source: usize,
         /// Segment number within the source (its offset from the range start
-        /// divided by the slot size).
+        /// divided by the source's segment size: the slot size for a file).
         segment: u64,
-        /// Byte offset in the file.
+        /// Byte offset in the file or namespace.
         offset: u64,
         /// Bytes in the segment.
         bytes: u64,
@@ -144,6 +166,8 @@ pub struct Driver<S: StagingMemory> {
     batch: Vec<Completion>,
     releases: Vec<Released>,
     broken: bool,
+    /// Whether NVMe Reads use fixed buffers, once known.
+    nvme_fixed: Option<bool>,
 }
 
 impl<S: StagingMemory> std::fmt::Debug for Driver<S> {
@@ -170,6 +194,7 @@ impl<S: StagingMemory> Driver<S> {
             pending: PendingTable::new(vec![SlotState::Free; geometry.slot_count() as usize]),
             producer: Producer::new(),
             telemetry: Telemetry::new(),
+            nvme_fixed: options.nvme_fixed,
             options,
             cqes: Vec::new(),
             batch: Vec::new(),
@@ -186,6 +211,12 @@ impl<S: StagingMemory> Driver<S> {
     /// The staging memory.
     pub fn staging(&self) -> &Arc<S> {
         &self.staging
+    }
+
+    /// Whether NVMe Reads used the registered slot buffers (`None`: no NVMe
+    /// Read was sent yet, and none was forced).
+    pub fn nvme_fixed(&self) -> Option<bool> {
+        self.nvme_fixed
     }
 
     /// Read every source through the slots, calling `on_event` as the
@@ -256,7 +287,7 @@ impl<S: StagingMemory> Driver<S> {
             if let Some(idx) = run.current {
                 let a = run.active.get_mut(&idx).expect("current source is active");
                 if a.next < a.file.end {
-                    let len = (a.file.end - a.next).min(self.geometry.slot_size() as u64) as u32;
+                    let len = (a.file.end - a.next).min(a.file.segment_bytes as u64) as u32;
                     let offset = a.next;
                     a.next += len as u64;
                     a.outstanding += 1;
@@ -294,12 +325,82 @@ impl<S: StagingMemory> Driver<S> {
                 }
             };
             let (idx, offset, len) = segment;
-            self.pending.submit(slot, PendingRead::new(Target::File { offset }, idx as u64, len, Judge::ByteCount))?;
-            self.telemetry.on_submit(len as u64)?;
-            self.push_read(&run.active[&idx].file, slot, offset, 0, len)?;
+            let read = match run.active[&idx].file.namespace {
+                Some(ns) => {
+                    let target = Target::Lba { slba: offset / ns.lba_size as u64, blocks: len / ns.lba_size };
+                    PendingRead::new(target, idx as u64, len, Judge::NvmeStatus)
+                }
+                None => PendingRead::new(Target::File { offset }, idx as u64, len, Judge::ByteCount),
+            };
+            if let Target::Lba { slba, blocks } = read.target {
+                if self.nvme_fixed.is_none() {
+                    match self.probe_fixed(&run.active[&idx].file, slot, slba) {
+                        Ok(fixed) => self.nvme_fixed = Some(fixed),
+                        Err(e) => {
+                            run.fail(e);
+                            break;
+                        }
+                    }
+                }
+                self.pending.submit(slot, read)?;
+                self.telemetry.on_submit(len as u64)?;
+                self.push_nvme_read(&run.active[&idx].file, slot, slba, blocks)?;
+            } else {
+                self.pending.submit(slot, read)?;
+                self.telemetry.on_submit(len as u64)?;
+                self.push_read(&run.active[&idx].file, slot, offset, 0, len)?;
+            }
             any = true;
         }
         Ok(any)
+    }
+
+    /// Queue an NVMe Read of `blocks` blocks from `slba` into `slot`.
+    fn push_nvme_read(&mut self, file: &OpenSource, slot: u32, slba: u64, blocks: u32) -> Result<(), IngestError> {
+        let fixed = self.nvme_fixed.unwrap_or(true);
+        self.push_nvme(file, slot, slba, blocks, fixed, slot as u64)
+    }
+
+    fn push_nvme(&mut self, file: &OpenSource, slot: u32, slba: u64, blocks: u32, fixed: bool, user_data: u64) -> Result<(), IngestError> {
+        let ns = file.namespace.as_ref().expect("an NVMe source has a namespace");
+        let buf = self.staging.slot_ptr(slot).as_ptr();
+        let cmd = nvme::read_command(ns, slba, blocks, buf as u64, self.geometry.slot_size() as u32)
+            .map_err(|error| IngestError::NvmeRange { path: file.path.clone(), error })?;
+        // As for push_read: the slot is this request's alone until its
+        // completion is reaped, the device's fd stays open while its source
+        // has outstanding segments, and the ring drains before the memory
+        // goes. `read_command` checked that the blocks fit the slot.
+        // SAFETY: per the lines above; the slot is registered buffer `slot`.
+        unsafe {
+            self.ring.push_uring_cmd(std::os::fd::AsFd::as_fd(&file.fd), nvme::NVME_URING_CMD_IO, &cmd.to_bytes(), fixed.then_some(slot as u16), user_data)
+        }
+    }
+
+    /// Find out whether this kernel takes NVMe Reads into registered
+    /// buffers: read one block at `slba` into the free `slot`, fixed, then
+    /// plain if the fixed form is refused. Other completions that arrive
+    /// meanwhile are kept for the next reap.
+    fn probe_fixed(&mut self, file: &OpenSource, slot: u32, slba: u64) -> Result<bool, IngestError> {
+        let mut last = 0;
+        for fixed in [true, false] {
+            self.push_nvme(file, slot, slba, 1, fixed, PROBE_TAG)?;
+            self.ring.submit()?;
+            let mut res = None;
+            while res.is_none() {
+                self.ring.wait_for(1)?;
+                let cqes = &mut self.cqes;
+                self.ring.reap(|user_data, r| if user_data == PROBE_TAG { res = Some(r) } else { cqes.push((user_data, r)) });
+            }
+            last = res.expect("the loop ends with the probe's completion");
+            if last == 0 {
+                return Ok(fixed);
+            }
+            let refused = last == -Errno::INVAL.raw_os_error() || last == -Errno::OPNOTSUPP.raw_os_error();
+            if !refused {
+                break;
+            }
+        }
+        Err(nvme_failure(file, slot, slba, 1, last))
     }
 
     /// Queue a read of `len` bytes at file `offset` into `slot`, `done` bytes in.
@@ -335,6 +436,17 @@ impl<S: StagingMemory> Driver<S> {
             other => unreachable!("completion for slot {slot} in state {other:?}"),
         };
         let file = &run.active[&(read.tag as usize)].file;
+        if let Target::Lba { slba, blocks } = read.target {
+            if res != 0 {
+                // The status is published as is: positive NVMe, negative errno.
+                let error = nvme_failure(file, slot, slba, blocks, res);
+                return self.fail_read(run, slot, read.tag, res, error);
+            }
+            self.telemetry.on_complete(file.path_kind, read.expected as u64, false)?;
+            self.pending.progress(slot, read.expected)?;
+            run.completed.push_back(slot);
+            return Ok(());
+        }
         let (size, path_kind, dio_align) = (file.size, file.path_kind, file.dio_align);
         let path = || file.path.clone();
         let at = read.target.offset() + read.done as u64;
@@ -351,12 +463,7 @@ impl<S: StagingMemory> Driver<S> {
             None
         };
         if let Some((status, error)) = failure {
-            run.active.get_mut(&(read.tag as usize)).expect("source of an in-flight read is active").failed = true;
-            self.telemetry.on_failure()?;
-            self.pending.fail(slot, status)?;
-            run.completed.push_back(slot);
-            run.fail(error);
-            return Ok(());
+            return self.fail_read(run, slot, read.tag, status, error);
         }
         // An O_DIRECT read of a range that ends off a block boundary reads
         // on to the block's end; only the bytes asked for count.
@@ -382,6 +489,18 @@ impl<S: StagingMemory> Driver<S> {
         Ok(())
     }
 
+    /// A read of source `tag` into `slot` failed: its slot is published
+    /// with `status`, its source marked failed, and the run fails (after
+    /// everything in flight has landed).
+    fn fail_read(&mut self, run: &mut Run<'_>, slot: u32, tag: u64, status: i32, error: IngestError) -> Result<(), IngestError> {
+        run.active.get_mut(&(tag as usize)).expect("source of an in-flight read is active").failed = true;
+        self.telemetry.on_failure()?;
+        self.pending.fail(slot, status)?;
+        run.completed.push_back(slot);
+        run.fail(error);
+        Ok(())
+    }
+
     /// Publish completed slots, in completion order, as one batch.
     fn publish(&mut self, run: &mut Run<'_>) -> Result<u32, IngestError> {
         if run.completed.is_empty() {
@@ -391,7 +510,11 @@ impl<S: StagingMemory> Driver<S> {
         batch.clear();
         batch.extend(run.completed.iter().map(|&slot| match self.pending.state(slot) {
             Ok(SlotState::Completed(read)) => {
-                Completion { slot, status: read.status, kind: EntryKind::File, bytes: read.done as u64, offset: read.target.offset(), tag: read.tag }
+                let kind = match read.target {
+                    Target::File { .. } => EntryKind::File,
+                    Target::Lba { .. } => EntryKind::Lba,
+                };
+                Completion { slot, status: read.status, kind, bytes: read.done as u64, offset: read.target.offset(), tag: read.tag }
             }
             other => unreachable!("slot {slot} queued for publishing in state {other:?}"),
         }));
@@ -432,10 +555,13 @@ impl<S: StagingMemory> Driver<S> {
         let a = run.active.get_mut(&idx).expect("released segment's source is active");
         a.outstanding -= 1;
         if read.status == 0 {
-            let offset = read.target.offset();
+            let offset = match (read.target, a.file.namespace) {
+                (Target::Lba { slba, .. }, Some(ns)) => slba * ns.lba_size as u64,
+                (target, _) => target.offset(),
+            };
             on_event(Event::Released {
                 source: idx,
-                segment: (offset - a.file.start) / self.geometry.slot_size() as u64,
+                segment: (offset - a.file.start) / a.file.segment_bytes as u64,
                 offset,
                 bytes: read.done as u64,
                 checksum: r.result,
@@ -493,6 +619,17 @@ impl<S: StagingMemory> Driver<S> {
             self.producer.end_sleep(&q);
         }
         Ok(())
+    }
+}
+
+/// The error of a failed NVMe Read: a positive `res` is the controller's
+/// status, a negative one an errno.
+fn nvme_failure(file: &OpenSource, slot: u32, slba: u64, blocks: u32, res: i32) -> IngestError {
+    let path = file.path.clone();
+    if res > 0 {
+        IngestError::NvmeRead { path, slba, blocks, slot, status: NvmeStatus(res as u32) }
+    } else {
+        IngestError::NvmeReadErrno { path, slba, blocks, slot, errno: Errno::from_raw_os_error(-res) }
     }
 }
 

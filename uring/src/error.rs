@@ -4,6 +4,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 use gpuring_core::io_queue::QueueError;
+use gpuring_core::nvme::{NvmeError, NvmeStatus};
 use gpuring_core::{Bytes, GeometryError, PendingError, TelemetryError};
 use rustix::io::Errno;
 
@@ -20,7 +21,7 @@ pub enum IngestError {
         /// The path.
         path: PathBuf,
     },
-    /// The path is not a regular file.
+    /// The path is not a regular file (or block device).
     NotRegular {
         /// The path.
         path: PathBuf,
@@ -90,6 +91,76 @@ pub enum IngestError {
         /// Size afterwards.
         after: u64,
     },
+    /// An NVMe source that is not a character device.
+    NotNvmeChar {
+        /// The path.
+        path: PathBuf,
+        /// What it is instead ("a block device", "a regular file", ...).
+        kind: &'static str,
+        /// The namespace's character device, when the path names its block device.
+        hint: Option<PathBuf>,
+    },
+    /// A character device that is not an NVMe namespace.
+    NotNvme {
+        /// The path.
+        path: PathBuf,
+    },
+    /// Asking an NVMe device something failed.
+    Nvme {
+        /// The device.
+        path: PathBuf,
+        /// What was asked, or what is wrong with the answer.
+        what: String,
+        /// The errno.
+        errno: Errno,
+    },
+    /// The NVMe controller failed an admin command.
+    NvmeFailed {
+        /// The device.
+        path: PathBuf,
+        /// The command.
+        what: String,
+        /// The controller's status.
+        status: NvmeStatus,
+    },
+    /// An LBA range the namespace cannot serve (empty, or past its end).
+    NvmeRange {
+        /// The device.
+        path: PathBuf,
+        /// Why.
+        error: NvmeError,
+    },
+    /// An NVMe Read failed: the controller's status (positive `res`).
+    NvmeRead {
+        /// The device.
+        path: PathBuf,
+        /// First block of the read.
+        slba: u64,
+        /// Blocks in the read.
+        blocks: u32,
+        /// The slot it was reading into.
+        slot: u32,
+        /// The controller's status.
+        status: NvmeStatus,
+    },
+    /// An NVMe Read failed in the kernel (negative `res`).
+    NvmeReadErrno {
+        /// The device.
+        path: PathBuf,
+        /// First block of the read.
+        slba: u64,
+        /// Blocks in the read.
+        blocks: u32,
+        /// The slot it was reading into.
+        slot: u32,
+        /// The errno.
+        errno: Errno,
+    },
+    /// What was asked cannot be done this way.
+    Unsupported {
+        /// What, and the fix.
+        what: String,
+    },
     /// Registering the slots would exceed RLIMIT_MEMLOCK.
     MemlockLimit {
         /// Bytes to register.
@@ -137,7 +208,7 @@ impl fmt::Display for IngestError {
             ),
             Self::NotRegular { path, kind } => write!(
                 f,
-                "{}: is {kind}, not a regular file. Fix: pass regular files or directories of them",
+                "{}: is {kind}, not a regular file or block device. Fix: pass regular files or directories of them (NVMe namespaces go with --nvme)",
                 path.display()
             ),
             Self::Open { path, errno } => write!(f, "{}: cannot open: {errno}. Fix: check the path and its file system", path.display()),
@@ -176,6 +247,41 @@ impl fmt::Display for IngestError {
                 "{}: the file changed size while it was read, from {before} to {after} bytes. Fix: do not modify files while gpuring reads them (copy or snapshot them first)",
                 path.display()
             ),
+            Self::NotNvmeChar { path, kind, hint } => {
+                write!(f, "{}: is {kind}, but NVMe passthrough needs a namespace's character device. Fix: ", path.display())?;
+                match hint {
+                    Some(hint) => write!(f, "pass {} instead", hint.display()),
+                    None => write!(f, "pass /dev/ngXnY (`gpuring probe` lists them); files go without --nvme"),
+                }
+            }
+            Self::NotNvme { path } => write!(
+                f,
+                "{}: is a character device but not an NVMe namespace (it refuses NVME_IOCTL_ID). Fix: pass /dev/ngXnY (`gpuring probe` lists them)",
+                path.display()
+            ),
+            Self::Nvme { path, what, errno } => write!(
+                f,
+                "{}: {what} failed: {errno}. Fix: check that the nvme driver is loaded and this user may read the device (`gpuring probe`)",
+                path.display()
+            ),
+            Self::NvmeFailed { path, what, status } => {
+                write!(f, "{}: {what} failed with {status}. Fix: check the device's health (`nvme error-log`, dmesg)", path.display())
+            }
+            Self::NvmeRange { path, error } => write!(f, "{}: {error}", path.display()),
+            Self::NvmeRead { path, slba, blocks, slot, status } => write!(
+                f,
+                "{}: NVMe Read of blocks {slba}..{} into slot {slot} failed with {status}. Fix: check the device's health (`nvme error-log`, dmesg)",
+                path.display(),
+                slba + *blocks as u64
+            ),
+            Self::NvmeReadErrno { path, slba, blocks, slot, errno } => write!(
+                f,
+                "{}: NVMe Read of blocks {slba}..{} into slot {slot} failed in the kernel: {errno}. Fix: run `gpuring probe` to see whether passthrough works here{}",
+                path.display(),
+                slba + *blocks as u64,
+                if *errno == Errno::INVAL { " (EINVAL: a transfer over the kernel's limit, or fixed buffers this kernel refuses)" } else { "" }
+            ),
+            Self::Unsupported { what } => write!(f, "{what}"),
             Self::MemlockLimit { requested, limit: Some(limit) } => write!(
                 f,
                 "registering {} of slots with io_uring exceeds RLIMIT_MEMLOCK ({}). Fix: raise the limit (`ulimit -l`, LimitMEMLOCK= for systemd, memlock in /etc/security/limits.conf) or use fewer/smaller slots",

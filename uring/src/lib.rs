@@ -10,6 +10,8 @@
 //!   slot ring with `IORING_OP_READ_FIXED`, finishes short reads, publishes
 //!   each completion to the io_queue exactly once, and reuses a slot only
 //!   after the consumer released it.
+//! - [`nvme`]: NVMe namespace character devices: what they are, from the
+//!   device (namespace id, block size, capacity, max transfer).
 //! - [`bounce`]: the path programs use today (`pread()` into a heap
 //!   buffer, then a copy into the slot), producing into the same io_queue,
 //!   for comparison and as a fallback; counted as `bounce` in telemetry.
@@ -23,6 +25,7 @@
 pub mod bounce;
 pub mod driver;
 pub mod error;
+pub mod nvme;
 pub mod probe;
 pub mod ring;
 pub mod source;
@@ -31,4 +34,4 @@ mod wait;
 pub use driver::{Driver, DriverOptions, Event, IngestStats};
 pub use error::IngestError;
 pub use ring::Ring;
-pub use source::Source;
+pub use source::{Source, SourceKind};

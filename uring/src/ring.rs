@@ -1,7 +1,11 @@
 //! The io_uring instance: fixed-buffer registration, submission, completion.
 //!
 //! [`Ring`] owns one `io_uring::IoUring` and counts the requests it has in
-//! flight. Dropping it with requests in flight first cancels them all
+//! flight. Where the kernel allows, the ring has 128-byte SQEs and 32-byte
+//! CQEs (`IORING_SETUP_SQE128 | IORING_SETUP_CQE32`, Linux 5.19), which NVMe
+//! passthrough (`IORING_OP_URING_CMD`) needs; plain reads travel in the first
+//! half of such an SQE. Elsewhere it falls back to a plain ring and refuses
+//! passthrough with a clear error. Dropping it with requests in flight first cancels them all
 //! (`IORING_OP_ASYNC_CANCEL` with `IORING_ASYNC_CANCEL_ANY`) and then waits
 //! until the kernel has posted a completion for every one, so no request
 //! outlives the ring. Even if that wait fails, the pages of a registered
@@ -28,31 +32,89 @@ fn errno(e: std::io::Error) -> Errno {
     Errno::from_io_error(&e).unwrap_or(Errno::IO)
 }
 
+/// The two shapes of ring: 64-byte SQEs and 16-byte CQEs, or 128 and 32.
+enum Uring {
+    Plain(IoUring<squeue::Entry, cqueue::Entry>),
+    Big(IoUring<squeue::Entry128, cqueue::Entry32>),
+}
+
+impl Uring {
+    fn submitter(&self) -> io_uring::Submitter<'_> {
+        match self {
+            Self::Plain(u) => u.submitter(),
+            Self::Big(u) => u.submitter(),
+        }
+    }
+
+    fn fd(&self) -> i32 {
+        match self {
+            Self::Plain(u) => u.as_raw_fd(),
+            Self::Big(u) => u.as_raw_fd(),
+        }
+    }
+
+    fn queued(&mut self) -> u32 {
+        match self {
+            Self::Plain(u) => u.submission().len() as u32,
+            Self::Big(u) => u.submission().len() as u32,
+        }
+    }
+
+    /// # Safety
+    /// As `SubmissionQueue::push`: what the entry points to stays valid.
+    unsafe fn push(&mut self, entry: &squeue::Entry) -> bool {
+        // SAFETY: the caller's promise covers the entry's buffers.
+        unsafe {
+            match self {
+                Self::Plain(u) => u.submission().push(entry).is_ok(),
+                Self::Big(u) => u.submission().push(&entry.clone().into()).is_ok(),
+            }
+        }
+    }
+
+    fn completions(&mut self, mut f: impl FnMut(u64, i32)) {
+        match self {
+            Self::Plain(u) => u.completion().for_each(|c| f(c.user_data(), c.result())),
+            Self::Big(u) => u.completion().for_each(|c| f(c.user_data(), c.result())),
+        }
+    }
+}
+
 /// An io_uring instance and what it has in flight.
 pub struct Ring {
-    uring: IoUring<squeue::Entry, cqueue::Entry>,
+    uring: Uring,
     in_flight: u32,
     queued: u32,
 }
 
 impl std::fmt::Debug for Ring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ring").field("fd", &self.uring.as_raw_fd()).field("in_flight", &self.in_flight).finish()
+        f.debug_struct("Ring").field("fd", &self.uring.fd()).field("big_entries", &self.big_entries()).field("in_flight", &self.in_flight).finish()
     }
 }
 
 impl Ring {
-    /// A ring able to hold `depth` requests in flight (plus one cancel).
+    /// A ring able to hold `depth` requests in flight (plus one cancel), with
+    /// 128-byte SQEs and 32-byte CQEs where the kernel supports them.
     pub fn new(depth: u32) -> Result<Self, IngestError> {
         let entries = (depth.max(1) + 1).next_power_of_two();
         // COOP_TASKRUN (5.19+) avoids interrupting this thread to run
-        // completions; fall back to a plain ring where it is unknown.
-        let uring = IoUring::builder()
+        // completions. SQE128/CQE32 arrived in the same release; a kernel
+        // without them gets a plain ring, and one without COOP_TASKRUN a
+        // ring without that flag.
+        let uring = IoUring::<squeue::Entry128, cqueue::Entry32>::builder()
             .setup_coop_taskrun()
             .build(entries)
-            .or_else(|_| IoUring::new(entries))
+            .map(Uring::Big)
+            .or_else(|_| IoUring::builder().setup_coop_taskrun().build(entries).map(Uring::Plain))
+            .or_else(|_| IoUring::new(entries).map(Uring::Plain))
             .map_err(|e| IngestError::Ring { op: "setup", errno: errno(e) })?;
         Ok(Self { uring, in_flight: 0, queued: 0 })
+    }
+
+    /// Whether the ring has 128-byte SQEs and 32-byte CQEs (NVMe passthrough).
+    pub fn big_entries(&self) -> bool {
+        matches!(self.uring, Uring::Big(_))
     }
 
     /// Requests submitted (or queued) whose completion has not been reaped.
@@ -76,8 +138,9 @@ impl Ring {
             });
         }
         let iovecs: Vec<libc::iovec> = buffers.iter().map(|&(ptr, len)| libc::iovec { iov_base: ptr.cast(), iov_len: len }).collect();
+        let submitter = self.uring.submitter();
         // SAFETY: the caller keeps every buffer valid until the ring is dropped.
-        unsafe { self.uring.submitter().register_buffers(&iovecs) }.map_err(|e| {
+        unsafe { submitter.register_buffers(&iovecs) }.map_err(|e| {
             let requested = buffers.iter().map(|b| b.1 as u64).sum();
             match errno(e) {
                 Errno::NOMEM | Errno::PERM => {
@@ -109,6 +172,41 @@ impl Ring {
         unsafe { self.push(&entry) }
     }
 
+    /// Queue an NVMe passthrough command (`IORING_OP_URING_CMD` with
+    /// `cmd_op`, the 72-byte `struct nvme_uring_cmd` in `cmd`) on the
+    /// namespace's character device `fd`. With `buf_index`, the command's data
+    /// address lies in that registered buffer (`IORING_URING_CMD_FIXED`).
+    ///
+    /// # Safety
+    /// The command's data buffer must stay valid, and untouched by anyone
+    /// else, until this request's completion is reaped or the ring is
+    /// dropped; with `buf_index` it must lie inside that registered buffer.
+    /// `fd` must stay open until then.
+    pub unsafe fn push_uring_cmd(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        cmd_op: u32,
+        cmd: &[u8; 72],
+        buf_index: Option<u16>,
+        user_data: u64,
+    ) -> Result<(), IngestError> {
+        let mut bytes = [0u8; 80];
+        bytes[..72].copy_from_slice(cmd);
+        let entry = opcode::UringCmd80::new(types::Fd(fd.as_raw_fd()), cmd_op).cmd(bytes).buf_index(buf_index).build().user_data(user_data);
+        loop {
+            let Uring::Big(u) = &mut self.uring else {
+                return Err(IngestError::Ring { op: "NVMe passthrough (this kernel's rings have no 128-byte SQEs)", errno: Errno::NOSYS });
+            };
+            // SAFETY: the caller's promise covers the command's buffer and fd.
+            if unsafe { u.submission().push(&entry) }.is_ok() {
+                self.in_flight += 1;
+                self.queued += 1;
+                return Ok(());
+            }
+            self.submit()?;
+        }
+    }
+
     /// Queue any entry, submitting first if the queue is full.
     ///
     /// # Safety
@@ -116,7 +214,7 @@ impl Ring {
     pub unsafe fn push(&mut self, entry: &squeue::Entry) -> Result<(), IngestError> {
         loop {
             // SAFETY: the caller's promise covers the entry's buffers.
-            if unsafe { self.uring.submission().push(entry) }.is_ok() {
+            if unsafe { self.uring.push(entry) } {
                 self.in_flight += 1;
                 self.queued += 1;
                 return Ok(());
@@ -156,12 +254,12 @@ impl Ring {
             };
             match result {
                 Ok(_) => {
-                    self.queued = self.uring.submission().len() as u32;
+                    self.queued = self.uring.queued();
                     return Ok(());
                 }
                 Err(e) => match errno(e) {
                     Errno::TIME => {
-                        self.queued = self.uring.submission().len() as u32;
+                        self.queued = self.uring.queued();
                         return Ok(());
                     }
                     Errno::INTR => continue,
@@ -176,14 +274,15 @@ impl Ring {
     /// Take every ready completion without blocking, passing each request's
     /// `user_data` and `res` to `f`. Returns how many there were.
     pub fn reap(&mut self, mut f: impl FnMut(u64, i32)) -> u32 {
-        let mut n = 0;
-        for cqe in self.uring.completion() {
-            self.in_flight -= 1;
-            if cqe.user_data() != CANCEL_TAG {
+        let (mut n, mut all) = (0, 0);
+        self.uring.completions(|user_data, res| {
+            all += 1;
+            if user_data != CANCEL_TAG {
                 n += 1;
-                f(cqe.user_data(), cqe.result());
+                f(user_data, res);
             }
-        }
+        });
+        self.in_flight -= all;
         n
     }
 
