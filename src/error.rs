@@ -45,6 +45,11 @@ pub enum Error {
         /// What happened.
         why: String,
     },
+    /// An NVMe namespace has no block device to verify against.
+    NoBlockDevice {
+        /// The namespace's character device.
+        path: PathBuf,
+    },
     /// Walking a directory or reading for verification failed.
     Io {
         /// The path.
@@ -76,6 +81,11 @@ impl fmt::Display for Error {
             Self::BenchFailed { case, why } => {
                 write!(f, "bench case {case} failed: {why}. Fix: rerun with --runs 1 to see it alone, or leave fio out with --no-fio")
             }
+            Self::NoBlockDevice { path } => write!(
+                f,
+                "{}: no block device of this namespace was found in /sys/block to verify against. Fix: pass --no-verify, or check that the kernel exposes /dev/nvmeXnY",
+                path.display()
+            ),
             Self::Io { path, op, error } => write!(f, "{}: {op} failed: {error}. Fix: check the path and its permissions", path.display()),
         }
     }

@@ -1,13 +1,14 @@
 //! A whole ingest: backend memory and consumer, the driver, verification.
 
 use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use gpuring_core::checksum::{Lanes, StreamDigest};
 use gpuring_core::io_queue::Producer;
 use gpuring_core::{SlotGeometry, StagingMemory, Telemetry};
-use gpuring_uring::{Driver, DriverOptions, Event, Source};
+use gpuring_uring::{Driver, DriverOptions, Event, Source, SourceKind};
 use serde::Serialize;
 
 use crate::error::Error;
@@ -50,6 +51,9 @@ pub struct IngestConfig {
     pub verify: bool,
     /// Give up when the consumer releases nothing for this long.
     pub release_timeout: Duration,
+    /// NVMe Reads into the registered slots (`Some(true)`), by plain address
+    /// (`Some(false)`), or as the kernel allows (`None`, probed).
+    pub nvme_fixed: Option<bool>,
 }
 
 impl Default for IngestConfig {
@@ -63,6 +67,7 @@ impl Default for IngestConfig {
             bounce: false,
             verify: true,
             release_timeout: Duration::from_secs(60),
+            nvme_fixed: None,
         }
     }
 }
@@ -166,6 +171,9 @@ pub struct IngestReport {
     pub direct: bool,
     /// Whether the bounce path (`pread()` + copy) was used instead of io_uring.
     pub bounce: bool,
+    /// Whether NVMe Reads went through the registered slot buffers
+    /// (`null` when nothing was read through NVMe passthrough).
+    pub nvme_fixed_buffers: Option<bool>,
     /// Every counter.
     pub telemetry: TelemetryReport,
     /// No userspace copy happened.
@@ -229,11 +237,12 @@ struct Driven {
     telemetry: Telemetry,
     seconds: f64,
     digests: Vec<StreamDigest>,
+    nvme_fixed: Option<bool>,
 }
 
 fn drive<S: StagingMemory>(staging: Arc<S>, sources: &[Source], config: &IngestConfig, progress: &mut dyn FnMut(u64)) -> Result<Driven, Error> {
     let memory_kind = staging.kind().name();
-    let options = DriverOptions { direct: config.direct, release_timeout: config.release_timeout };
+    let options = DriverOptions { direct: config.direct, release_timeout: config.release_timeout, nvme_fixed: config.nvme_fixed };
     let mut digests = vec![StreamDigest::new(); sources.len()];
     let on_event = |event| {
         if let Event::Released { source, segment, bytes, checksum, .. } = event {
@@ -241,15 +250,19 @@ fn drive<S: StagingMemory>(staging: Arc<S>, sources: &[Source], config: &IngestC
             progress(bytes);
         }
     };
+    let mut nvme_fixed = None;
     let stats = if config.bounce {
         gpuring_uring::bounce::ingest(&*staging, sources, &options, on_event)?
     } else {
         let mut driver = Driver::new(staging, options)?;
         let result = driver.ingest(sources, on_event);
         driver.close_queue();
+        if sources.iter().any(|s| s.kind == SourceKind::Nvme) {
+            nvme_fixed = driver.nvme_fixed();
+        }
         result?
     };
-    Ok(Driven { memory_kind, telemetry: stats.telemetry, seconds: stats.elapsed.as_secs_f64(), digests })
+    Ok(Driven { memory_kind, telemetry: stats.telemetry, seconds: stats.elapsed.as_secs_f64(), digests, nvme_fixed })
 }
 
 fn finish(driven: Driven, device: Option<String>, sources: &[Source], config: &IngestConfig) -> Result<IngestReport, Error> {
@@ -264,7 +277,11 @@ fn finish(driven: Driven, device: Option<String>, sources: &[Source], config: &I
     checksum.digest = format!("{:016x}", all.finish());
     if config.verify {
         for (source, got) in sources.iter().zip(&driven.digests) {
-            if reference_digest(source, config.slot_size)? == *got {
+            let reference = match source.kind {
+                SourceKind::File => reference_digest(source, config.slot_size)?,
+                SourceKind::Nvme => nvme_reference_digest(source, config.slot_size)?,
+            };
+            if reference == *got {
                 checksum.files_matched += 1;
             } else {
                 checksum.mismatched.push(source.path.display().to_string());
@@ -284,6 +301,7 @@ fn finish(driven: Driven, device: Option<String>, sources: &[Source], config: &I
         slot_size: config.slot_size,
         direct: config.direct,
         bounce: config.bounce,
+        nvme_fixed_buffers: driven.nvme_fixed,
         telemetry: TelemetryReport::from(t),
         zero_bounce: verdict.zero_bounce,
         dma_only: verdict.dma_only,
@@ -299,7 +317,8 @@ pub fn reference_digest(source: &Source, slot_size: usize) -> Result<StreamDiges
     let mut file = std::fs::File::open(&source.path).map_err(|e| io("opening for verification", e))?;
     let (start, end) = match &source.range {
         Some(r) => (r.start, r.end),
-        None => (0, file.metadata().map_err(|e| io("reading metadata", e))?.len()),
+        // A block device's metadata says 0 bytes; its end is its size.
+        None => (0, std::io::Seek::seek(&mut file, std::io::SeekFrom::End(0)).map_err(|e| io("finding the size", e))?),
     };
     std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(start)).map_err(|e| io("seeking", e))?;
     let mut file = file.take(end - start);
@@ -328,6 +347,37 @@ pub fn reference_digest(source: &Source, slot_size: usize) -> Result<StreamDiges
             return Ok(digest);
         }
     }
+}
+
+/// The digest of an NVMe source computed from an independent `O_DIRECT`
+/// read of the namespace's block device (`/dev/nvmeXnY`, through the
+/// kernel's block layer rather than passthrough), cut into the same
+/// segments as the driver's NVMe Reads.
+pub fn nvme_reference_digest(source: &Source, slot_size: usize) -> Result<StreamDigest, Error> {
+    let dev = gpuring_uring::nvme::NvmeDevice::open(&source.path)?;
+    let ns = dev.namespace;
+    let block = dev.block_device.ok_or_else(|| Error::NoBlockDevice { path: source.path.clone() })?;
+    let io = |op, error| Error::Io { path: block.clone(), op, error };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+        .open(&block)
+        .map_err(|e| io("opening with O_DIRECT for verification", e))?;
+    let lba = ns.lba_size as u64;
+    let blocks = source.range.clone().unwrap_or(0..ns.capacity_blocks);
+    let (start, end) = (blocks.start * lba, blocks.end * lba);
+    let segment = gpuring_core::nvme::segment_bytes(&ns, slot_size) as u64;
+    let mut buf = gpuring_uring::bounce::HeapBuffer::new(segment as usize, 0);
+    let mut digest = StreamDigest::new();
+    let mut at = start;
+    while at < end {
+        let len = (end - at).min(segment) as usize;
+        let bytes = &mut buf.as_mut_slice()[..len];
+        std::os::unix::fs::FileExt::read_exact_at(&file, bytes, at).map_err(|e| io("reading with O_DIRECT for verification", e))?;
+        digest.add_segment((at - start) / segment, Lanes::over(bytes, 0).finish(len as u64), len as u64);
+        at += len as u64;
+    }
+    Ok(digest)
 }
 
 fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {

@@ -33,6 +33,22 @@ pub fn collect(paths: &[PathBuf]) -> Result<Inputs, Error> {
     Ok(inputs)
 }
 
+/// The NVMe source for `--nvme DEV --lba A [--blocks N]`: `N` blocks from
+/// `A`, or from `A` through the end of the namespace when `N` is not given.
+/// A zero-length or overflowing range is refused here; one past the end of
+/// the namespace when the driver asks the device.
+pub fn nvme_source(dev: PathBuf, lba: u64, blocks: Option<u64>) -> Result<Source, Error> {
+    let range = match blocks {
+        None if lba == 0 => None,
+        None => {
+            let ns = gpuring_uring::nvme::NvmeDevice::open(&dev)?.namespace;
+            Some(lba..ns.capacity_blocks.max(lba + 1))
+        }
+        Some(n) => Some(lba..lba.saturating_add(n)),
+    };
+    Ok(Source::nvme(dev, range))
+}
+
 fn walk(dir: &Path, inputs: &mut Inputs) -> Result<(), Error> {
     let io = |error| Error::Io { path: dir.to_owned(), op: "listing the directory", error };
     let mut entries: Vec<_> = std::fs::read_dir(dir).map_err(io)?.collect::<Result<_, _>>().map_err(io)?;

@@ -64,8 +64,24 @@ enum Command {
         /// Print one JSON object on stdout.
         #[arg(long)]
         json: bool,
+        /// Also read an NVMe namespace through passthrough: its character
+        /// device, /dev/ngXnY (`gpuring probe` lists them). Verified against
+        /// an O_DIRECT read of its block device.
+        #[arg(long, value_name = "DEV")]
+        nvme: Option<PathBuf>,
+        /// First logical block to read from --nvme.
+        #[arg(long, requires = "nvme", default_value_t = 0)]
+        lba: u64,
+        /// Logical blocks to read from --nvme (default: through the end of
+        /// the namespace, so --nvme alone reads all of it).
+        #[arg(long, requires = "nvme")]
+        blocks: Option<u64>,
+        /// How NVMe Reads address the slots: through the registered buffers
+        /// (fixed), by plain address (plain), or whichever the kernel takes (auto).
+        #[arg(long, requires = "nvme", default_value = "auto", value_parser = ["auto", "fixed", "plain"])]
+        nvme_buffers: String,
         /// Files or directories.
-        #[arg(required = true)]
+        #[arg(required_unless_present = "nvme")]
         paths: Vec<PathBuf>,
     },
     /// Measure gpuring against fio, the read()+copy bounce path and memcpy,
@@ -125,9 +141,17 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Ingest { ring: RingArgs { backend, device, slots, slot_size }, direct, bounce, no_verify, json, paths } => {
-            let config = IngestConfig { backend, device, slots, slot_size, direct, bounce, verify: !no_verify, ..IngestConfig::default() };
-            let inputs = gpuring::inputs::collect(&paths)?;
+        Command::Ingest { ring: RingArgs { backend, device, slots, slot_size }, direct, bounce, no_verify, json, nvme, lba, blocks, nvme_buffers, paths } => {
+            let nvme_fixed = match nvme_buffers.as_str() {
+                "fixed" => Some(true),
+                "plain" => Some(false),
+                _ => None,
+            };
+            let config = IngestConfig { backend, device, slots, slot_size, direct, bounce, verify: !no_verify, nvme_fixed, ..IngestConfig::default() };
+            let mut inputs = gpuring::inputs::collect(&paths)?;
+            if let Some(dev) = nvme {
+                inputs.sources.push(gpuring::inputs::nvme_source(dev, lba, blocks)?);
+            }
             let total = total_bytes(&inputs.sources);
             if !inputs.sources.is_empty() && total == Some(0) {
                 return Err(Error::NothingToIngest { why: "every input file is empty (0 bytes)".into() }.into());
@@ -183,8 +207,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// Sum of the sizes (for the progress bar and the empty-input check);
 /// `None` when a path cannot be inspected (the ingest then reports why).
+/// An NVMe range's bytes are not known before the device is asked: 1.
 fn total_bytes(sources: &[gpuring::uring::Source]) -> Option<u64> {
-    sources.iter().map(|s| std::fs::metadata(&s.path).ok().map(|m| if m.is_file() { m.len() } else { 1 })).sum()
+    sources.iter().map(|s| std::fs::metadata(&s.path).ok().map(|m| if m.is_file() { s.range.as_ref().map_or(m.len(), |r| r.end - r.start) } else { 1 })).sum()
 }
 
 fn progress_bar(total: u64) -> ProgressBar {
@@ -224,6 +249,9 @@ fn print_report(r: &IngestReport, skipped: usize) {
     );
     println!("paths: dma {}, kernel_copy {}, bounce {}", Bytes(t.dma_bytes), Bytes(t.kernel_copy_bytes), Bytes(t.bounce_bytes));
     println!("zero-bounce: {}; DMA-only: {}", yes(r.zero_bounce), yes(r.dma_only));
+    if let Some(fixed) = r.nvme_fixed_buffers {
+        println!("nvme: reads {}", if fixed { "into the registered slot buffers" } else { "by plain address (this kernel refused fixed buffers)" });
+    }
     let c = &r.checksum;
     if c.verified {
         println!("checksum: {} ({} of {} files match; digest {})", if c.matched { "match" } else { "MISMATCH" }, c.files_matched, r.files, c.digest);

@@ -36,20 +36,7 @@ pub fn report(ring_bytes: u64, dir: &Path) -> Report {
     let mut checks: Vec<Item> = probe::uring_checks().into_iter().map(|c| item("io_uring", c)).collect();
     checks.push(item("memory", probe::memlock_check(ring_bytes)));
     checks.push(item("direct_io", probe::direct_io_check(dir)));
-    let mut namespaces: Vec<String> = std::fs::read_dir("/dev")
-        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with("ng")).collect())
-        .unwrap_or_default();
-    namespaces.sort();
-    checks.push(Item {
-        group: "nvme",
-        name: "namespaces".into(),
-        ok: false,
-        detail: if namespaces.is_empty() {
-            "no NVMe character devices (/dev/ngXnY) on this machine; NVMe passthrough ingest is not built yet".into()
-        } else {
-            format!("found {}; NVMe passthrough ingest is not built yet", namespaces.join(", "))
-        },
-    });
+    checks.extend(nvme_checks());
     let mut peer_dma = Vec::new();
     for name in crate::ingest::BACKENDS {
         let (rows, devices) = backend_checks(name);
@@ -70,6 +57,51 @@ pub fn report(ring_bytes: u64, dir: &Path) -> Report {
     };
     checks.push(Item { group: "gpu", name: "peer_dma".into(), ok: !peer_dma.is_empty(), detail });
     Report { backends: crate::ingest::BACKENDS.to_vec(), checks }
+}
+
+/// One row per NVMe namespace character device: its geometry, from the
+/// device, and whether a passthrough read works, fixed and plain.
+pub fn nvme_checks() -> Vec<Item> {
+    let namespaces = gpuring_uring::nvme::list_namespaces();
+    if namespaces.is_empty() {
+        let detail = "no NVMe character devices (/dev/ngXnY) on this machine (`cargo xtask nvme-vm` tests passthrough on an emulated one)";
+        return vec![Item { group: "nvme", name: "namespaces".into(), ok: false, detail: detail.into() }];
+    }
+    namespaces
+        .iter()
+        .map(|path| {
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            match gpuring_uring::nvme::NvmeDevice::open(path) {
+                Err(e) => Item { group: "nvme", name, ok: false, detail: e.to_string() },
+                Ok(dev) => {
+                    let ns = dev.namespace;
+                    let l = dev.limits;
+                    let kb = |b: Option<u32>| b.map_or("none".to_owned(), |b| format!("{}", gpuring_core::Bytes(b as u64)));
+                    let fixed = gpuring_uring::nvme::try_read(&dev, true);
+                    let plain = gpuring_uring::nvme::try_read(&dev, false);
+                    let verdict = |r: &Result<(), gpuring_uring::IngestError>| match r {
+                        Ok(()) => "yes".to_owned(),
+                        Err(e) => format!("no ({e})"),
+                    };
+                    let detail = format!(
+                        "nsid {}, {}-byte blocks, {} blocks ({}), max transfer {} (MDTS {}, kernel max_hw {}, {} segments); block device {}; passthrough read: fixed buffers {}, plain {}",
+                        ns.nsid,
+                        ns.lba_size,
+                        ns.capacity_blocks,
+                        gpuring_core::Bytes(dev.capacity_bytes()),
+                        gpuring_core::Bytes(ns.max_transfer_bytes as u64),
+                        kb(l.mdts),
+                        kb(l.kernel_max_hw),
+                        kb(l.kernel_segments),
+                        dev.block_device.as_ref().map_or("none".to_owned(), |p| p.display().to_string()),
+                        verdict(&fixed),
+                        verdict(&plain),
+                    );
+                    Item { group: "nvme", name, ok: fixed.is_ok() || plain.is_ok(), detail }
+                }
+            }
+        })
+        .collect()
 }
 
 /// Why `backend` cannot run on this machine (`None`: it can). Cheaper than

@@ -1,0 +1,349 @@
+//! NVMe passthrough.
+//!
+//! The tests marked `ignore` need an NVMe namespace holding the pattern
+//! image that `cargo xtask nvme-vm` writes, and run inside its QEMU guest
+//! (`--ignored`); the device comes from `GPURING_NVME_DEV` (default
+//! `/dev/ng0n1`) and the `gpuring` binary from `GPURING_BIN`. The others
+//! check, on any machine, what is refused before a device is touched.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Instant;
+
+use gpuring::core::nvme::{self, Namespace};
+use gpuring::core::{slot_checksum, SlotGeometry};
+use gpuring::host::{HostConsumer, HostStaging};
+use gpuring::ingest::{self, IngestConfig};
+use gpuring::uring::nvme::NvmeDevice;
+use gpuring::uring::{Driver, DriverOptions, Event, IngestError, Ring, Source};
+
+/// Word `i` (little-endian u64 at byte `8 * i`) of the disk image
+/// `cargo xtask nvme-vm` writes (the same formula is in xtask/src/nvme_vm.rs).
+fn pattern_word(i: u64) -> u64 {
+    (i ^ 0x6770_7572_696e_6721).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+/// The image's bytes `start..start + len` (both multiples of 8).
+fn image_bytes(start: u64, len: usize) -> Vec<u8> {
+    (start / 8..(start + len as u64) / 8).flat_map(|i| pattern_word(i).to_le_bytes()).collect()
+}
+
+fn char_device() -> PathBuf {
+    std::env::var_os("GPURING_NVME_DEV").map_or_else(|| PathBuf::from("/dev/ng0n1"), PathBuf::from)
+}
+
+fn open() -> NvmeDevice {
+    NvmeDevice::open(&char_device()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// What one driver run over `sources` produced.
+struct Run {
+    /// (source, offset, bytes, checksum) of every released segment.
+    segments: Vec<(usize, u64, u64, u64)>,
+    telemetry: gpuring::core::Telemetry,
+    fixed: Option<bool>,
+    seconds: f64,
+}
+
+fn drive(sources: &[Source], slots: u32, slot_size: usize, options: DriverOptions) -> Result<Run, IngestError> {
+    let staging = Arc::new(HostStaging::new(SlotGeometry::new(slots, slot_size).unwrap(), slots.next_power_of_two()).unwrap());
+    let consumer = HostConsumer::start(staging.clone());
+    let mut segments = Vec::new();
+    let mut driver = Driver::new(staging, options)?;
+    let result = driver.ingest(sources, |e| {
+        if let Event::Released { source, offset, bytes, checksum, checksummed, .. } = e {
+            assert!(checksummed);
+            segments.push((source, offset, bytes, checksum));
+        }
+    });
+    driver.close_queue();
+    let fixed = driver.nvme_fixed();
+    drop(driver);
+    consumer.join().unwrap();
+    let stats = result?;
+    segments.sort();
+    Ok(Run { segments, telemetry: stats.telemetry, fixed, seconds: stats.elapsed.as_secs_f64() })
+}
+
+/// Every segment of an NVMe run holds the image's bytes, and together they
+/// cover blocks `slba..slba + blocks` in commands of at most `segment` bytes.
+fn assert_image(run: &Run, ns: &Namespace, slba: u64, blocks: u64, segment: u32) {
+    let lba = ns.lba_size as u64;
+    let mut at = slba * lba;
+    for &(_, offset, bytes, checksum) in &run.segments {
+        assert_eq!(offset, at, "segments are contiguous");
+        assert!(bytes <= segment as u64 && bytes % lba == 0 && bytes <= ns.max_transfer_bytes as u64);
+        assert_eq!(checksum, slot_checksum(&image_bytes(offset, bytes as usize)), "bytes at {offset}..{} differ from the image", offset + bytes);
+        at += bytes;
+    }
+    assert_eq!(at, (slba + blocks) * lba, "the whole range was read");
+    let t = &run.telemetry;
+    let total = blocks * lba;
+    assert_eq!((t.dma.bytes, t.kernel_copy.bytes, t.bounce.bytes), (total, 0, 0), "NVMe passthrough counts as dma");
+    let n = run.segments.len() as u64;
+    assert_eq!((t.completed_reads, t.dma.reads, t.published, t.released), (n, n, n, n));
+    assert_eq!((t.failed_completions, t.short_reads, t.inflight_reads), (0, 0, 0));
+    let verdict = t.validate().unwrap();
+    assert!(verdict.zero_bounce && verdict.dma_only && verdict.complete);
+}
+
+#[test]
+#[ignore = "needs an NVMe namespace with the pattern image: cargo xtask nvme-vm runs these in a QEMU guest"]
+fn geometry_comes_from_the_device() {
+    let dev = open();
+    let ns = dev.namespace;
+    let block = dev.block_device.clone().expect("a block device for the namespace");
+    let bytes = std::fs::File::open(&block).and_then(|mut f| std::io::Seek::seek(&mut f, std::io::SeekFrom::End(0))).unwrap();
+    println!("geometry: {ns:?} limits {:?} block device {}", dev.limits, block.display());
+    assert_eq!(ns.capacity_blocks * ns.lba_size as u64, bytes, "capacity agrees with the block device");
+    assert!(ns.nsid >= 1);
+    assert!([512, 4096].contains(&ns.lba_size));
+    assert_eq!(ns.max_transfer_bytes, dev.limits.effective() / ns.lba_size * ns.lba_size);
+    assert!(dev.limits.kernel_max_hw.is_some(), "sysfs gives the kernel's limit");
+}
+
+#[test]
+#[ignore = "needs an NVMe namespace with the pattern image: cargo xtask nvme-vm runs these in a QEMU guest"]
+fn reads_at_several_sizes_and_offsets_fixed_and_plain() {
+    let ns = open().namespace;
+    let max_blocks = (ns.max_transfer_bytes / ns.lba_size) as u64;
+    let end = ns.capacity_blocks;
+    let ranges = [(0, 1), (1, 7), (8, 8), (123, 1000), (4095, max_blocks + 1), (77, 3 * max_blocks + 5), (end - 3, 3), (end - max_blocks - 9, max_blocks + 9)];
+    for slot_size in [4096, 64 << 10, 1 << 20] {
+        let segment = nvme::segment_bytes(&ns, slot_size);
+        for fixed in [true, false] {
+            for (slba, blocks) in ranges {
+                let options = DriverOptions { nvme_fixed: Some(fixed), ..DriverOptions::default() };
+                let run = drive(&[Source::nvme(char_device(), Some(slba..slba + blocks))], 4, slot_size, options)
+                    .unwrap_or_else(|e| panic!("slot {slot_size}, fixed {fixed}, blocks {slba}+{blocks}: {e}"));
+                assert_eq!(run.fixed, Some(fixed));
+                assert_image(&run, &ns, slba, blocks, segment);
+                assert_eq!(run.segments.len() as u64, (blocks * ns.lba_size as u64).div_ceil(segment as u64), "commands of the largest size allowed");
+            }
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs an NVMe namespace with the pattern image: cargo xtask nvme-vm runs these in a QEMU guest"]
+fn the_buffer_form_is_probed_and_the_whole_namespace_reads() {
+    let ns = open().namespace;
+    let run = drive(&[Source::nvme(char_device(), None)], 8, ns.max_transfer_bytes as usize, DriverOptions::default()).unwrap();
+    // Linux 6.12 (the guest's kernel) takes fixed buffers for passthrough.
+    assert_eq!(run.fixed, Some(true));
+    assert_image(&run, &ns, 0, ns.capacity_blocks, ns.max_transfer_bytes);
+}
+
+#[test]
+#[ignore = "needs an NVMe namespace with the pattern image: cargo xtask nvme-vm runs these in a QEMU guest"]
+fn bad_ranges_and_devices_are_refused_with_a_fix() {
+    let dev = open();
+    let ns = dev.namespace;
+    let slot = 64 << 10;
+    let err = |source: Source| drive(&[source], 4, slot, DriverOptions::default()).err().expect("refused");
+    let e = err(Source::nvme(char_device(), Some(ns.capacity_blocks - 1..ns.capacity_blocks + 1)));
+    assert!(matches!(e, IngestError::NvmeRange { error: nvme::NvmeError::PastEnd { .. }, .. }), "{e}");
+    assert!(e.to_string().contains("past the end of the namespace"), "{e}");
+    let e = err(Source::nvme(char_device(), Some(5..5)));
+    assert!(matches!(e, IngestError::NvmeRange { error: nvme::NvmeError::ZeroBlocks, .. }), "{e}");
+    let block = dev.block_device.clone().unwrap();
+    let e = err(Source::nvme(&block, Some(0..1)));
+    assert!(matches!(&e, IngestError::NotNvmeChar { kind: "a block device", hint: Some(h), .. } if h == &char_device()), "{e}");
+    assert!(e.to_string().contains(&format!("pass {} instead", char_device().display())), "{e}");
+    let e = err(Source::nvme("/dev/null", None));
+    assert!(matches!(e, IngestError::NotNvme { .. }), "{e}");
+    // One slot smaller than a block cannot hold a read.
+    if ns.lba_size > 4096 {
+        let e = drive(&[Source::nvme(char_device(), Some(0..1))], 4, 4096, DriverOptions::default()).err().unwrap();
+        assert!(matches!(e, IngestError::NvmeRange { error: nvme::NvmeError::BufferTooSmall { .. }, .. }), "{e}");
+    }
+}
+
+#[test]
+#[ignore = "needs an NVMe namespace with the pattern image: cargo xtask nvme-vm runs these in a QEMU guest"]
+fn the_kernel_does_not_split_passthrough_so_the_driver_must() {
+    let dev = open();
+    // A command of twice the max transfer, built by pretending the limit is
+    // higher (the real geometry refuses to build it).
+    let pretend = Namespace { max_transfer_bytes: u32::MAX, ..dev.namespace };
+    let len = 2 * dev.namespace.max_transfer_bytes as usize;
+    assert!(nvme::read_command(&dev.namespace, 0, len as u32 / dev.namespace.lba_size, 0, len as u32).is_err());
+    let buf = gpuring::uring::bounce::HeapBuffer::new(len, 0);
+    let addr = buf.as_slice().as_ptr() as u64;
+    let cmd = nvme::read_command(&pretend, 0, len as u32 / pretend.lba_size, addr, len as u32).unwrap();
+    let mut ring = Ring::new(1).unwrap();
+    // SAFETY: `buf` and the device outlive `ring`, declared after them.
+    unsafe { ring.push_uring_cmd(std::os::fd::AsFd::as_fd(&dev.fd), nvme::NVME_URING_CMD_IO, &cmd.to_bytes(), None, 7).unwrap() };
+    ring.wait_for(1).unwrap();
+    let mut got = Vec::new();
+    ring.reap(|u, r| got.push((u, r)));
+    assert_eq!(got, [(7, -libc_einval())], "the kernel refuses a transfer over its limit");
+}
+
+fn libc_einval() -> i32 {
+    rustix::io::Errno::INVAL.raw_os_error()
+}
+
+#[test]
+#[ignore = "needs an NVMe namespace with the pattern image: cargo xtask nvme-vm runs these in a QEMU guest"]
+fn passthrough_equals_an_o_direct_read_of_the_block_device_through_the_same_driver() {
+    let dev = open();
+    let ns = dev.namespace;
+    let block = dev.block_device.clone().unwrap();
+    let lba = ns.lba_size as u64;
+    let slot = ns.max_transfer_bytes as usize;
+    let (slba, blocks) = (100, ns.capacity_blocks - 200);
+    let options = DriverOptions { direct: true, ..DriverOptions::default() };
+    let sources = [Source::nvme(char_device(), Some(slba..slba + blocks)), Source::range(&block, slba * lba..(slba + blocks) * lba)];
+    let run = drive(&sources, 8, slot, options).unwrap();
+    let (nvme, direct): (Vec<&(usize, u64, u64, u64)>, Vec<_>) = run.segments.iter().partition(|s| s.0 == 0);
+    assert_eq!(nvme.len(), direct.len());
+    for (a, b) in nvme.iter().zip(&direct) {
+        assert_eq!((a.1, a.2, a.3), (b.1, b.2, b.3), "passthrough and O_DIRECT agree at byte {}", a.1);
+    }
+    let total = 2 * blocks * lba;
+    assert_eq!(run.telemetry.dma.bytes, total, "both paths are DMA");
+    // And the library's own verification (O_DIRECT of the block device) agrees.
+    let config = IngestConfig { slots: 8, slot_size: slot, ..IngestConfig::default() };
+    let report = ingest::run(&[Source::nvme(char_device(), Some(slba..slba + blocks))], &config, &mut |_| {}).unwrap();
+    assert!(report.checksum.verified && report.checksum.matched, "{:?}", report.checksum);
+    assert!(report.dma_only && report.zero_bounce && report.complete);
+    assert_eq!(report.nvme_fixed_buffers, Some(true));
+}
+
+#[test]
+#[ignore = "needs an NVMe namespace with the pattern image: cargo xtask nvme-vm runs these in a QEMU guest"]
+fn throughput_of_passthrough_against_o_direct_block_reads() {
+    let dev = open();
+    let ns = dev.namespace;
+    let block = dev.block_device.clone().unwrap();
+    let bytes = dev.capacity_bytes();
+    let slot = ns.max_transfer_bytes as usize;
+    let (mut nvme, mut direct) = (Vec::new(), Vec::new());
+    // Alternate the two, three rounds each: TCG timings drift.
+    for _ in 0..3 {
+        let started = Instant::now();
+        let run = drive(&[Source::nvme(char_device(), None)], 16, slot, DriverOptions::default()).unwrap();
+        assert_eq!(run.telemetry.dma.bytes, bytes);
+        nvme.push(bytes as f64 / started.elapsed().as_secs_f64().max(run.seconds) / (1u64 << 30) as f64);
+        let started = Instant::now();
+        let run = drive(&[Source::file(&block)], 16, slot, DriverOptions { direct: true, ..DriverOptions::default() }).unwrap();
+        assert_eq!(run.telemetry.dma.bytes, bytes);
+        direct.push(bytes as f64 / started.elapsed().as_secs_f64().max(run.seconds) / (1u64 << 30) as f64);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (n, d) = (median(&mut nvme), median(&mut direct));
+    println!(
+        "nvme-vm throughput ({} per run, 16 slots of {}): passthrough {n:.3} GiB/s, O_DIRECT block device {d:.3} GiB/s, ratio {:.2}",
+        gpuring::core::Bytes(bytes),
+        gpuring::core::Bytes(slot as u64),
+        n / d
+    );
+}
+
+fn gpuring_bin() -> PathBuf {
+    std::env::var_os("GPURING_BIN").map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_gpuring")), PathBuf::from)
+}
+
+#[test]
+#[ignore = "needs an NVMe namespace with the pattern image: cargo xtask nvme-vm runs these in a QEMU guest"]
+fn the_command_line_reads_and_verifies_a_namespace_and_probes_it() {
+    let dev = char_device();
+    let run = |args: &[&str]| {
+        let out = Command::new(gpuring_bin()).args(args).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let d = dev.to_str().unwrap();
+    for args in [vec!["ingest", "--json", "--nvme", d, "--lba", "8", "--blocks", "3000"], vec!["ingest", "--json", "--nvme", d, "--nvme-buffers", "plain"]] {
+        let (ok, stdout, stderr) = run(&args);
+        assert!(ok, "{args:?}: {stderr}");
+        let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(v["checksum"]["match"], true, "{stdout}");
+        assert_eq!(v["dma_only"], true, "{stdout}");
+        assert_eq!(v["nvme_fixed_buffers"], args.len() == 8, "{stdout}");
+        println!("{args:?}: {} bytes, {} GiB/s", v["bytes"], v["gib_per_s"]);
+    }
+    let (ok, stdout, _) = run(&["ingest", "--json", "--nvme", d, "--lba", "8", "--blocks", "3000"]);
+    assert!(ok);
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&stdout).unwrap()["bytes"], 3000 * 512);
+    let (ok, _, stderr) = run(&["ingest", "--nvme", d, "--lba", "1000000000"]);
+    assert!(!ok && stderr.contains("past the end of the namespace"), "{stderr}");
+    let (ok, stdout, stderr) = run(&["probe"]);
+    assert!(ok, "{stderr}");
+    let name = Path::new(d).file_name().unwrap().to_str().unwrap();
+    let row = stdout.lines().find(|l| l.starts_with("nvme") && l.contains(name)).unwrap_or_else(|| panic!("no probe row for {name}: {stdout}"));
+    println!("{row}");
+    assert!(row.contains("fixed buffers yes, plain yes") && row.contains(" yes "), "{row}");
+}
+
+#[test]
+fn what_is_not_a_namespace_character_device_is_refused_before_any_read() {
+    let dir = common::test_dir();
+    let file = common::make_file(dir.path(), "f", 4096, 1);
+    let refused = |path: &Path| drive(&[Source::nvme(path, None)], 2, 4096, DriverOptions::default()).err().expect("refused");
+    let e = refused(&file);
+    assert!(matches!(e, IngestError::NotNvmeChar { kind: "a regular file", hint: None, .. }), "{e}");
+    let e = refused(Path::new("/dev/null"));
+    assert!(matches!(e, IngestError::NotNvme { .. }), "{e}");
+    let e = refused(Path::new("/dev/ng-does-not-exist"));
+    assert!(matches!(e, IngestError::NotFound { .. }), "{e}");
+    // The bounce path has no NVMe form.
+    let config = IngestConfig { slots: 2, slot_size: 4096, bounce: true, ..IngestConfig::default() };
+    let e = ingest::run(&[Source::nvme("/dev/null", None)], &config, &mut |_| {}).unwrap_err();
+    assert!(e.to_string().contains("leave out --bounce"), "{e}");
+}
+
+#[test]
+fn the_command_line_checks_nvme_arguments() {
+    let out = Command::new(env!("CARGO_BIN_EXE_gpuring")).args(["ingest", "--lba", "3", "/dev/null"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--nvme"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(env!("CARGO_BIN_EXE_gpuring")).args(["ingest", "--nvme", "/dev/null"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not an NVMe namespace"));
+}
+
+/// A loop device over a pattern file, detached on drop.
+struct Loop(PathBuf);
+
+impl Loop {
+    fn attach(file: &Path) -> Option<Self> {
+        let out = Command::new("losetup").args(["-f", "--show"]).arg(file).output().ok()?;
+        let dev = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        (out.status.success() && !dev.is_empty()).then(|| Self(PathBuf::from(dev)))
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn block_devices_are_read_like_files_and_a_loop_device_is_not_dma() {
+    let dir = common::test_dir();
+    let file = common::make_file(dir.path(), "img", 3 << 20, 9);
+    let Some(dev) = Loop::attach(&file) else {
+        assert!(!common::under_ci(), "CI=true but losetup cannot attach a loop device here (the test command runs as root)");
+        eprintln!("skipping: losetup cannot attach a loop device here (needs root and /dev/loop-control)");
+        return;
+    };
+    for direct in [false, true] {
+        let config = IngestConfig { slots: 4, slot_size: 64 << 10, direct, ..IngestConfig::default() };
+        let whole = ingest::run(&[Source::file(&dev.0)], &config, &mut |_| {}).unwrap();
+        assert!(whole.checksum.matched, "{:?}", whole.checksum);
+        assert_eq!(whole.bytes, 3 << 20);
+        // A loop device without its own direct I/O copies through the
+        // backing file's page cache: a kernel copy, whatever O_DIRECT says.
+        assert_eq!((whole.telemetry.kernel_copy_bytes, whole.telemetry.dma_bytes, whole.dma_only), (3 << 20, 0, false));
+        let range = ingest::run(&[Source::range(&dev.0, 8192..(1 << 20) + 4096)], &config, &mut |_| {}).unwrap();
+        assert!(range.checksum.matched && range.bytes == (1 << 20) - 4096, "{range:?}");
+    }
+}
