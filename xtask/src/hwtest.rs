@@ -4,7 +4,9 @@
 //! The runner knows no backend by name. It asks the `gpuring` binary which
 //! backends it was built with (`probe --json`), and runs the same suite on
 //! each: ingests of generated files with verification (buffered, O_DIRECT,
-//! many small files), then the bench in short form. A backend that plugs
+//! many small files), a passthrough ingest of up to 1 GiB of every NVMe
+//! namespace (`/dev/ngXnY`) the probe found usable, then the bench in short
+//! form. A backend that plugs
 //! into the facade's `BACKENDS` gets its rows with no change here. A backend
 //! that cannot run here (no device, no driver) is skipped with the reason
 //! the binary gave, unless `--require` names it: then it is a failure, and
@@ -147,6 +149,32 @@ pub fn run(args: &[String], cargo: impl Fn() -> Command) -> Result<()> {
     let (large, aligned, small) = (large.to_str().context("UTF-8 path")?, aligned.to_str().context("UTF-8 path")?, data.join("small"));
     let small = small.to_str().context("UTF-8 path")?;
 
+    // NVMe namespaces whose passthrough the probe found working: up to 1 GiB of each.
+    let nvme: Vec<(String, u64)> = probe["checks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["group"] == "nvme" && c["ok"] == true)
+        .filter_map(|c| {
+            let name = c["name"].as_str()?;
+            let block = PathBuf::from("/sys/block").join(format!("nvme{}", name.strip_prefix("ng")?));
+            let read = |f: &str| std::fs::read_to_string(block.join(f)).ok()?.trim().parse::<u64>().ok();
+            let lba = read("queue/logical_block_size")?;
+            // sysfs counts `size` in 512-byte sectors whatever the block size.
+            let blocks = (read("size")? * 512 / lba).min((1 << 30) / lba);
+            Some((format!("/dev/{name}"), blocks))
+        })
+        .collect();
+    if nvme.is_empty() {
+        rows.push(Row::new(
+            "-",
+            "nvme",
+            "skipped",
+            "no usable NVMe namespace (/dev/ngXnY) here; `cargo xtask nvme-vm` tests passthrough on an emulated one",
+            None,
+        ));
+    }
+
     for backend in &compiled {
         let required = o.require.contains(backend);
         let suites: [(&'static str, Vec<&str>, bool); 3] =
@@ -190,6 +218,19 @@ pub fn run(args: &[String], cargo: impl Fn() -> Command) -> Result<()> {
         if !usable {
             rows.push(Row::new(backend, "bench", "skipped", "the backend could not start (see above)", None));
             continue;
+        }
+        for (dev, blocks) in &nvme {
+            let blocks = blocks.to_string();
+            let row = match gpuring(&binary, &["ingest", "--json", "--backend", backend, "--nvme", dev, "--blocks", &blocks])? {
+                Ok(v) => {
+                    let ok = v["complete"] == true && v["checksum"]["match"] == true && v["dma_only"] == true;
+                    let fixed = v["nvme_fixed_buffers"].as_bool().map_or("?", |f| if f { "fixed" } else { "plain" });
+                    let detail = format!("{dev}: {} bytes, {fixed} buffers, checksum match {}, DMA-only {}", v["bytes"], v["checksum"]["match"], v["dma_only"]);
+                    Row::new(backend, "nvme", if ok { "pass" } else { "fail" }, detail, v["gib_per_s"].as_f64())
+                }
+                Err(why) => Row::new(backend, "nvme", "fail", format!("{dev}: {why}"), None),
+            };
+            rows.push(row);
         }
         let bench_dir = out_dir.join("bench");
         let bench_args = [

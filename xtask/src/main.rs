@@ -8,6 +8,9 @@
 //!   suite for every backend the `gpuring` binary was built with; the report
 //!   goes to `target/hwtest/` (see `hwtest.rs`).
 //!
+//! - `nvme-vm`: the NVMe passthrough suite inside a QEMU guest with an
+//!   emulated NVMe controller (see `nvme_vm.rs`).
+//!
 //! Under `CI=true` a component the suite relies on that cannot be installed
 //! is a failure; elsewhere the task says what it skipped and why.
 
@@ -16,6 +19,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 mod hwtest;
+mod nvme_vm;
 
 /// A bare-metal target: building core for it proves core is `no_std`.
 const NO_STD_TARGET: &str = "x86_64-unknown-none";
@@ -27,8 +31,9 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("ci") => ci(),
         Some("hwtest") => hwtest::run(&args[1..], cargo),
+        Some("nvme-vm") => nvme_vm::run_task(cargo),
         task => {
-            eprintln!("usage: cargo xtask ci | cargo xtask hwtest [--require BACKEND]... [--json] [--gpuring PATH]");
+            eprintln!("usage: cargo xtask ci | cargo xtask nvme-vm | cargo xtask hwtest [--require BACKEND]... [--json] [--gpuring PATH]");
             bail!("unknown task {task:?}")
         }
     }
@@ -135,6 +140,7 @@ fn ci() -> Result<()> {
     run(cargo().args(["build", "-p", "gpuring-core", "--target", NO_STD_TARGET]))?;
     step("tests");
     let (passed, failed) = run_tests()?;
+    nvme_vm::run_task(cargo)?;
     step("hardware suite on this machine's backends");
     hwtest::run(&["--require", "host", "--require", "vulkan"].map(String::from), cargo)?;
     println!("\nci: all checks passed");
