@@ -280,6 +280,20 @@ fn the_command_line_reads_and_verifies_a_namespace_and_probes_it() {
     let row = stdout.lines().find(|l| l.starts_with("nvme") && l.contains(name)).unwrap_or_else(|| panic!("no probe row for {name}: {stdout}"));
     println!("{row}");
     assert!(row.contains("fixed buffers yes, plain yes") && row.contains(" yes "), "{row}");
+    // The device node is root's (0600): another user is told so, with a fix.
+    let nobody = |args: &[&str]| {
+        let out = std::os::unix::process::CommandExt::uid(std::os::unix::process::CommandExt::gid(&mut Command::new(gpuring_bin()), 65534), 65534)
+            .args(args)
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (ok, _, stderr) = nobody(&["ingest", "--no-verify", "--slots", "2", "--slot-size", "64K", "--nvme", d]);
+    assert!(!ok && stderr.contains("permission denied") && stderr.contains("Fix:"), "{stderr}");
+    let (ok, stdout, stderr) = nobody(&["probe"]);
+    assert!(ok, "{stderr}");
+    let row = stdout.lines().find(|l| l.starts_with("nvme") && l.contains(name)).unwrap_or_else(|| panic!("no probe row for {name}: {stdout}"));
+    assert!(row.contains(" no ") && row.contains("permission denied"), "{row}");
 }
 
 #[test]

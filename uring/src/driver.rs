@@ -422,8 +422,10 @@ impl<S: StagingMemory> Driver<S> {
     }
 
     fn reap(&mut self, run: &mut Run<'_>) -> Result<u32, IngestError> {
+        // `cqes` may already hold completions the fixed-buffer probe set aside.
         let mut cqes = std::mem::take(&mut self.cqes);
-        let n = self.ring.reap(|user_data, res| cqes.push((user_data, res)));
+        self.ring.reap(|user_data, res| cqes.push((user_data, res)));
+        let n = cqes.len() as u32;
         let result = cqes.drain(..).try_for_each(|(user_data, res)| self.complete(run, user_data as u32, res));
         self.cqes = cqes;
         result.map(|()| n)

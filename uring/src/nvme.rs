@@ -175,10 +175,6 @@ pub fn try_read(dev: &NvmeDevice, fixed: bool) -> Result<(), IngestError> {
     let len = buf.as_slice().len();
     let addr = buf.as_slice().as_ptr() as *mut u8;
     let mut ring = crate::Ring::new(1)?;
-    if !ring.big_entries() {
-        let what = format!("{}: this kernel's io_uring has no 128-byte SQEs, which NVMe passthrough needs. Fix: use Linux 5.19 or later", dev.path.display());
-        return Err(IngestError::Unsupported { what });
-    }
     // SAFETY: `buf` is declared before `ring`, so it outlives it.
     unsafe { ring.register_buffers(&[(addr, len)])? };
     let cmd = nvme::read_command(&dev.namespace, 0, 1, addr as u64, len as u32).map_err(|error| IngestError::NvmeRange { path: dev.path.clone(), error })?;

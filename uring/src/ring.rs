@@ -195,7 +195,8 @@ impl Ring {
         let entry = opcode::UringCmd80::new(types::Fd(fd.as_raw_fd()), cmd_op).cmd(bytes).buf_index(buf_index).build().user_data(user_data);
         loop {
             let Uring::Big(u) = &mut self.uring else {
-                return Err(IngestError::Ring { op: "NVMe passthrough (this kernel's rings have no 128-byte SQEs)", errno: Errno::NOSYS });
+                let what = "this kernel's io_uring has no 128-byte SQEs, which NVMe passthrough needs. Fix: use Linux 5.19 or later".to_owned();
+                return Err(IngestError::Unsupported { what });
             };
             // SAFETY: the caller's promise covers the command's buffer and fd.
             if unsafe { u.submission().push(&entry) }.is_ok() {
