@@ -64,17 +64,6 @@ pub struct NvmeDevice {
     pub block_device: Option<PathBuf>,
 }
 
-fn describe(file_type: FileType) -> &'static str {
-    match file_type {
-        FileType::RegularFile => "a regular file",
-        FileType::BlockDevice => "a block device",
-        FileType::Directory => "a directory",
-        FileType::Fifo => "a FIFO",
-        FileType::Socket => "a socket",
-        _ => "not a character device",
-    }
-}
-
 impl NvmeDevice {
     /// Open the namespace character device at `path` and read its geometry.
     pub fn open(path: &Path) -> Result<Self, IngestError> {
@@ -86,10 +75,10 @@ impl NvmeDevice {
         let stat = rustix::fs::fstat(&fd).map_err(|errno| IngestError::Open { path: path.to_owned(), errno })?;
         let file_type = FileType::from_raw_mode(stat.st_mode);
         if file_type != FileType::CharacterDevice {
-            return Err(IngestError::NotNvmeChar { path: path.to_owned(), kind: describe(file_type), hint: generic_name(path) });
+            return Err(IngestError::NotNvmeChar { path: path.to_owned(), kind: crate::source::describe(file_type), hint: generic_name(path) });
         }
-        // SAFETY: NVME_IOCTL_ID takes no argument; on another driver's
-        // device this request number means nothing and fails with ENOTTY.
+        // On another driver's device this request number means nothing and fails with ENOTTY.
+        // SAFETY: NVME_IOCTL_ID takes no argument and touches no memory of ours.
         let id = unsafe { libc::ioctl(fd.as_raw_fd(), nvme::NVME_IOCTL_ID as _) };
         if id <= 0 {
             let errno =
@@ -133,10 +122,9 @@ impl NvmeDevice {
 fn identify(fd: &OwnedFd, path: &Path, cns: u8, nsid: u32) -> Result<HeapBuffer, IngestError> {
     let mut data = HeapBuffer::new(IDENTIFY_BYTES, 0);
     let mut cmd: NvmeUringCmd = nvme::identify_command(cns, nsid, data.as_mut_slice().as_mut_ptr() as u64);
-    // SAFETY: `cmd` is a `struct nvme_passthru_cmd` (same layout as
-    // `nvme_uring_cmd`, asserted in gpuring-core) that lives across the call,
-    // and its data address points at 4096 writable bytes owned by `data`.
-    // Identify only reads the device.
+    // `cmd` is a `struct nvme_passthru_cmd` (same layout as `nvme_uring_cmd`,
+    // asserted in gpuring-core) and Identify only reads the device.
+    // SAFETY: `cmd` lives across the call; its data address points at 4096 writable bytes owned by `data`.
     let rc = unsafe { libc::ioctl(fd.as_raw_fd(), nvme::NVME_IOCTL_ADMIN_CMD as _, &mut cmd as *mut NvmeUringCmd) };
     let what = if cns == CNS_NAMESPACE { "Identify Namespace" } else { "Identify Controller" };
     if rc < 0 {

@@ -108,15 +108,17 @@ fn size_of(fd: &OwnedFd, file_type: FileType, st_size: i64) -> Result<u64, Errno
     Ok(size)
 }
 
-fn describe(file_type: FileType) -> &'static str {
+/// What a file is, for error messages ("is a FIFO").
+pub(crate) fn describe(file_type: FileType) -> &'static str {
     match file_type {
+        FileType::RegularFile => "a regular file",
         FileType::Fifo => "a FIFO",
         FileType::Socket => "a socket",
         FileType::CharacterDevice => "a character device",
         FileType::BlockDevice => "a block device",
         FileType::Directory => "a directory",
         FileType::Symlink => "a symbolic link",
-        _ => "not a regular file",
+        _ => "of an unknown file type",
     }
 }
 
