@@ -45,7 +45,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gpuring_core::io_queue::{Completion, EntryKind, Producer, Released, CONSUMED};
-use gpuring_core::nvme::{self, NvmeStatus};
+use gpuring_core::nvme;
 use gpuring_core::pending::{Judge, Progress, Target};
 use gpuring_core::{PendingRead, PendingTable, SlotGeometry, SlotState, StagingMemory, Telemetry};
 use rustix::io::Errno;
@@ -400,7 +400,7 @@ impl<S: StagingMemory> Driver<S> {
                 break;
             }
         }
-        Err(nvme_failure(file, slot, slba, 1, last))
+        Err(IngestError::nvme_read(file.path.clone(), slba, 1, slot, last))
     }
 
     /// Queue a read of `len` bytes at file `offset` into `slot`, `done` bytes in.
@@ -441,7 +441,7 @@ impl<S: StagingMemory> Driver<S> {
         if let Target::Lba { slba, blocks } = read.target {
             if res != 0 {
                 // The status is published as is: positive NVMe, negative errno.
-                let error = nvme_failure(file, slot, slba, blocks, res);
+                let error = IngestError::nvme_read(file.path.clone(), slba, blocks, slot, res);
                 return self.fail_read(run, slot, read.tag, res, error);
             }
             self.telemetry.on_complete(file.path_kind, read.expected as u64, false)?;
@@ -621,17 +621,6 @@ impl<S: StagingMemory> Driver<S> {
             self.producer.end_sleep(&q);
         }
         Ok(())
-    }
-}
-
-/// The error of a failed NVMe Read: a positive `res` is the controller's
-/// status, a negative one an errno.
-fn nvme_failure(file: &OpenSource, slot: u32, slba: u64, blocks: u32, res: i32) -> IngestError {
-    let path = file.path.clone();
-    if res > 0 {
-        IngestError::NvmeRead { path, slba, blocks, slot, status: NvmeStatus(res as u32) }
-    } else {
-        IngestError::NvmeReadErrno { path, slba, blocks, slot, errno: Errno::from_raw_os_error(-res) }
     }
 }
 

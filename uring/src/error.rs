@@ -310,6 +310,19 @@ impl fmt::Display for IngestError {
     }
 }
 
+impl IngestError {
+    /// The error of an NVMe Read of `blocks` blocks from `slba` into `slot`
+    /// that ended with `res` (not 0): a positive `res` is the controller's
+    /// status, a negative one an errno.
+    pub fn nvme_read(path: PathBuf, slba: u64, blocks: u32, slot: u32, res: i32) -> Self {
+        if res > 0 {
+            Self::NvmeRead { path, slba, blocks, slot, status: NvmeStatus(res as u32) }
+        } else {
+            Self::NvmeReadErrno { path, slba, blocks, slot, errno: Errno::from_raw_os_error(-res) }
+        }
+    }
+}
+
 impl std::error::Error for IngestError {}
 
 impl From<GeometryError> for IngestError {

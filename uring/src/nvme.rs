@@ -176,8 +176,7 @@ pub fn try_read(dev: &NvmeDevice, fixed: bool) -> Result<(), IngestError> {
     }
     match res.expect("the loop ends with the completion") {
         0 => Ok(()),
-        r if r > 0 => Err(IngestError::NvmeRead { path: dev.path.clone(), slba: 0, blocks: 1, slot: 0, status: nvme::NvmeStatus(r as u32) }),
-        r => Err(IngestError::NvmeReadErrno { path: dev.path.clone(), slba: 0, blocks: 1, slot: 0, errno: Errno::from_raw_os_error(-r) }),
+        r => Err(IngestError::nvme_read(dev.path.clone(), 0, 1, 0, r)),
     }
 }
 
@@ -217,6 +216,16 @@ mod tests {
         assert_eq!(l.effective(), 256 << 10);
         assert_eq!(TransferLimits { mdts: None, kernel_max_hw: None, kernel_segments: None }.effective(), FALLBACK_MAX_TRANSFER);
         assert_eq!(TransferLimits { mdts: Some(1 << 20), kernel_max_hw: None, kernel_segments: None }.effective(), 1 << 20);
+    }
+
+    #[test]
+    fn a_failed_read_names_the_nvme_status_or_the_errno() {
+        let e = IngestError::nvme_read(PathBuf::from("/dev/ng0n1"), 8, 16, 3, 0x4281);
+        assert!(matches!(e, IngestError::NvmeRead { status: nvme::NvmeStatus(0x4281), slot: 3, .. }), "{e}");
+        assert!(e.to_string().contains("blocks 8..24 into slot 3 failed with NVMe status 0x4281 (type 2, code 0x81: unrecovered read error"), "{e}");
+        let e = IngestError::nvme_read(PathBuf::from("/dev/ng0n1"), 0, 1, 0, -Errno::INVAL.raw_os_error());
+        assert!(matches!(e, IngestError::NvmeReadErrno { errno: Errno::INVAL, .. }), "{e}");
+        assert!(e.to_string().contains("a transfer over the kernel's limit"), "{e}");
     }
 
     #[test]
