@@ -598,6 +598,14 @@ impl Consumer {
         moved
     }
 
+    /// For a consumer that hands published entries to someone else who
+    /// releases them later (a GPU stream that runs batches in order): move
+    /// past `count` of the available entries without releasing them, so
+    /// [`Consumer::available`] and [`Consumer::finished`] count from there.
+    pub fn hand_over(&mut self, count: u32) {
+        self.next = self.next.wrapping_add(count);
+    }
+
     /// The next published entry, if any, without consuming it.
     pub fn peek(&self, q: &IoQueue<'_>) -> Result<Option<Completion>, QueueError> {
         let producer = q.header.producer.load(Ordering::Acquire);

@@ -1,0 +1,422 @@
+//! The CUDA consumer: the kernels of `consumer.cu` on the staging's device,
+//! in one of three modes ([`Mode`]).
+//!
+//! - **Batched** (the default): a host thread waits for published entries
+//!   (as the host consumer does, [`gpuring_host::wait_for_entries`]) and
+//!   queues one batch per wake-up on a stream: `gr_partial` (the slots read
+//!   in place, through the mapping, several blocks per slot), `gr_finish`
+//!   (results, then one release store of `consumer`), and a host function
+//!   that wakes the producer if it sleeps. It does not wait for the batch:
+//!   the stream keeps batches in order, so the next batch is queued while
+//!   the device works and the driver reads into the slots that are free.
+//! - **Persistent**: one launch of `gr_persistent` for the whole run; its
+//!   blocks poll the io_queue themselves. The host thread only watches
+//!   `consumer` to wake the producer (a GPU cannot wake a futex) and tells
+//!   the kernel to stop if the consumer is dropped early.
+//! - **DeviceCopy**: as batched, but each published slot is first copied into
+//!   device memory by the copy engine (`cuMemcpyHtoDAsync` on a second
+//!   stream, which the compute stream waits for), and the kernels read the
+//!   copy in VRAM: for consumers that need the bytes on the device. The
+//!   copies are counted ([`CudaStats::device_copy_bytes`]); they are not a
+//!   userspace copy, so the zero-bounce verdict is unchanged.
+
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use cudarc::driver::{sys, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
+use gpuring_core::io_queue::{Consumer, IoQueue, REJECTED};
+use gpuring_core::StagingMemory;
+use gpuring_host::{wait_for_entries, wake_consumer, wake_producer, Waited};
+
+use crate::device::{check, THREADS};
+use crate::error::{call, CudaError};
+use crate::kernel::{chunks_per_slot, Kernels, CHUNK_WORDS, FAILED_OUT_OF_STEP};
+use crate::memory::CudaStaging;
+
+/// How long the device may take to finish what was queued (batched), or
+/// to return once the queue is finished (persistent).
+const DEVICE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Entries per batch at most (a grid's y dimension).
+const MAX_BATCH: u32 = 65_535;
+/// Empty polls of the persistent mode's host thread before it naps.
+const SPINS: u32 = 256;
+/// The nap.
+const NAP: Duration = Duration::from_micros(20);
+
+/// How the consumer runs on the device.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// One launch per batch of published entries, reading the mapped slots.
+    #[default]
+    Batched,
+    /// One kernel for the whole run, polling the io_queue.
+    Persistent,
+    /// As batched, after the copy engine moved each slot into device memory.
+    DeviceCopy,
+}
+
+impl Mode {
+    /// Every mode, default first.
+    pub const ALL: [Mode; 3] = [Mode::Batched, Mode::Persistent, Mode::DeviceCopy];
+
+    /// The mode's name, as `--cuda-mode` takes it and reports show it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Batched => "batched",
+            Mode::Persistent => "persistent",
+            Mode::DeviceCopy => "device-copy",
+        }
+    }
+
+    /// The mode called `name`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.name() == name)
+    }
+}
+
+/// What the consumer did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CudaStats {
+    /// Entries released.
+    pub entries: u64,
+    /// Bytes checksummed.
+    pub bytes: u64,
+    /// Entries released without a checksum because their read had failed.
+    pub skipped: u64,
+    /// Bytes the copy engine moved from the slots into device memory
+    /// ([`Mode::DeviceCopy`]; 0 otherwise).
+    pub device_copy_bytes: u64,
+    /// Kernel launches (two per batch; one for the persistent mode).
+    pub launches: u64,
+}
+
+/// Device memory the kernels need besides the staging.
+struct Buffers {
+    /// Batched: two lanes per queue entry. Persistent: the claim counter,
+    /// the skipped count and the byte count (`consumer.cu`).
+    scratch: CudaSlice<u32>,
+    /// Persistent: `position + 1` of the entry done at each index.
+    done: CudaSlice<u32>,
+    /// DeviceCopy: a copy of the slot region in device memory.
+    mirror: Option<CudaSlice<u8>>,
+    /// DeviceCopy: the stream the copies run on.
+    copies: Option<Arc<CudaStream>>,
+}
+
+/// A running CUDA consumer. Stop it with [`CudaConsumer::join`] after the
+/// producer closed the queue; dropping it stops it early.
+pub struct CudaConsumer {
+    handle: Option<JoinHandle<Result<CudaStats, CudaError>>>,
+    stop: Arc<AtomicBool>,
+    staging: Arc<CudaStaging>,
+    mode: Mode,
+}
+
+impl std::fmt::Debug for CudaConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaConsumer").field("mode", &self.mode).field("running", &self.handle.is_some()).finish()
+    }
+}
+
+impl CudaConsumer {
+    /// Compile the kernels for `staging`'s device (NVRTC), allocate what
+    /// `mode` needs on it, and start consuming on a new thread. Compile and
+    /// allocation errors come back here, before any read.
+    pub fn start(staging: Arc<CudaStaging>, mode: Mode) -> Result<Self, CudaError> {
+        let device = staging.device.clone();
+        let geometry = staging.geometry();
+        if geometry.slot_size() as u64 > u32::MAX as u64 {
+            return Err(CudaError::Unsupported { device: device.info.name.clone(), what: "a slot of 4 GiB or more".into() });
+        }
+        device.bind()?;
+        let kernels = Kernels::load(&device)?;
+        let stream = device.ctx.new_stream().map_err(call("cuStreamCreate"))?;
+        let capacity = staging.queue().capacity() as usize;
+        // Zeroed lanes (batched); for the persistent kernel, the claim counter
+        // starts where the queue's consumer is and the counters at zero.
+        let mut initial = vec![0u32; (2 * capacity).max(4)];
+        initial[0] = if mode == Mode::Persistent { staging.queue().header().consumer.load(Ordering::Acquire) } else { 0 };
+        let scratch = stream.clone_htod(&initial).map_err(call("cuMemcpyHtoD (scratch)"))?;
+        let done = stream.alloc_zeros::<u32>(if mode == Mode::Persistent { capacity } else { 1 }).map_err(call("cuMemAlloc (done marks)"))?;
+        let (mirror, copies) = if mode == Mode::DeviceCopy {
+            let mirror = stream.alloc_zeros::<u8>(geometry.region_len()).map_err(call("cuMemAlloc (device copy of the slots)"))?;
+            (Some(mirror), Some(device.ctx.new_stream().map_err(call("cuStreamCreate"))?))
+        } else {
+            (None, None)
+        };
+        stream.synchronize().map_err(call("cuStreamSynchronize"))?;
+        let buffers = Buffers { scratch, done, mirror, copies };
+        staging.abort_flag().store(0, Ordering::Release);
+        let stop = Arc::new(AtomicBool::new(false));
+        let handle = {
+            let (staging, stop) = (staging.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("gpuring-cuda".into())
+                .spawn(move || {
+                    let result = staging.device.bind().and_then(|()| match mode {
+                        Mode::Persistent => persistent(&staging, &kernels, &stream, &buffers, &stop),
+                        Mode::Batched | Mode::DeviceCopy => batched(&staging, &kernels, &stream, &buffers, &stop),
+                    });
+                    if result.is_err() {
+                        let q = staging.queue();
+                        // Keep the kernel's own failure code when it set one.
+                        if q.consumer_failed() == 0 {
+                            Consumer::new().fail(&q, 1);
+                        }
+                        wake_producer(&q);
+                    }
+                    drop(buffers);
+                    result
+                })
+                .expect("spawning the CUDA consumer thread")
+        };
+        Ok(Self { handle: Some(handle), stop, staging, mode })
+    }
+
+    /// The mode it runs in.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Wait until the producer has closed the queue and every entry is
+    /// released, then return what the consumer did.
+    pub fn join(mut self) -> Result<CudaStats, CudaError> {
+        let handle = self.handle.take().expect("joined once");
+        handle.join().map_err(|_| CudaError::ConsumerPanicked)?
+    }
+}
+
+impl Drop for CudaConsumer {
+    fn drop(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            self.stop.store(true, Ordering::Release);
+            self.staging.abort_flag().store(1, Ordering::Release);
+            wake_consumer(&self.staging.queue());
+            let _ = handle.join();
+        }
+    }
+}
+
+/// Runs on the driver's callback thread after a batch's release: wake the
+/// producer if it sleeps waiting for it.
+unsafe extern "C" fn after_release(staging: *mut c_void) {
+    // SAFETY: `staging` is the `CudaStaging` of the consumer thread that
+    // queued this call; that thread holds it and waits for its stream to
+    // finish (this call included) before it returns.
+    let staging = unsafe { &*staging.cast::<CudaStaging>() };
+    wake_producer(&staging.queue());
+}
+
+/// Wait for everything queued on `stream`, at most [`DEVICE_TIMEOUT`].
+fn finish_stream(stream: &CudaStream, what: &str) -> Result<(), CudaError> {
+    let deadline = Instant::now() + DEVICE_TIMEOUT;
+    loop {
+        // SAFETY: the stream is alive (borrowed).
+        match unsafe { sys::cuStreamQuery(stream.cu_stream()) } {
+            sys::CUresult::CUDA_ERROR_NOT_READY if Instant::now() < deadline => std::thread::sleep(NAP),
+            sys::CUresult::CUDA_ERROR_NOT_READY => return Err(CudaError::Timeout { what: what.to_owned(), seconds: DEVICE_TIMEOUT.as_secs() }),
+            code => return check("cuStreamQuery", code),
+        }
+    }
+}
+
+fn batched(staging: &Arc<CudaStaging>, kernels: &Kernels, stream: &Arc<CudaStream>, buffers: &Buffers, stop: &AtomicBool) -> Result<CudaStats, CudaError> {
+    let mut stats = CudaStats::default();
+    let mut handed = Consumer::new();
+    let queued = queue_batches(staging, kernels, stream, buffers, stop, &mut handed, &mut stats);
+    // Whatever happened, nothing may still run on the device when the
+    // staging can be freed.
+    let finished = finish_stream(stream, "the queued batches");
+    queued?;
+    finished?;
+    let q = staging.queue();
+    if q.consumer_failed() != 0 {
+        return Err(rejection(staging, handed.position()));
+    }
+    let released = q.header().consumer.load(Ordering::Acquire);
+    if !stop.load(Ordering::Acquire) && released != handed.position() {
+        return Err(CudaError::Rejected { position: released, what: format!("the kernels released up to {released}, not {}", handed.position()) });
+    }
+    wake_producer(&q);
+    Ok(stats)
+}
+
+fn queue_batches(
+    staging: &Arc<CudaStaging>,
+    kernels: &Kernels,
+    stream: &Arc<CudaStream>,
+    buffers: &Buffers,
+    stop: &AtomicBool,
+    handed: &mut Consumer,
+    stats: &mut CudaStats,
+) -> Result<(), CudaError> {
+    let q = staging.queue();
+    let geometry = staging.geometry();
+    let (capacity, slot_count, slot_bytes) = (q.capacity(), geometry.slot_count(), geometry.slot_size() as u32);
+    let queue_ptr = staging.queue.device_ptr();
+    let slots_ptr = match &buffers.mirror {
+        Some(mirror) => mirror.device_ptr(stream).0,
+        None => staging.slots.device_ptr(),
+    };
+    let chunks = chunks_per_slot(slot_bytes);
+    while let Waited::Ready(available) = wait_for_entries(&q, handed, stop) {
+        if q.consumer_failed() != 0 {
+            break;
+        }
+        let first = handed.position();
+        let count = available.min(MAX_BATCH);
+        // Count, and copy for DeviceCopy, while the entries are still ours.
+        for position in first..first.wrapping_add(count) {
+            let e = q.entry(position);
+            let (slot, bytes) = (e.slot.load(Ordering::Relaxed), e.bytes.load(Ordering::Relaxed));
+            stats.entries += 1;
+            if e.status.load(Ordering::Relaxed) != 0 {
+                stats.skipped += 1;
+                continue;
+            }
+            stats.bytes += bytes;
+            if let Some(copies) = &buffers.copies {
+                // An entry out of range is left to the kernel to reject.
+                if slot < slot_count && bytes <= slot_bytes as u64 && bytes > 0 {
+                    let at = slot as u64 * slot_bytes as u64;
+                    // SAFETY: both ranges lie inside their regions (checked
+                    // just above); the host slot is page-locked (so the copy
+                    // is asynchronous DMA) and stays ours until the batch is
+                    // released, which the compute stream does only after it
+                    // waited for this copy.
+                    let copied =
+                        unsafe { sys::cuMemcpyHtoDAsync_v2(slots_ptr + at, staging.slot_ptr(slot).as_ptr().cast(), bytes as usize, copies.cu_stream()) };
+                    check("cuMemcpyHtoDAsync", copied)?;
+                    stats.device_copy_bytes += bytes;
+                }
+            }
+        }
+        if let Some(copies) = &buffers.copies {
+            let copied = copies.record_event(None).map_err(call("cuEventRecord"))?;
+            stream.wait(&copied).map_err(call("cuStreamWaitEvent"))?;
+        }
+        let partial = LaunchConfig { grid_dim: (chunks, count, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+        let mut launch = stream.launch_builder(&kernels.partial);
+        launch.arg(&queue_ptr).arg(&slots_ptr).arg(&buffers.scratch).arg(&first).arg(&capacity).arg(&slot_count).arg(&slot_bytes).arg(&CHUNK_WORDS);
+        // SAFETY: the arguments match `gr_partial`'s parameters in order and
+        // type; every pointer covers what the kernel indexes with these sizes.
+        unsafe { launch.launch(partial) }.map_err(call("cuLaunchKernel (gr_partial)"))?;
+        let finish = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+        let mut launch = stream.launch_builder(&kernels.finish);
+        launch.arg(&queue_ptr).arg(&buffers.scratch).arg(&first).arg(&count).arg(&capacity).arg(&slot_count).arg(&slot_bytes);
+        // SAFETY: as above, for `gr_finish`.
+        unsafe { launch.launch(finish) }.map_err(call("cuLaunchKernel (gr_finish)"))?;
+        // SAFETY: `after_release` only reads the staging, which outlives the
+        // stream's work (see `after_release`).
+        let woken = unsafe { sys::cuLaunchHostFunc(stream.cu_stream(), Some(after_release), Arc::as_ptr(staging).cast_mut().cast()) };
+        check("cuLaunchHostFunc", woken)?;
+        stats.launches += 2;
+        handed.hand_over(count);
+    }
+    Ok(())
+}
+
+fn persistent(staging: &CudaStaging, kernels: &Kernels, stream: &Arc<CudaStream>, buffers: &Buffers, stop: &AtomicBool) -> Result<CudaStats, CudaError> {
+    let q = staging.queue();
+    let geometry = staging.geometry();
+    let info = &staging.device.info;
+    let (capacity, slot_count, slot_bytes) = (q.capacity(), geometry.slot_count(), geometry.slot_size() as u32);
+    // One worker block per multiprocessor (no more than there are entries),
+    // plus the releaser; all must be resident at once, since they wait on
+    // each other, which a cooperative launch guarantees (or refuses).
+    let workers = info.multiprocessors.min(capacity).max(1);
+    let config = LaunchConfig { grid_dim: (workers + 1, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+    let (queue_ptr, slots_ptr, abort_ptr) = (staging.queue.device_ptr(), staging.slots.device_ptr(), staging.control.device_ptr());
+    let mut launch = stream.launch_builder(&kernels.persistent);
+    launch.arg(&queue_ptr).arg(&slots_ptr).arg(&buffers.scratch).arg(&buffers.done).arg(&abort_ptr).arg(&capacity).arg(&slot_count).arg(&slot_bytes);
+    // SAFETY: the arguments match `gr_persistent`'s parameters in order and
+    // type; every pointer covers what the kernel indexes with these sizes.
+    let launched = if info.cooperative_launch { unsafe { launch.launch_cooperative(config) } } else { unsafe { launch.launch(config) } };
+    launched.map_err(call("cuLaunchCooperativeKernel (gr_persistent)"))?;
+
+    let mut released = q.header().consumer.load(Ordering::Acquire);
+    let mut idle = 0;
+    let watched = loop {
+        if stop.load(Ordering::Acquire) {
+            staging.abort_flag().store(1, Ordering::Release);
+            break Ok(());
+        }
+        let now = q.header().consumer.load(Ordering::Acquire);
+        if now != released {
+            released = now;
+            wake_producer(&q);
+            idle = 0;
+        }
+        if q.consumer_failed() != 0 || (q.is_closed() && q.header().producer.load(Ordering::Acquire) == released) {
+            break Ok(());
+        }
+        // SAFETY: the stream is alive (borrowed).
+        match unsafe { sys::cuStreamQuery(stream.cu_stream()) } {
+            sys::CUresult::CUDA_ERROR_NOT_READY => {}
+            // The kernel returned: the checks below say whether it finished.
+            sys::CUresult::CUDA_SUCCESS => break Ok(()),
+            code => break check("cuStreamQuery", code),
+        }
+        idle += 1;
+        if idle < SPINS {
+            std::hint::spin_loop();
+        } else {
+            std::thread::sleep(NAP);
+        }
+    };
+    if watched.is_err() {
+        staging.abort_flag().store(1, Ordering::Release);
+    }
+    let finished = finish_stream(stream, "the persistent kernel after the queue was finished");
+    if finished.is_err() {
+        staging.abort_flag().store(1, Ordering::Release);
+    }
+    watched?;
+    finished?;
+    wake_producer(&q);
+    if q.consumer_failed() != 0 {
+        return Err(rejection(staging, q.header().producer.load(Ordering::Acquire)));
+    }
+    let released = q.header().consumer.load(Ordering::Acquire);
+    let producer = q.header().producer.load(Ordering::Acquire);
+    if !stop.load(Ordering::Acquire) && released != producer {
+        return Err(CudaError::Rejected {
+            position: released,
+            what: format!("the persistent kernel returned with entries {released}..{producer} unreleased (the queue was not closed?)"),
+        });
+    }
+    let counters = stream.clone_dtoh(&buffers.scratch.slice(0..4)).map_err(call("cuMemcpyDtoH (counters)"))?;
+    Ok(CudaStats {
+        entries: released as u64,
+        bytes: counters[2] as u64 | (counters[3] as u64) << 32,
+        skipped: counters[1] as u64,
+        device_copy_bytes: 0,
+        launches: 1,
+    })
+}
+
+/// Describe why the kernel failed the queue; `end` bounds the entries to look at.
+fn rejection(staging: &CudaStaging, end: u32) -> CudaError {
+    let q: IoQueue<'_> = staging.queue();
+    let geometry = staging.geometry();
+    let consumer = q.header().consumer.load(Ordering::Acquire);
+    if q.consumer_failed() == FAILED_OUT_OF_STEP {
+        return CudaError::Rejected { position: consumer, what: format!("the queue's consumer position was {consumer}, not the batch's first entry") };
+    }
+    for position in consumer..end {
+        let e = q.entry(position);
+        if e.consumer_status.load(Ordering::Relaxed) == REJECTED {
+            let (seq, slot, bytes) = (e.seq.load(Ordering::Relaxed), e.slot.load(Ordering::Relaxed), e.bytes.load(Ordering::Relaxed));
+            let what = if seq != position.wrapping_add(1) {
+                format!("its seq is {seq}, not {}", position.wrapping_add(1))
+            } else {
+                format!("slot {slot} with {bytes} bytes, but there are {} slots of {} bytes", geometry.slot_count(), geometry.slot_size())
+            };
+            return CudaError::Rejected { position, what };
+        }
+    }
+    CudaError::Rejected { position: consumer, what: format!("consumer_failed is {:#x}", q.consumer_failed()) }
+}

@@ -1,0 +1,34 @@
+//! gpuring-cuda: the CUDA backend, on cudarc with the driver and NVRTC
+//! loaded at run time (it builds, and its no-driver tests run, on machines
+//! without CUDA).
+//!
+//! - [`CudaStaging`]: the slots and the io_queue are locked, page-aligned
+//!   host pages (from `gpuring_host::Mapping`) that `cuMemHostRegister`
+//!   maps into the device. io_uring registers the same pages, so the
+//!   kernel's copy (buffered reads) or the disk's DMA (`O_DIRECT`, NVMe
+//!   passthrough) lands in bytes the GPU reads with no copy.
+//! - [`CudaConsumer`]: the consumer kernels (`src/consumer.cu`, compiled by
+//!   NVRTC for the device, with a prelude of constants generated from
+//!   gpuring-core), in one of three [`Mode`]s: batched launches, one
+//!   persistent kernel, or batched after a copy-engine copy into VRAM.
+//! - [`devices`] and [`Device`]: the driver's devices with what gpuring
+//!   needs of them; [`peer`]: what GPU peer DMA (BAR1) needs, probed.
+//!
+//! No driver, a driver older than CUDA 12.0, no device, no NVRTC: each is a
+//! [`CudaError`] with a fix, never a panic ([`device::driver`] checks before
+//! cudarc is asked for anything). It depends on gpuring-core and on
+//! gpuring-host (locked host mappings, the host side of waiting on the
+//! io_queue), never on gpuring-uring.
+
+mod consumer;
+pub mod device;
+mod error;
+mod kernel;
+mod memory;
+pub mod peer;
+
+pub use consumer::{CudaConsumer, CudaStats, Mode};
+pub use device::{devices, Device, DeviceInfo};
+pub use error::CudaError;
+pub use kernel::source as kernel_source;
+pub use memory::CudaStaging;

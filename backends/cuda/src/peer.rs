@@ -1,0 +1,155 @@
+//! What GPU peer DMA (the disk writing into VRAM through the GPU's BAR1)
+//! would need on this machine, probed rather than assumed, for `gpuring
+//! probe`. The last step, registering device memory with io_uring, belongs
+//! to the caller (this crate never depends on gpuring-uring): it gets a
+//! [`DmaBufWindow`], device memory exported as a dma-buf and mapped into
+//! this process, to try.
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::Path;
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use cudarc::driver::sys;
+
+use crate::device::{check, Device, DeviceInfo};
+use crate::error::{describe, CudaError};
+
+/// One finding.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finding {
+    /// What was looked at.
+    pub name: &'static str,
+    /// Whether it is there.
+    pub ok: bool,
+    /// What was seen.
+    pub detail: String,
+}
+
+/// The kernel-side pieces, for `device`: nvidia-fs (GPUDirect Storage's
+/// kernel module), P2PDMA memory registered by the GPU's driver, and the
+/// device's own GPUDirect RDMA and dma-buf attributes.
+pub fn findings(device: &DeviceInfo) -> Vec<Finding> {
+    let nvfs = Path::new("/sys/module/nvidia_fs").exists() || Path::new("/proc/driver/nvidia-fs").exists();
+    let p2pmem = Path::new("/sys/bus/pci/devices").join(&device.pci).join("p2pmem");
+    vec![
+        Finding {
+            name: "nvidia_fs",
+            ok: nvfs,
+            detail: if nvfs {
+                "the nvidia-fs module is loaded (GPUDirect Storage through cuFile; io_uring cannot use it)".into()
+            } else {
+                "the nvidia-fs module (GPUDirect Storage) is not loaded".into()
+            },
+        },
+        Finding {
+            name: "p2pdma",
+            ok: p2pmem.exists(),
+            detail: if p2pmem.exists() {
+                format!("{} exists: the GPU's driver offers P2PDMA memory", p2pmem.display())
+            } else {
+                format!("no {}: the GPU's driver registers no P2PDMA memory with the kernel", p2pmem.display())
+            },
+        },
+        Finding {
+            name: "gpudirect_rdma",
+            ok: device.gpudirect_rdma,
+            detail: format!("the device {} GPUDirect RDMA", if device.gpudirect_rdma { "supports" } else { "does not support" }),
+        },
+        Finding {
+            name: "dma_buf",
+            ok: device.dma_buf,
+            detail: format!("the device {} exporting its memory as a dma-buf", if device.dma_buf { "supports" } else { "does not support" }),
+        },
+    ]
+}
+
+/// Device memory exported as a dma-buf file descriptor and mapped into this
+/// process (BAR1 pages), for a caller to try registering with io_uring.
+/// Unmapped, closed and freed on drop.
+pub struct DmaBufWindow {
+    ptr: NonNull<u8>,
+    len: usize,
+    _fd: OwnedFd,
+    memory: sys::CUdeviceptr,
+    device: Arc<Device>,
+}
+
+impl std::fmt::Debug for DmaBufWindow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DmaBufWindow").field("device", &self.device.info.name).field("len", &self.len).finish()
+    }
+}
+
+// SAFETY: the mapping is plain memory with no thread affinity, owned by the value.
+unsafe impl Send for DmaBufWindow {}
+
+/// Why a [`DmaBufWindow`] could not be made: the step and what it said.
+pub type Refusal = (&'static str, String);
+
+impl DmaBufWindow {
+    /// Allocate `len` bytes (a multiple of 2 MiB) of device memory, export
+    /// them as a dma-buf and map the dma-buf. Each step that fails says so.
+    pub fn export(device: &Arc<Device>, len: usize) -> Result<Self, Refusal> {
+        let driver = |e: CudaError| ("setting up", e.to_string());
+        device.bind().map_err(driver)?;
+        let mut memory = 0;
+        // SAFETY: the output is valid; the memory is freed below or in `Drop`.
+        check("cuMemAlloc", unsafe { sys::cuMemAlloc_v2(&mut memory, len) }).map_err(driver)?;
+        let free = |memory| {
+            // SAFETY: allocated above and not used by anything else.
+            unsafe { sys::cuMemFree_v2(memory) };
+        };
+        let mut fd: i32 = -1;
+        // SAFETY: `memory` is a live allocation of `len` bytes, aligned to
+        // the allocation granularity; the output is an int.
+        let exported = unsafe {
+            sys::cuMemGetHandleForAddressRange((&mut fd as *mut i32).cast(), memory, len, sys::CUmemRangeHandleType::CU_MEM_RANGE_HANDLE_TYPE_DMA_BUF_FD, 0)
+        };
+        if let Err(e) = exported.result() {
+            free(memory);
+            return Err(("exporting device memory as a dma-buf (cuMemGetHandleForAddressRange)", describe(&e)));
+        }
+        // SAFETY: the driver returned a new file descriptor that we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: a fresh shared mapping of the dma-buf; nothing aliases it.
+        let mapped = unsafe {
+            rustix::mm::mmap(std::ptr::null_mut(), len, rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE, rustix::mm::MapFlags::SHARED, &fd, 0)
+        };
+        match mapped {
+            Ok(ptr) => Ok(Self { ptr: NonNull::new(ptr.cast()).expect("mmap never returns null"), len, _fd: fd, memory, device: device.clone() }),
+            Err(errno) => {
+                drop(fd);
+                free(memory);
+                Err(("mapping the dma-buf into this process (mmap)", errno.to_string()))
+            }
+        }
+    }
+
+    /// The first mapped byte.
+    pub fn ptr(&self) -> NonNull<u8> {
+        self.ptr
+    }
+
+    /// Mapped bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True for an empty window.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Drop for DmaBufWindow {
+    fn drop(&mut self) {
+        // SAFETY: our mapping, made once; whoever registered it had to
+        // unregister it first. Then the allocation, which nothing else uses.
+        unsafe {
+            let _ = rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len);
+            let _ = self.device.bind();
+            sys::cuMemFree_v2(self.memory);
+        }
+    }
+}
