@@ -99,6 +99,12 @@ pub struct Ratios {
     pub vs_bounce: Option<f64>,
     /// Over the multi-threaded memcpy ceiling.
     pub vs_memcpy: Option<f64>,
+    /// cuda: over `read()` into pageable memory + `cuMemcpyHtoD` of the
+    /// same file (null for other backends).
+    pub vs_read_htod: Option<f64>,
+    /// cuda: over the pinned host-to-device copy of as many bytes, the PCIe
+    /// ceiling (null for other backends).
+    pub vs_pinned_htod: Option<f64>,
 }
 
 /// Whether fio ran, and why not.
@@ -167,6 +173,10 @@ enum Kind {
     Gpuring,
     Bounce,
     Fio,
+    /// cuda: `read()` + `cuMemcpyHtoD`.
+    ReadHtod,
+    /// cuda: pinned host-to-device copies.
+    PinnedHtod,
 }
 
 struct Case {
@@ -197,6 +207,10 @@ pub fn run(config: &BenchConfig, say: &mut dyn FnMut(&str)) -> Result<BenchRepor
             add(&format!("fio-{mode}"), Kind::Fio, group);
         }
     }
+    if config.ingest.backend == "cuda" {
+        add("read-htod", Kind::ReadHtod, "large-buffered");
+        add("pinned-htod", Kind::PinnedHtod, "large-buffered");
+    }
     for run in 1..=config.runs {
         say(&format!("run {run} of {}", config.runs));
         let mut warm_group = "";
@@ -209,6 +223,7 @@ pub fn run(config: &BenchConfig, say: &mut dyn FnMut(&str)) -> Result<BenchRepor
                 Kind::Memcpy => memcpy(config.size, config.ingest.slots, config.ingest.slot_size),
                 Kind::Gpuring | Kind::Bounce => in_process(&data, case, config)?,
                 Kind::Fio => run_fio(&data, case.group, config)?,
+                Kind::ReadHtod | Kind::PinnedHtod => cuda_baseline(&data, case, config)?,
             };
             say(&format!("  {:<20} {:>7.2} GiB/s", case.name, sample.gib_per_s()));
             case.samples.push(sample);
@@ -311,6 +326,25 @@ fn in_process(data: &Data, case: &Case, config: &BenchConfig) -> Result<Sample, 
         return Err(Error::BenchFailed { case: case.name.clone(), why: "the ingest did not complete".into() });
     }
     Ok(Sample { bytes: report.bytes, seconds: report.seconds, cpu_seconds, files: report.files as u64, reads: report.telemetry.completed_reads })
+}
+
+/// A CUDA reference case on the large file's bytes (see `gpuring_cuda::baseline`).
+#[cfg(feature = "cuda")]
+fn cuda_baseline(data: &Data, case: &Case, config: &BenchConfig) -> Result<Sample, Error> {
+    use gpuring_cuda::baseline;
+    let device = gpuring_cuda::Device::open(config.ingest.device.as_deref())?;
+    let (slot, slots) = (config.ingest.slot_size, config.ingest.slots);
+    let cpu = cpu_now();
+    let moved = match case.kind {
+        Kind::ReadHtod => baseline::read_then_copy(&device, &data.large, slot, slots)?,
+        _ => baseline::pinned_copy(&device, config.size, slot, slots)?,
+    };
+    Ok(Sample { bytes: moved.bytes, seconds: moved.seconds, cpu_seconds: cpu_now() - cpu, files: 1, reads: moved.bytes.div_ceil(slot as u64) })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_baseline(_: &Data, case: &Case, _: &BenchConfig) -> Result<Sample, Error> {
+    Err(Error::BenchFailed { case: case.name.clone(), why: "the cuda backend is not compiled into this gpuring".into() })
 }
 
 /// Copy `total` bytes with every CPU this process may use, `slot_size` at a
@@ -428,9 +462,13 @@ fn report(config: &BenchConfig, data: &Data, fio: FioStatus, cases: &[Case]) -> 
                     vs_fio: over(find(Kind::Fio, case.group)),
                     vs_bounce: over(find(Kind::Bounce, case.group)),
                     vs_memcpy: over(find(Kind::Memcpy, "large-buffered")),
+                    vs_read_htod: over(find(Kind::ReadHtod, "large-buffered")),
+                    vs_pinned_htod: over(find(Kind::PinnedHtod, "large-buffered")),
                 }),
                 None,
             ),
+            // The copy ceilings compare with the ingest of the same backend
+            // in its group (large-buffered).
             _ => (None, find(Kind::Gpuring, case.group).filter(|g| *g > 0.0).map(|g| gib / g)),
         };
         out.push(CaseReport {
@@ -512,7 +550,11 @@ pub fn table(r: &BenchReport) -> String {
     for c in r.cases.iter().filter(|c| c.ratios.is_some()) {
         let ratios = c.ratios.as_ref().expect("filtered");
         let x = |v: Option<f64>| v.map_or("n/a".to_owned(), |v| format!("{v:.2}x"));
-        s += &format!("{}: {} fio, {} bounce, {} memcpy\n", c.name, x(ratios.vs_fio), x(ratios.vs_bounce), x(ratios.vs_memcpy));
+        s += &format!("{}: {} fio, {} bounce, {} memcpy", c.name, x(ratios.vs_fio), x(ratios.vs_bounce), x(ratios.vs_memcpy));
+        if ratios.vs_pinned_htod.is_some() {
+            s += &format!(", {} read()+cuMemcpyHtoD, {} pinned HtoD (PCIe ceiling)", x(ratios.vs_read_htod), x(ratios.vs_pinned_htod));
+        }
+        s += "\n";
     }
     if let Some(why) = &r.fio.why_not {
         s += &format!("fio: not run: {why}\n");

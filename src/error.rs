@@ -4,6 +4,8 @@ use std::fmt;
 use std::path::PathBuf;
 
 use gpuring_core::GeometryError;
+#[cfg(feature = "cuda")]
+use gpuring_cuda::CudaError;
 #[cfg(feature = "host")]
 use gpuring_host::HostError;
 use gpuring_uring::IngestError;
@@ -21,8 +23,27 @@ pub enum Error {
     /// The Vulkan backend failed.
     #[cfg(feature = "vulkan")]
     Vulkan(VulkanError),
+    /// The CUDA backend failed.
+    #[cfg(feature = "cuda")]
+    Cuda(CudaError),
     /// Bad slot geometry.
     Geometry(GeometryError),
+    /// An option was given to a backend that does not take it.
+    OptionNotForBackend {
+        /// The option.
+        option: &'static str,
+        /// The backend.
+        backend: String,
+    },
+    /// An option's value is not one of its modes.
+    UnknownMode {
+        /// The option.
+        option: &'static str,
+        /// The value given.
+        value: String,
+        /// The values it takes.
+        modes: &'static [&'static str],
+    },
     /// `--device` was given for a backend that has no devices.
     NoDevices {
         /// The backend.
@@ -69,7 +90,13 @@ impl fmt::Display for Error {
             Self::Host(e) => write!(f, "{e}"),
             #[cfg(feature = "vulkan")]
             Self::Vulkan(e) => write!(f, "{e}"),
+            #[cfg(feature = "cuda")]
+            Self::Cuda(e) => write!(f, "{e}"),
             Self::Geometry(e) => write!(f, "{e}"),
+            Self::OptionNotForBackend { option, backend } => {
+                write!(f, "{option} applies to --backend cuda, not to backend `{backend}`. Fix: leave out {option}, or use --backend cuda")
+            }
+            Self::UnknownMode { option, value, modes } => write!(f, "{option} `{value}` is not one of: {}. Fix: pass one of those", modes.join(", ")),
             Self::NoDevices { backend } => write!(f, "backend `{backend}` has no devices to choose from. Fix: leave out --device, or use a GPU backend"),
             Self::BackendNotBuilt { name } => write!(
                 f,
@@ -110,6 +137,13 @@ impl From<HostError> for Error {
 impl From<VulkanError> for Error {
     fn from(e: VulkanError) -> Self {
         Self::Vulkan(e)
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl From<CudaError> for Error {
+    fn from(e: CudaError) -> Self {
+        Self::Cuda(e)
     }
 }
 

@@ -19,7 +19,13 @@ pub const BACKENDS: &[&str] = &[
     "host",
     #[cfg(feature = "vulkan")]
     "vulkan",
+    #[cfg(feature = "cuda")]
+    "cuda",
 ];
+
+/// The CUDA consumer's modes, default first (`--cuda-mode`; see
+/// `gpuring_cuda::Mode`).
+pub const CUDA_MODES: &[&str] = &["batched", "persistent", "device-copy"];
 
 /// Slots in the default ring.
 pub const DEFAULT_SLOTS: u32 = 32;
@@ -54,6 +60,9 @@ pub struct IngestConfig {
     /// NVMe Reads into the registered slots (`Some(true)`), by plain address
     /// (`Some(false)`), or as the kernel allows (`None`, probed).
     pub nvme_fixed: Option<bool>,
+    /// How the CUDA consumer runs, one of [`CUDA_MODES`] (`None`: batched).
+    /// Only the cuda backend takes it.
+    pub cuda_mode: Option<String>,
 }
 
 impl Default for IngestConfig {
@@ -68,6 +77,7 @@ impl Default for IngestConfig {
             verify: true,
             release_timeout: Duration::from_secs(60),
             nvme_fixed: None,
+            cuda_mode: None,
         }
     }
 }
@@ -171,6 +181,13 @@ pub struct IngestReport {
     pub direct: bool,
     /// Whether the bounce path (`pread()` + copy) was used instead of io_uring.
     pub bounce: bool,
+    /// How the GPU consumer ran (`batched`, `persistent`, `device-copy` for
+    /// cuda; `null` for backends with one way).
+    pub consumer_mode: Option<&'static str>,
+    /// Bytes the GPU's copy engine moved from the slots into device memory
+    /// after they were published (cuda's `device-copy` mode; 0 otherwise).
+    /// Not a userspace copy: `zero_bounce` does not count it.
+    pub device_copy_bytes: u64,
     /// Whether NVMe Reads went through the registered slot buffers
     /// (`null` when nothing was read through NVMe passthrough).
     pub nvme_fixed_buffers: Option<bool>,
@@ -191,6 +208,9 @@ pub struct IngestReport {
 pub fn run(sources: &[Source], config: &IngestConfig, progress: &mut dyn FnMut(u64)) -> Result<IngestReport, Error> {
     let geometry = SlotGeometry::new(config.slots, config.slot_size)?;
     let queue_capacity = config.slots.next_power_of_two();
+    if config.cuda_mode.is_some() && config.backend != "cuda" {
+        return Err(Error::OptionNotForBackend { option: "--cuda-mode", backend: config.backend.clone() });
+    }
     match config.backend.as_str() {
         #[cfg(feature = "host")]
         "host" => {
@@ -199,17 +219,40 @@ pub fn run(sources: &[Source], config: &IngestConfig, progress: &mut dyn FnMut(u
             }
             let staging = Arc::new(gpuring_host::HostStaging::new(geometry, queue_capacity)?);
             let consumer = gpuring_host::HostConsumer::start(staging.clone());
-            with_consumer(staging, None, || Ok(consumer.join().map(drop)?), sources, config, progress)
+            with_consumer(staging, None, || Ok(consumer.join().map(|_| ConsumerDone::default())?), sources, config, progress)
         }
         #[cfg(feature = "vulkan")]
         "vulkan" => {
             let staging = Arc::new(gpuring_vulkan::VulkanStaging::new(config.device.as_deref(), geometry, queue_capacity)?);
             let device = Some(staging.context().info().name.clone());
             let consumer = gpuring_vulkan::VulkanConsumer::start(staging.clone())?;
-            with_consumer(staging, device, || Ok(consumer.join().map(drop)?), sources, config, progress)
+            with_consumer(staging, device, || Ok(consumer.join().map(|_| ConsumerDone::default())?), sources, config, progress)
+        }
+        #[cfg(feature = "cuda")]
+        "cuda" => {
+            let name = config.cuda_mode.as_deref().unwrap_or(CUDA_MODES[0]);
+            let mode =
+                gpuring_cuda::Mode::from_name(name).ok_or_else(|| Error::UnknownMode { option: "--cuda-mode", value: name.to_owned(), modes: CUDA_MODES })?;
+            let staging = Arc::new(gpuring_cuda::CudaStaging::new(config.device.as_deref(), geometry, queue_capacity)?);
+            let device = Some(staging.device().info().name.clone());
+            let consumer = gpuring_cuda::CudaConsumer::start(staging.clone(), mode)?;
+            let join = || {
+                let stats = consumer.join()?;
+                Ok(ConsumerDone { mode: Some(mode.name()), device_copy_bytes: stats.device_copy_bytes })
+            };
+            with_consumer(staging, device, join, sources, config, progress)
         }
         other => Err(Error::BackendNotBuilt { name: other.to_owned() }),
     }
+}
+
+/// What a backend's consumer reports when it is joined, beyond success.
+#[derive(Clone, Copy, Debug, Default)]
+struct ConsumerDone {
+    /// The mode it ran in, for backends with more than one.
+    mode: Option<&'static str>,
+    /// Bytes it had the GPU copy into device memory.
+    device_copy_bytes: u64,
 }
 
 /// Drive the ingest into `staging` while its consumer runs, then close the
@@ -217,7 +260,7 @@ pub fn run(sources: &[Source], config: &IngestConfig, progress: &mut dyn FnMut(u
 fn with_consumer<S: StagingMemory>(
     staging: Arc<S>,
     device: Option<String>,
-    join: impl FnOnce() -> Result<(), Error>,
+    join: impl FnOnce() -> Result<ConsumerDone, Error>,
     sources: &[Source],
     config: &IngestConfig,
     progress: &mut dyn FnMut(u64),
@@ -227,8 +270,8 @@ fn with_consumer<S: StagingMemory>(
     // close it here so the consumer stops.
     Producer::new().close(&staging.queue());
     // A consumer failure explains a stalled driver: report it first.
-    join()?;
-    finish(outcome?, device, sources, config)
+    let done = join()?;
+    finish(outcome?, device, done, sources, config)
 }
 
 /// What the driver produced, before verification.
@@ -265,7 +308,7 @@ fn drive<S: StagingMemory>(staging: Arc<S>, sources: &[Source], config: &IngestC
     Ok(Driven { memory_kind, telemetry: stats.telemetry, seconds: stats.elapsed.as_secs_f64(), digests, nvme_fixed })
 }
 
-fn finish(driven: Driven, device: Option<String>, sources: &[Source], config: &IngestConfig) -> Result<IngestReport, Error> {
+fn finish(driven: Driven, device: Option<String>, done: ConsumerDone, sources: &[Source], config: &IngestConfig) -> Result<IngestReport, Error> {
     let t = &driven.telemetry;
     let verdict = t.validate().map_err(|e| Error::Ingest(e.into()))?;
     let bytes = t.completed_bytes;
@@ -301,6 +344,8 @@ fn finish(driven: Driven, device: Option<String>, sources: &[Source], config: &I
         slot_size: config.slot_size,
         direct: config.direct,
         bounce: config.bounce,
+        consumer_mode: done.mode,
+        device_copy_bytes: done.device_copy_bytes,
         nvme_fixed_buffers: driven.nvme_fixed,
         telemetry: TelemetryReport::from(t),
         zero_bounce: verdict.zero_bounce,

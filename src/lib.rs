@@ -29,6 +29,8 @@ pub mod probe;
 
 pub use error::Error;
 pub use gpuring_core as core;
+#[cfg(feature = "cuda")]
+pub use gpuring_cuda as cuda;
 #[cfg(feature = "host")]
 pub use gpuring_host as host;
 pub use gpuring_uring as uring;

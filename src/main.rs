@@ -42,6 +42,12 @@ struct RingArgs {
     /// size in the bench).
     #[arg(long, default_value = DEFAULT_SLOT_SIZE, value_parser = size)]
     slot_size: usize,
+    /// How the CUDA consumer runs (--backend cuda only): `batched` launches
+    /// per batch of published slots, one `persistent` kernel polling the
+    /// queue, or `device-copy` (batched, after the copy engine moved each
+    /// slot into device memory). Default: batched.
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(ingest::CUDA_MODES))]
+    cuda_mode: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -141,13 +147,25 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Ingest { ring: RingArgs { backend, device, slots, slot_size }, direct, bounce, no_verify, json, nvme, lba, blocks, nvme_buffers, paths } => {
+        Command::Ingest {
+            ring: RingArgs { backend, device, slots, slot_size, cuda_mode },
+            direct,
+            bounce,
+            no_verify,
+            json,
+            nvme,
+            lba,
+            blocks,
+            nvme_buffers,
+            paths,
+        } => {
             let nvme_fixed = match nvme_buffers.as_str() {
                 "fixed" => Some(true),
                 "plain" => Some(false),
                 _ => None,
             };
-            let config = IngestConfig { backend, device, slots, slot_size, direct, bounce, verify: !no_verify, nvme_fixed, ..IngestConfig::default() };
+            let config =
+                IngestConfig { backend, device, slots, slot_size, direct, bounce, verify: !no_verify, nvme_fixed, cuda_mode, ..IngestConfig::default() };
             let mut inputs = gpuring::inputs::collect(&paths)?;
             if let Some(dev) = nvme {
                 inputs.sources.push(gpuring::inputs::nvme_source(dev, lba, blocks)?);
@@ -172,14 +190,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let ok = report.complete && (!report.checksum.verified || report.checksum.matched);
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        Command::Bench { json, dir, size, small_files, small_size, runs, ring: RingArgs { backend, device, slots, slot_size }, no_fio } => {
+        Command::Bench { json, dir, size, small_files, small_size, runs, ring: RingArgs { backend, device, slots, slot_size, cuda_mode }, no_fio } => {
             let config = gpuring::bench::BenchConfig {
                 dir,
                 size: size as u64,
                 small_files,
                 small_size: small_size as u64,
                 runs: runs.max(1),
-                ingest: IngestConfig { backend, device, slots, slot_size, verify: false, ..IngestConfig::default() },
+                ingest: IngestConfig { backend, device, slots, slot_size, verify: false, cuda_mode, ..IngestConfig::default() },
                 fio: !no_fio,
             };
             let report = gpuring::bench::run(&config, &mut |line| eprintln!("{line}"))?;
@@ -249,6 +267,9 @@ fn print_report(r: &IngestReport, skipped: usize) {
     );
     println!("paths: dma {}, kernel_copy {}, bounce {}", Bytes(t.dma_bytes), Bytes(t.kernel_copy_bytes), Bytes(t.bounce_bytes));
     println!("zero-bounce: {}; DMA-only: {}", yes(r.zero_bounce), yes(r.dma_only));
+    if let Some(mode) = r.consumer_mode {
+        println!("consumer: {mode} mode; the copy engine moved {} into device memory", Bytes(r.device_copy_bytes));
+    }
     if let Some(fixed) = r.nvme_fixed_buffers {
         println!("nvme: reads {}", if fixed { "into the registered slot buffers" } else { "by plain address (this kernel refused fixed buffers)" });
     }

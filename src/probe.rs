@@ -23,6 +23,9 @@ pub struct Item {
 pub struct Report {
     /// The backends compiled into this build, default first.
     pub backends: Vec<&'static str>,
+    /// Backends whose consumer runs in more than one mode, with the modes,
+    /// default first (the option is `--<backend>-mode`).
+    pub modes: std::collections::BTreeMap<&'static str, Vec<&'static str>>,
     /// Every check, grouped.
     pub checks: Vec<Item>,
 }
@@ -56,7 +59,11 @@ pub fn report(ring_bytes: u64, dir: &Path) -> Report {
         "no GPU's device memory could be registered with io_uring (see the gpu rows above)".to_owned()
     };
     checks.push(Item { group: "gpu", name: "peer_dma".into(), ok: !peer_dma.is_empty(), detail });
-    Report { backends: crate::ingest::BACKENDS.to_vec(), checks }
+    let mut modes = std::collections::BTreeMap::new();
+    if crate::ingest::BACKENDS.contains(&"cuda") {
+        modes.insert("cuda", crate::ingest::CUDA_MODES.to_vec());
+    }
+    Report { backends: crate::ingest::BACKENDS.to_vec(), modes, checks }
 }
 
 /// One row per NVMe namespace character device: its geometry, from the
@@ -110,6 +117,8 @@ pub fn backend_unusable(backend: &str) -> Option<String> {
     let row = match backend {
         #[cfg(feature = "vulkan")]
         "vulkan" => vulkan_devices().0,
+        #[cfg(feature = "cuda")]
+        "cuda" => cuda_devices().0,
         other => backend_checks(other).0.remove(0),
     };
     (!row.ok).then_some(row.detail)
@@ -125,6 +134,8 @@ fn backend_checks(backend: &str) -> (Vec<Item>, Vec<String>) {
         }
         #[cfg(feature = "vulkan")]
         "vulkan" => vulkan_checks(),
+        #[cfg(feature = "cuda")]
+        "cuda" => cuda_checks(),
         other => (vec![Item { group: "backend", name: other.into(), ok: false, detail: "not compiled into this build".into() }], Vec::new()),
     }
 }
@@ -233,5 +244,99 @@ fn bar_window_check(d: &gpuring_vulkan::DeviceInfo) -> Item {
             ),
         },
         Err(e) => Item { group: "gpu", name, ok: false, detail: format!("BAR window in a {} heap, but mapping it failed: {e}", Bytes(heap)) },
+    }
+}
+
+/// The CUDA backend's row (usable or why not) and the devices behind it.
+#[cfg(feature = "cuda")]
+fn cuda_devices() -> (Item, Vec<gpuring_cuda::DeviceInfo>) {
+    let devices = match gpuring_cuda::devices() {
+        Ok(d) if d.is_empty() => Err(gpuring_cuda::CudaError::NoDevice { why: "cuDeviceGetCount returned 0".into() }),
+        other => other,
+    };
+    let devices = match devices {
+        Ok(d) => d,
+        Err(e) => return (Item { group: "backend", name: "cuda".into(), ok: false, detail: e.to_string() }, Vec::new()),
+    };
+    let usable = devices.iter().filter(|d| d.unusable.is_none()).count();
+    let detail = if usable == 0 {
+        format!(
+            "no usable device among {}: {}",
+            devices.len(),
+            devices.iter().map(|d| format!("{} ({})", d.name, d.unusable.as_deref().unwrap_or(""))).collect::<Vec<_>>().join("; ")
+        )
+    } else {
+        format!("{usable} usable device(s); slots page-locked and mapped with cuMemHostRegister, NVRTC-compiled consumer kernel")
+    };
+    (Item { group: "backend", name: "cuda".into(), ok: usable > 0, detail }, devices)
+}
+
+/// The CUDA rows: each device, then what peer DMA into its memory needs
+/// (kernel modules, attributes, and whether io_uring can register device
+/// memory exported as a dma-buf and mapped), and the GPUs where it can.
+#[cfg(feature = "cuda")]
+fn cuda_checks() -> (Vec<Item>, Vec<String>) {
+    use gpuring_core::Bytes;
+
+    let (row, devices) = cuda_devices();
+    let mut rows = vec![row];
+    let mut peer_dma = Vec::new();
+    for d in &devices {
+        let detail = match &d.unusable {
+            None => format!(
+                "{} (compute {}.{}, {} multiprocessors, {}, PCI {}): usable",
+                d.name,
+                d.compute_capability.0,
+                d.compute_capability.1,
+                d.multiprocessors,
+                Bytes(d.memory),
+                d.pci
+            ),
+            Some(why) => format!("{} (compute {}.{}): not usable: {why}", d.name, d.compute_capability.0, d.compute_capability.1),
+        };
+        rows.push(Item { group: "gpu", name: format!("cuda_device_{}", d.index), ok: d.unusable.is_none(), detail });
+        for f in gpuring_cuda::peer::findings(d) {
+            rows.push(Item { group: "gpu", name: format!("cuda_{}_{}", f.name, d.index), ok: f.ok, detail: f.detail });
+        }
+        let window = dma_buf_window_check(d);
+        if window.ok {
+            peer_dma.push(d.name.clone());
+        }
+        rows.push(window);
+    }
+    (rows, peer_dma)
+}
+
+/// Export 2 MiB of the device's memory as a dma-buf, map it, and try to
+/// register the mapping with io_uring, which is what reads straight into
+/// VRAM (BAR1) would need.
+#[cfg(feature = "cuda")]
+fn dma_buf_window_check(d: &gpuring_cuda::DeviceInfo) -> Item {
+    let name = format!("cuda_bar1_window_{}", d.index);
+    if !d.dma_buf {
+        return Item {
+            group: "gpu",
+            name,
+            ok: false,
+            detail: "the device cannot export its memory as a dma-buf, so the host cannot map it for io_uring".into(),
+        };
+    }
+    let tried = (|| -> Result<Result<(), String>, String> {
+        let device = gpuring_cuda::Device::open(Some(&d.index.to_string())).map_err(|e| e.to_string())?;
+        let window = gpuring_cuda::peer::DmaBufWindow::export(&device, 2 << 20).map_err(|(step, why)| format!("{step} failed: {why}"))?;
+        let mut ring = gpuring_uring::Ring::new(1).map_err(|e| e.to_string())?;
+        // SAFETY: the window stays mapped until after the ring is dropped
+        // (`ring` is declared after `window`, so it drops first).
+        Ok(unsafe { ring.register_buffers(&[(window.ptr().as_ptr(), window.len())]) }.map_err(|e| e.to_string()))
+    })();
+    match tried {
+        Ok(Ok(())) => Item { group: "gpu", name, ok: true, detail: "io_uring registered 2 MiB of device memory exported as a dma-buf and mapped: reads can land in VRAM".into() },
+        Ok(Err(e)) => Item {
+            group: "gpu",
+            name,
+            ok: false,
+            detail: format!("device memory was exported as a dma-buf and mapped, but io_uring could not register the mapping ({e}): the kernel cannot pin BAR pages for I/O"),
+        },
+        Err(e) => Item { group: "gpu", name, ok: false, detail: e },
     }
 }

@@ -242,3 +242,45 @@ fn vulkan_ingest_and_device_selection_from_the_command_line() {
         assert!(!row(name)["detail"].as_str().unwrap().is_empty(), "{name} says why");
     }
 }
+
+/// CUDA from the command line. Without a driver (CI): the clear error in
+/// ingest and bench and the probe's reason, exit status 2, no panic. With
+/// one (`cargo xtask hwtest` on a GPU machine): every consumer mode
+/// ingests and verifies, buffered and O_DIRECT.
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_from_the_command_line() {
+    let dir = test_dir();
+    let file = make_file(dir.path(), "c", 5 * 65536 + 77, 4);
+    let path = file.to_str().unwrap();
+    let out = gpuring(&["ingest", "--cuda-mode", "persistent", path]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).1.contains("--cuda-mode applies to --backend cuda, not to backend `host`. Fix:"), "{}", text(&out).1);
+    if !common::backends().contains(&"cuda") {
+        for args in [&["ingest", "--backend", "cuda", path][..], &["ingest", "--backend", "cuda", "--cuda-mode", "device-copy", "--direct", path][..]] {
+            let out = gpuring(args);
+            let (_, stderr) = text(&out);
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+            assert!(!stderr.contains("panicked"), "{stderr}");
+            assert!(stderr.contains("CUDA") && stderr.contains("Fix:"), "{args:?}: {stderr}");
+        }
+        let out = gpuring(&["bench", "--backend", "cuda", "--size", "1M", "--runs", "1", "--no-fio", "--dir", dir.path().to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out).1);
+        assert!(text(&out).1.contains("CUDA") && !text(&out).1.contains("panicked"), "{}", text(&out).1);
+        let (stdout, _) = text(&gpuring(&["probe"]));
+        assert!(stdout.lines().any(|l| l.starts_with("backend") && l.contains("cuda") && l.contains(" no ") && l.contains("Fix:")), "{stdout}");
+        return;
+    }
+    for mode in ["batched", "persistent", "device-copy"] {
+        for direct in [&[][..], &["--direct"][..]] {
+            let out = gpuring(&[&["ingest", "--backend", "cuda", "--cuda-mode", mode, "--slot-size", "64K", "--json", path][..], direct].concat());
+            let (stdout, stderr) = text(&out);
+            assert!(out.status.success(), "{mode}: {stderr}");
+            let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+            assert_eq!((v["backend"].as_str(), v["consumer_mode"].as_str(), v["memory_kind"].as_str()), (Some("cuda"), Some(mode), Some("gpu_mapped_host")));
+            assert_eq!((v["checksum"]["match"].as_bool(), v["zero_bounce"].as_bool()), (Some(true), Some(true)), "{mode}: {v}");
+            let copied = if mode == "device-copy" { 5 * 65536 + 77 } else { 0 };
+            assert_eq!(v["device_copy_bytes"].as_u64(), Some(copied), "{mode}: {v}");
+        }
+    }
+}

@@ -5,7 +5,8 @@
 //! backends it was built with (`probe --json`), and runs the same suite on
 //! each: ingests of generated files with verification (buffered, O_DIRECT,
 //! many small files), a passthrough ingest of up to 1 GiB of every NVMe
-//! namespace (`/dev/ngXnY`) the probe found usable, then the bench in short
+//! namespace (`/dev/ngXnY`) the probe found usable, the consumer's other
+//! modes where the probe lists some (`modes`), then the bench in short
 //! form. A backend that plugs
 //! into the facade's `BACKENDS` gets its rows with no change here. A backend
 //! that cannot run here (no device, no driver) is skipped with the reason
@@ -219,6 +220,34 @@ pub fn run(args: &[String], cargo: impl Fn() -> Command) -> Result<()> {
             rows.push(Row::new(backend, "bench", "skipped", "the backend could not start (see above)", None));
             continue;
         }
+        // The consumer's other modes (the first is the default, run above):
+        // the large file, buffered and O_DIRECT.
+        let modes: Vec<&str> = probe["modes"][backend.as_str()].as_array().into_iter().flatten().filter_map(Value::as_str).skip(1).collect();
+        let option = format!("--{backend}-mode");
+        for mode in modes {
+            for direct in [false, true] {
+                let mut args = vec!["ingest", "--json", "--backend", backend, &option, mode];
+                if direct {
+                    args.push("--direct");
+                }
+                args.extend([aligned, large]);
+                let row = match gpuring(&binary, &args)? {
+                    Ok(v) => {
+                        let ok = v["complete"] == true && v["checksum"]["match"] == true && v["zero_bounce"] == true && (!direct || v["dma_only"] == true);
+                        let detail = format!(
+                            "{mode}{}: {} bytes, checksum match {}, device copy {} bytes",
+                            if direct { ", O_DIRECT" } else { "" },
+                            v["bytes"],
+                            v["checksum"]["match"],
+                            v["device_copy_bytes"]
+                        );
+                        Row::new(backend, "mode", if ok { "pass" } else { "fail" }, detail, v["gib_per_s"].as_f64())
+                    }
+                    Err(why) => Row::new(backend, "mode", "fail", format!("{mode}: {why}"), None),
+                };
+                rows.push(row);
+            }
+        }
         for (dev, blocks) in &nvme {
             let blocks = blocks.to_string();
             let row = match gpuring(&binary, &["ingest", "--json", "--backend", backend, "--nvme", dev, "--blocks", &blocks])? {
@@ -254,7 +283,11 @@ pub fn run(args: &[String], cargo: impl Fn() -> Command) -> Result<()> {
                     let ratios = &case["ratios"];
                     let detail = if ratios.is_object() {
                         let x = |k: &str| ratios[k].as_f64().map_or("n/a".to_owned(), |r| format!("{r:.2}x"));
-                        format!("{} fio, {} bounce, {} memcpy", x("vs_fio"), x("vs_bounce"), x("vs_memcpy"))
+                        let mut d = format!("{} fio, {} bounce, {} memcpy", x("vs_fio"), x("vs_bounce"), x("vs_memcpy"));
+                        if ratios["vs_pinned_htod"].is_number() {
+                            d += &format!(", {} read()+HtoD, {} pinned HtoD", x("vs_read_htod"), x("vs_pinned_htod"));
+                        }
+                        d
                     } else {
                         format!("{:.2}x gpuring", case["vs_gpuring"].as_f64().unwrap_or(0.0))
                     };

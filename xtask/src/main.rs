@@ -85,6 +85,8 @@ fn ensure_prerequisites() -> Result<()> {
     }
     // The unprivileged tests (memlock, permissions) drop root with setpriv.
     ensure_package("setpriv", "util-linux", "the unprivileged tests")?;
+    // The CUDA kernel's logic is tested by compiling it for the CPU.
+    ensure_package("g++", "g++", "the CUDA backend's kernel tests")?;
     // The bench test compares against fio.
     ensure_package("fio", "fio", "the bench's fio cases")?;
     // The Vulkan backend's tests run on Mesa's lavapipe (a CPU device).
@@ -99,7 +101,7 @@ fn ensure_prerequisites() -> Result<()> {
 
 /// The facade features CI builds, lints, documents and tests: every backend
 /// this machine can build.
-const FEATURES: &str = "gpuring/vulkan";
+const FEATURES: &str = "gpuring/vulkan,gpuring/cuda";
 
 /// Install Debian package `package` when `command` is not on the PATH.
 fn ensure_package(command: &str, package: &str, needed_by: &str) -> Result<()> {

@@ -20,6 +20,7 @@
 //! gpuring-host (locked host mappings, the host side of waiting on the
 //! io_queue), never on gpuring-uring.
 
+pub mod baseline;
 mod consumer;
 pub mod device;
 mod error;
