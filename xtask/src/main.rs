@@ -130,8 +130,42 @@ fn rustix_is_root() -> bool {
     Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
 }
 
+/// NVRTC for the CUDA kernel's compile test (NVRTC runs on the CPU; no GPU
+/// or driver is needed): CUDA 13.0's, the H100 machine's version, from
+/// Python's `nvidia-cuda-nvrtc` wheel, downloaded with pip and unpacked once
+/// into `target/nvrtc/`. Returns the directory to pass as `CUDA_PATH`.
+fn ensure_nvrtc() -> Result<Option<std::path::PathBuf>> {
+    let root = std::env::current_dir()?.join("target/nvrtc");
+    let cuda = root.join("nvidia/cu13");
+    if cuda.join("lib/libnvrtc.so.13").exists() {
+        return Ok(Some(cuda));
+    }
+    println!("downloading NVRTC 13.0 (Python's nvidia-cuda-nvrtc wheel, about 60 MB) into target/nvrtc, for the CUDA kernel's compile test");
+    let wheels = root.join("wheel");
+    let fetched = Command::new("python3")
+        .args(["-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", "-d"])
+        .arg(&wheels)
+        .arg("nvidia-cuda-nvrtc>=13.0,<13.1")
+        .status()
+        .is_ok_and(|s| s.success());
+    let wheel = std::fs::read_dir(&wheels).ok().and_then(|d| d.flatten().map(|e| e.path()).find(|p| p.extension().is_some_and(|x| x == "whl")));
+    let unpacked = match (fetched, wheel) {
+        (true, Some(wheel)) => Command::new("python3").args(["-m", "zipfile", "-e"]).arg(&wheel).arg(&root).status().is_ok_and(|s| s.success()),
+        _ => false,
+    };
+    if unpacked && cuda.join("lib/libnvrtc.so.13").exists() {
+        return Ok(Some(cuda));
+    }
+    if under_ci() {
+        bail!("NVRTC could not be downloaded with pip (python3 -m pip download nvidia-cuda-nvrtc); the CUDA kernel's compile test needs it");
+    }
+    println!("note: NVRTC could not be downloaded; the CUDA kernel's compile test will say it skips");
+    Ok(None)
+}
+
 fn ci() -> Result<()> {
     ensure_prerequisites()?;
+    let nvrtc = ensure_nvrtc()?;
     step("formatting");
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     step("clippy, warnings denied");
@@ -141,7 +175,7 @@ fn ci() -> Result<()> {
     step("no_std build of gpuring-core");
     run(cargo().args(["build", "-p", "gpuring-core", "--target", NO_STD_TARGET]))?;
     step("tests");
-    let (passed, failed) = run_tests()?;
+    let (passed, failed) = run_tests(nvrtc.as_deref())?;
     nvme_vm::run_task(cargo)?;
     step("hardware suite on this machine's backends");
     hwtest::run(&["--require", "host", "--require", "vulkan"].map(String::from), cargo)?;
@@ -152,10 +186,13 @@ fn ci() -> Result<()> {
 
 /// Run the workspace's tests, echoing their output, and add up cargo's
 /// `test result:` lines.
-fn run_tests() -> Result<(u64, u64)> {
+fn run_tests(nvrtc: Option<&std::path::Path>) -> Result<(u64, u64)> {
     use std::io::{BufRead, BufReader};
     let mut cmd = cargo();
     cmd.args(["test", "--workspace", "--features", FEATURES]).stdout(std::process::Stdio::piped());
+    if let Some(dir) = nvrtc {
+        cmd.env("CUDA_PATH", dir);
+    }
     println!("$ {cmd:?}");
     let mut child = cmd.spawn().context("starting cargo test")?;
     let (mut passed, mut failed) = (0, 0);

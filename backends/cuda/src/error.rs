@@ -123,7 +123,10 @@ impl fmt::Display for CudaError {
                 "NVRTC (libnvrtc.so), which compiles the consumer kernel at run time, was not found (looked for it by name and in {}). Fix: install the CUDA toolkit's NVRTC (Debian/Ubuntu: cuda-nvrtc-13-0 or libnvrtc12) and put its directory in LD_LIBRARY_PATH or CUDA_PATH",
                 searched.join(", ")
             ),
-            Self::Compile { log } => write!(f, "NVRTC could not compile the consumer kernel:\n{log}\nFix: this is a bug in gpuring's kernel for this NVRTC version; please report it with the log"),
+            Self::Compile { log } => write!(
+                f,
+                "NVRTC could not compile the consumer kernel:\n{log}\nFix: if the log names a library NVRTC could not open, put the CUDA toolkit's lib64 directory in LD_LIBRARY_PATH; otherwise this is a bug in gpuring's kernel for this NVRTC version: please report it with the log"
+            ),
             Self::Call { call, error } => write!(f, "{call} failed: {}. Fix: check the GPU with `nvidia-smi`, or use --backend host", describe(error)),
             Self::Host(e) => write!(f, "{e}"),
             Self::Timeout { what, seconds } => write!(

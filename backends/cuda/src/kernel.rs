@@ -93,6 +93,16 @@ fn nvrtc() -> Result<(), CudaError> {
                 if !path.exists() {
                     continue;
                 }
+                // NVRTC opens its builtins library by name when it compiles,
+                // which the dynamic loader would not find in this directory
+                // either: load it first, by path, so the name resolves.
+                let builtins = std::fs::read_dir(dir).into_iter().flatten().flatten().map(|e| e.path());
+                for lib in builtins.filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("libnvrtc-builtins.so"))) {
+                    // SAFETY: as below; a plain C library, never unloaded.
+                    if let Ok(lib) = unsafe { libloading::Library::new(&lib) } {
+                        std::mem::forget(lib);
+                    }
+                }
                 // SAFETY: libnvrtc's initialisers are those of a plain C
                 // library; it is never unloaded (forgotten below), so no
                 // function taken from it can outlive it.
@@ -110,6 +120,22 @@ fn nvrtc() -> Result<(), CudaError> {
     found.clone().map_err(|searched| CudaError::NoNvrtc { searched })
 }
 
+/// Compile the consumer to PTX for compute capability `major.minor` (no
+/// device needed, only NVRTC).
+pub(crate) fn compile(major: i32, minor: i32) -> Result<cudarc::nvrtc::Ptx, CudaError> {
+    nvrtc()?;
+    // A virtual architecture (compute_XY) makes NVRTC emit PTX, which the
+    // driver compiles for the device on load; a real one (sm_XY) would make
+    // a cubin instead.
+    let options = CompileOptions { options: vec![format!("--gpu-architecture=compute_{major}{minor}")], ..Default::default() };
+    compile_ptx_with_opts(source(), options).map_err(|e| CudaError::Compile {
+        log: match e {
+            CompileError::CompileError { log, .. } => log.to_string_lossy().into_owned(),
+            other => other.to_string(),
+        },
+    })
+}
+
 /// The compiled kernels, loaded into a device's context.
 pub(crate) struct Kernels {
     pub(crate) partial: CudaFunction,
@@ -121,14 +147,8 @@ pub(crate) struct Kernels {
 impl Kernels {
     /// Compile the consumer for `device`'s architecture and load it.
     pub(crate) fn load(device: &Device) -> Result<Self, CudaError> {
-        nvrtc()?;
-        let options = CompileOptions { options: vec![format!("--gpu-architecture={}", device.info.arch())], ..Default::default() };
-        let ptx = compile_ptx_with_opts(source(), options).map_err(|e| CudaError::Compile {
-            log: match e {
-                CompileError::CompileError { log, .. } => log.to_string_lossy().into_owned(),
-                other => other.to_string(),
-            },
-        })?;
+        let (major, minor) = device.info.compute_capability;
+        let ptx = compile(major, minor)?;
         let module = device.ctx.load_module(ptx).map_err(call("cuModuleLoadData (a driver older than NVRTC refuses its PTX)"))?;
         let function = |name| module.load_function(name).map_err(call("cuModuleGetFunction"));
         Ok(Self { partial: function("gr_partial")?, finish: function("gr_finish")?, persistent: function("gr_persistent")?, _module: module.clone() })

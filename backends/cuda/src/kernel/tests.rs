@@ -332,3 +332,28 @@ fn persistent_kernel_stops_on_a_rejected_entry_and_on_abort() {
         kernel.join().unwrap();
     });
 }
+
+/// The real NVRTC (no GPU needed) compiles the kernel source, prelude
+/// included, for the architectures NVRTC 12 and 13 share with the H100
+/// (Turing to Hopper), and the PTX holds the three entry points. The test
+/// command provides NVRTC under `target/nvrtc` (Python's
+/// `nvidia-cuda-nvrtc` wheel) and points `CUDA_PATH` at it; without it the
+/// test says why it skips, and fails under CI=true.
+#[test]
+fn nvrtc_compiles_the_kernel() {
+    match super::nvrtc() {
+        Ok(()) => {}
+        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => panic!("CI=true but NVRTC is missing: {e}"),
+        Err(e) => {
+            eprintln!("skipping the NVRTC compile of the CUDA kernel: {e}");
+            return;
+        }
+    }
+    for (major, minor) in [(7, 5), (8, 0), (8, 6), (8, 9), (9, 0)] {
+        let ptx = super::compile(major, minor).unwrap_or_else(|e| panic!("compute_{major}{minor}: {e}")).to_src();
+        assert!(ptx.contains(&format!(".target sm_{major}{minor}")), "compute_{major}{minor}: {}", &ptx[..ptx.len().min(400)]);
+        for entry in ["gr_partial", "gr_finish", "gr_persistent"] {
+            assert!(ptx.contains(&format!(".entry {entry}(")), "compute_{major}{minor}: no entry {entry}");
+        }
+    }
+}
