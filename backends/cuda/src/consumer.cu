@@ -76,6 +76,28 @@ __device__ GrEntry gr_read_entry(u8* queue, u32 position, u32 capacity, u32 slot
     return out;
 }
 
+// gr_read_entry done once per block, by thread 0, and shared: the entry is
+// in host memory across PCIe. Every thread of the block must call it.
+__device__ GrEntry gr_block_entry(u8* queue, u32 position, u32 capacity, u32 slot_count, u32 slot_bytes) {
+    GR_SHARED(u32, entry_words, 4);
+    if (threadIdx.x == 0u) {
+        GrEntry e = gr_read_entry(queue, position, capacity, slot_count, slot_bytes);
+        entry_words[0] = e.valid;
+        entry_words[1] = e.status;
+        entry_words[2] = e.slot;
+        entry_words[3] = e.len;
+    }
+    __syncthreads();
+    GrEntry out;
+    out.valid = entry_words[0];
+    out.status = entry_words[1];
+    out.slot = entry_words[2];
+    out.len = entry_words[3];
+    // No thread may see the words of a later call.
+    __syncthreads();
+    return out;
+}
+
 __device__ __forceinline__ void gr_mix(u32 w, u32 j, u32& a, u32& b) {
     u32 k = j * GR_INDEX_KEY;
     u32 x = (w ^ k) * GR_MUL_A;
@@ -151,7 +173,7 @@ __device__ __forceinline__ void gr_write_result(u8* queue, u64 e, u64 result, u3
 extern "C" __global__ void gr_partial(u8* queue, const u8* slots, u32* scratch, u32 first, u32 capacity, u32 slot_count, u32 slot_bytes,
                                       u32 chunk_words) {
     u32 position = first + blockIdx.y;
-    GrEntry entry = gr_read_entry(queue, position, capacity, slot_count, slot_bytes);
+    GrEntry entry = gr_block_entry(queue, position, capacity, slot_count, slot_bytes);
     u32 begin = blockIdx.x * chunk_words;
     // The same answer in every thread of the block, so returning is uniform.
     if (!entry.valid || entry.status != 0u || begin * 4u >= entry.len) return;
@@ -269,7 +291,7 @@ extern "C" __global__ void gr_persistent(u8* queue, const u8* slots, u32* contro
         __syncthreads();
         u32 position = claim[0];
         if (claim[1] == 0u) return;
-        GrEntry entry = gr_read_entry(queue, position, capacity, slot_count, slot_bytes);
+        GrEntry entry = gr_block_entry(queue, position, capacity, slot_count, slot_bytes);
         u32 a = 0u, b = 0u;
         u32 len = entry.valid && entry.status == 0u ? entry.len : 0u;
         gr_lanes(slots + (u64)entry.slot * slot_bytes, len, 0u, len / 4u + 1u, threadIdx.x, GR_THREADS, a, b);
