@@ -281,14 +281,9 @@ fn queue_batches(
             if let Some(copies) = &buffers.copies {
                 // An entry out of range is left to the kernel to reject.
                 if slot < slot_count && bytes <= slot_bytes as u64 && bytes > 0 {
-                    let at = slot as u64 * slot_bytes as u64;
-                    // SAFETY: both ranges lie inside their regions (checked
-                    // just above); the host slot is page-locked (so the copy
-                    // is asynchronous DMA) and stays ours until the batch is
-                    // released, which the compute stream does only after it
-                    // waited for this copy.
-                    let copied =
-                        unsafe { sys::cuMemcpyHtoDAsync_v2(slots_ptr + at, staging.slot_ptr(slot).as_ptr().cast(), bytes as usize, copies.cu_stream()) };
+                    let (to, from) = (slots_ptr + slot as u64 * slot_bytes as u64, staging.slot_ptr(slot).as_ptr().cast());
+                    // SAFETY: both ranges lie inside their regions (checked just above); the host slot is page-locked (so the copy is asynchronous DMA) and stays ours until the batch is released, which the compute stream does only after it waited for this copy.
+                    let copied = unsafe { sys::cuMemcpyHtoDAsync_v2(to, from, bytes as usize, copies.cu_stream()) };
                     check("cuMemcpyHtoDAsync", copied)?;
                     stats.device_copy_bytes += bytes;
                 }
