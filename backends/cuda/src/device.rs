@@ -148,14 +148,10 @@ pub(crate) fn choose(devices: &[DeviceInfo], selector: Option<&str>) -> Result<u
         return Err(CudaError::NoDevice { why: "cuDeviceGetCount returned 0".into() });
     }
     let found = match selector {
-        Some(s) => {
-            let by_index = s.parse::<usize>().ok().filter(|i| *i < devices.len());
-            let found = by_index.or_else(|| devices.iter().position(|d| d.name.to_lowercase().contains(&s.to_lowercase())));
-            found.ok_or_else(|| CudaError::DeviceNotFound {
-                wanted: s.to_owned(),
-                available: devices.iter().map(|d| format!("{}: {}", d.index, d.name)).collect(),
-            })?
-        }
+        Some(s) => gpuring_host::select_device(devices.iter().map(|d| d.name.as_str()), s).ok_or_else(|| CudaError::DeviceNotFound {
+            wanted: s.to_owned(),
+            available: devices.iter().map(|d| format!("{}: {}", d.index, d.name)).collect(),
+        })?,
         None => devices.iter().position(|d| d.unusable.is_none()).unwrap_or(0),
     };
     match &devices[found].unusable {

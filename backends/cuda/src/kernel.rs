@@ -3,9 +3,9 @@
 
 use std::mem::offset_of;
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
-use cudarc::driver::{CudaFunction, CudaModule};
+use cudarc::driver::CudaFunction;
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileError, CompileOptions};
 use gpuring_core::checksum::{FMIX_1, FMIX_2, INDEX_KEY, LEN_KEY, MUL_A, MUL_B};
 use gpuring_core::io_queue::{QueueEntry, QueueHeader, CONSUMED, ENTRY_SIZE, HEADER_SIZE, REJECTED, SKIPPED};
@@ -136,12 +136,12 @@ pub(crate) fn compile(major: i32, minor: i32) -> Result<cudarc::nvrtc::Ptx, Cuda
     })
 }
 
-/// The compiled kernels, loaded into a device's context.
+/// The compiled kernels, loaded into a device's context (each function
+/// keeps the module loaded).
 pub(crate) struct Kernels {
     pub(crate) partial: CudaFunction,
     pub(crate) finish: CudaFunction,
     pub(crate) persistent: CudaFunction,
-    _module: Arc<CudaModule>,
 }
 
 impl Kernels {
@@ -151,7 +151,7 @@ impl Kernels {
         let ptx = compile(major, minor)?;
         let module = device.ctx.load_module(ptx).map_err(call("cuModuleLoadData (a driver older than NVRTC refuses its PTX)"))?;
         let function = |name| module.load_function(name).map_err(call("cuModuleGetFunction"));
-        Ok(Self { partial: function("gr_partial")?, finish: function("gr_finish")?, persistent: function("gr_persistent")?, _module: module.clone() })
+        Ok(Self { partial: function("gr_partial")?, finish: function("gr_finish")?, persistent: function("gr_persistent")? })
     }
 }
 

@@ -13,8 +13,10 @@
 pub mod checksum;
 mod consumer;
 mod memory;
+mod select;
 
 pub use consumer::{wait_for_entries, wake_consumer, wake_producer, ConsumerStats, HostConsumer, Waited};
 pub use memory::{HostError, HostStaging, Mapping};
+pub use select::select_device;
 
 pub use gpuring_core::StagingMemory;

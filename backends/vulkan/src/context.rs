@@ -163,14 +163,10 @@ pub(crate) fn choose(devices: &[DeviceInfo], selector: Option<&str>) -> Result<u
         return Err(VulkanError::NoDevice);
     }
     let found = match selector {
-        Some(s) => {
-            let by_index = s.parse::<usize>().ok().filter(|i| *i < devices.len());
-            let found = by_index.or_else(|| devices.iter().position(|d| d.name.to_lowercase().contains(&s.to_lowercase())));
-            found.ok_or_else(|| VulkanError::DeviceNotFound {
-                wanted: s.to_owned(),
-                available: devices.iter().map(|d| format!("{}: {}", d.index, d.name)).collect(),
-            })?
-        }
+        Some(s) => gpuring_host::select_device(devices.iter().map(|d| d.name.as_str()), s).ok_or_else(|| VulkanError::DeviceNotFound {
+            wanted: s.to_owned(),
+            available: devices.iter().map(|d| format!("{}: {}", d.index, d.name)).collect(),
+        })?,
         None => {
             let rank = |d: &DeviceInfo| match d.kind {
                 "discrete_gpu" => 0,
