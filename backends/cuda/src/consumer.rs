@@ -29,11 +29,12 @@ use std::time::{Duration, Instant};
 use cudarc::driver::{sys, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
 use gpuring_core::io_queue::{Consumer, IoQueue, REJECTED};
 use gpuring_core::StagingMemory;
+use gpuring_host::kernel::{chunks_per_slot, CHUNK_WORDS, FAILED_OUT_OF_STEP, THREADS};
 use gpuring_host::{wait_for_entries, wake_consumer, wake_producer, Waited};
 
-use crate::device::{check, THREADS};
+use crate::device::check;
 use crate::error::{call, CudaError};
-use crate::kernel::{chunks_per_slot, Kernels, CHUNK_WORDS, FAILED_OUT_OF_STEP};
+use crate::kernel::Kernels;
 use crate::memory::CudaStaging;
 
 /// How long the device may take to finish what was queued (batched), or

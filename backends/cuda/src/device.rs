@@ -16,9 +16,6 @@ use crate::error::{call, CudaError};
 /// 12000). Every driver function the backend calls exists there.
 pub const MIN_DRIVER: i32 = 12_000;
 
-/// Threads per block of the consumer kernel.
-pub(crate) const THREADS: u32 = 256;
-
 /// What the backend needs to know about one CUDA device, and what `gpuring
 /// probe` reports.
 #[derive(Clone, Debug, PartialEq, Eq)]

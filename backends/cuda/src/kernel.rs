@@ -1,66 +1,16 @@
-//! The consumer kernel: its source (`consumer.cu` after a prelude generated
-//! from gpuring-core), NVRTC, and the launch geometry.
+//! The consumer kernel compiled by NVRTC: its source (gpuring-host's
+//! `consumer.cu` after a prelude generated from gpuring-core) in the CUDA
+//! dialect, NVRTC found and loaded, the module loaded.
 
-use std::mem::offset_of;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use cudarc::driver::CudaFunction;
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileError, CompileOptions};
-use gpuring_core::checksum::{FMIX_1, FMIX_2, INDEX_KEY, LEN_KEY, MUL_A, MUL_B};
-use gpuring_core::io_queue::{QueueEntry, QueueHeader, CONSUMED, ENTRY_SIZE, HEADER_SIZE, REJECTED, SKIPPED};
+use gpuring_host::kernel::{source, Dialect};
 
-use crate::device::{Device, THREADS};
+use crate::device::Device;
 use crate::error::{call, CudaError};
-
-/// `consumer_failed`: the kernel rejected an entry.
-pub(crate) const FAILED_REJECTED: u32 = 0x4355_0001;
-/// `consumer_failed`: `consumer` was not where a batch started.
-pub(crate) const FAILED_OUT_OF_STEP: u32 = 0x4355_0002;
-
-/// Words of a slot one block of `gr_partial` checksums: 64 KiB, so a
-/// 256 KiB slot is read by four blocks at once.
-pub(crate) const CHUNK_WORDS: u32 = 16 << 10;
-
-/// The kernel source as compiled: the prelude, then `consumer.cu`.
-pub fn source() -> String {
-    let mut text = String::from("// Generated from gpuring-core by gpuring-cuda's kernel.rs.\n");
-    let u32s: &[(&str, u32)] = &[
-        ("GR_HEADER_BYTES", HEADER_SIZE as u32),
-        ("GR_ENTRY_BYTES", ENTRY_SIZE as u32),
-        ("GR_H_CLOSED", offset_of!(QueueHeader, closed) as u32),
-        ("GR_H_PRODUCER", offset_of!(QueueHeader, producer) as u32),
-        ("GR_H_CONSUMER", offset_of!(QueueHeader, consumer) as u32),
-        ("GR_H_CONSUMER_FAILED", offset_of!(QueueHeader, consumer_failed) as u32),
-        ("GR_E_SEQ", offset_of!(QueueEntry, seq) as u32),
-        ("GR_E_SLOT", offset_of!(QueueEntry, slot) as u32),
-        ("GR_E_STATUS", offset_of!(QueueEntry, status) as u32),
-        ("GR_E_BYTES", offset_of!(QueueEntry, bytes) as u32),
-        ("GR_E_RESULT", offset_of!(QueueEntry, result) as u32),
-        ("GR_E_CONSUMER_STATUS", offset_of!(QueueEntry, consumer_status) as u32),
-        ("GR_CONSUMED", CONSUMED),
-        ("GR_SKIPPED", SKIPPED),
-        ("GR_REJECTED", REJECTED),
-        ("GR_FAILED_REJECTED", FAILED_REJECTED),
-        ("GR_FAILED_OUT_OF_STEP", FAILED_OUT_OF_STEP),
-        ("GR_INDEX_KEY", INDEX_KEY),
-        ("GR_MUL_A", MUL_A),
-        ("GR_MUL_B", MUL_B),
-        ("GR_THREADS", THREADS),
-    ];
-    for (name, value) in u32s {
-        text += &format!("#define {name} {value:#x}u\n");
-    }
-    for (name, value) in [("GR_LEN_KEY", LEN_KEY), ("GR_FMIX_1", FMIX_1), ("GR_FMIX_2", FMIX_2)] {
-        text += &format!("#define {name} {value:#x}ull\n");
-    }
-    text + include_str!("consumer.cu")
-}
-
-/// Blocks of `gr_partial` per slot of `slot_bytes`.
-pub(crate) fn chunks_per_slot(slot_bytes: u32) -> u32 {
-    (slot_bytes / 4).div_ceil(CHUNK_WORDS).max(1)
-}
 
 /// Directories where a CUDA toolkit's libnvrtc may be when the dynamic
 /// loader does not know it: `$CUDA_PATH`, `$CUDA_HOME`, `/usr/local/cuda*`.
@@ -128,7 +78,7 @@ pub(crate) fn compile(major: i32, minor: i32) -> Result<cudarc::nvrtc::Ptx, Cuda
     // driver compiles for the device on load; a real one (sm_XY) would make
     // a cubin instead.
     let options = CompileOptions { options: vec![format!("--gpu-architecture=compute_{major}{minor}")], ..Default::default() };
-    compile_ptx_with_opts(source(), options).map_err(|e| CudaError::Compile {
+    compile_ptx_with_opts(source(Dialect::Cuda), options).map_err(|e| CudaError::Compile {
         log: match e {
             CompileError::CompileError { log, .. } => log.to_string_lossy().into_owned(),
             other => other.to_string(),
@@ -156,4 +106,29 @@ impl Kernels {
 }
 
 #[cfg(test)]
-mod tests;
+mod tests {
+    /// The real NVRTC (no GPU needed) compiles the kernel source, prelude
+    /// included, for the architectures NVRTC 12 and 13 share with the H100
+    /// (Turing to Hopper), and the PTX holds the three entry points. The test
+    /// command provides NVRTC under `target/nvrtc` (Python's
+    /// `nvidia-cuda-nvrtc` wheel) and points `CUDA_PATH` at it; without it the
+    /// test says why it skips, and fails under CI=true.
+    #[test]
+    fn nvrtc_compiles_the_kernel() {
+        match super::nvrtc() {
+            Ok(()) => {}
+            Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => panic!("CI=true but NVRTC is missing: {e}"),
+            Err(e) => {
+                eprintln!("skipping the NVRTC compile of the CUDA kernel: {e}");
+                return;
+            }
+        }
+        for (major, minor) in [(7, 5), (8, 0), (8, 6), (8, 9), (9, 0)] {
+            let ptx = super::compile(major, minor).unwrap_or_else(|e| panic!("compute_{major}{minor}: {e}")).to_src();
+            assert!(ptx.contains(&format!(".target sm_{major}{minor}")), "compute_{major}{minor}: {}", &ptx[..ptx.len().min(400)]);
+            for entry in ["gr_partial", "gr_finish", "gr_persistent"] {
+                assert!(ptx.contains(&format!(".entry {entry}(")), "compute_{major}{minor}: no entry {entry}");
+            }
+        }
+    }
+}

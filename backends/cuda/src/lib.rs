@@ -7,9 +7,9 @@
 //!   maps into the device. io_uring registers the same pages, so the
 //!   kernel's copy (buffered reads) or the disk's DMA (`O_DIRECT`, NVMe
 //!   passthrough) lands in bytes the GPU reads with no copy.
-//! - [`CudaConsumer`]: the consumer kernels (`src/consumer.cu`, compiled by
-//!   NVRTC for the device, with a prelude of constants generated from
-//!   gpuring-core), in one of three [`Mode`]s: batched launches, one
+//! - [`CudaConsumer`]: the consumer kernels (gpuring-host's `consumer.cu`,
+//!   shared with the ROCm backend, compiled by NVRTC for the device, with a
+//!   prelude of constants generated from gpuring-core), in one of three [`Mode`]s: batched launches, one
 //!   persistent kernel, or batched after a copy-engine copy into VRAM.
 //! - [`devices`] and [`Device`]: the driver's devices with what gpuring
 //!   needs of them; [`peer`]: what GPU peer DMA (BAR1) needs, probed.
@@ -31,5 +31,4 @@ pub mod peer;
 pub use consumer::{CudaConsumer, CudaStats, Mode};
 pub use device::{devices, Device, DeviceInfo};
 pub use error::CudaError;
-pub use kernel::source as kernel_source;
 pub use memory::CudaStaging;

@@ -6,12 +6,18 @@
 //! io_queue, computes the core checksum of each published slot and releases
 //! the slot, exactly as the GPU backends' kernels do.
 //!
+//! It also holds what the GPU backends share: locked page-aligned
+//! [`Mapping`]s, the host side of waiting on the io_queue
+//! ([`wait_for_entries`], [`wake_producer`]), device selection
+//! ([`select_device`]) and the consumer kernel's source ([`kernel`]).
+//!
 //! It deliberately does not talk to any GPU API, and it does not depend on
 //! `gpuring-uring`: the ingest driver and this backend meet only through
 //! `gpuring-core`'s [`StagingMemory`] trait and io_queue protocol.
 
 pub mod checksum;
 mod consumer;
+pub mod kernel;
 mod memory;
 mod select;
 

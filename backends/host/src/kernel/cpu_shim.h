@@ -1,4 +1,4 @@
-// CUDA's built-ins for the host C++ compiler, so the crate's tests can run
+// The GPU built-ins for the host C++ compiler, so gpuring-host's tests can run
 // consumer.cu's kernels on a machine without a GPU: every CUDA thread is a
 // std::thread, a block's threads share a std::barrier (__syncthreads) and
 // their GR_SHARED arrays, atomics and fences are the compiler's sequentially

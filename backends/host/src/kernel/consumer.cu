@@ -1,8 +1,11 @@
-// gpuring's CUDA consumer, compiled at run time by NVRTC.
+// gpuring's GPU consumer, compiled at run time by NVRTC (gpuring-cuda) and
+// by hiprtc (gpuring-rocm): the source is in the dialect the two share.
 //
-// A prelude generated from gpuring-core (kernel.rs) comes first: the io_queue
-// layout as byte offsets (GR_*), the checksum's multipliers, the consumer
-// statuses, and GR_THREADS, the block size every kernel here is launched with.
+// A prelude generated from gpuring-core (gpuring-host's kernel.rs) comes
+// first: the io_queue layout as byte offsets (GR_*), the checksum's
+// multipliers, the consumer statuses, GR_THREADS, the block size every
+// kernel here is launched with, and GR_SLEEP(), a short back-off in a
+// polling loop (__nanosleep on CUDA, s_sleep on AMD GPUs).
 // The same text is compiled by the host C++ compiler in the crate's tests,
 // with CUDA's built-ins emulated by CPU threads, so its logic is checked on
 // machines without a GPU.
@@ -10,7 +13,9 @@
 // Memory ordering. The io_queue lives in page-locked host memory mapped into
 // the device, and the other party is the CPU, so every protocol word is read
 // and written with system scope: a volatile access plus __threadfence_system()
-// (a fence.sc.sys), before a store (release) or after a load (acquire).
+// (a fence.sc.sys on NVIDIA, a system-scope fence on AMD, where volatile
+// accesses also bypass the GPU's caches), before a store (release) or after
+// a load (acquire).
 //
 // Kernels:
 // - gr_partial + gr_finish, the batched consumer: entries first .. first+count.
@@ -257,7 +262,7 @@ __device__ void gr_release_loop(u8* queue, volatile u32* done, volatile u32* abo
         }
         if (gr_load_acquire(queue, GR_H_CLOSED) != 0u && gr_load_acquire(queue, GR_H_PRODUCER) == released) return;
         if (gr_stopping(queue, abort_flag)) return;
-        __nanosleep(256);
+        GR_SLEEP();
     }
 }
 
@@ -283,7 +288,7 @@ extern "C" __global__ void gr_persistent(u8* queue, const u8* slots, u32* contro
                     break;
                 }
                 if (gr_stopping(queue, abort_flag)) break;
-                __nanosleep(256);
+                GR_SLEEP();
             }
             claim[0] = position;
             claim[1] = go;

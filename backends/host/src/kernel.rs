@@ -1,0 +1,99 @@
+//! The GPU consumer kernel's source, shared by the GPU backends that compile
+//! it at run time: gpuring-cuda (NVRTC) and gpuring-rocm (hiprtc).
+//!
+//! `kernel/consumer.cu` is written in the dialect CUDA and HIP share; what
+//! differs between them, and every constant of the io_queue protocol, comes
+//! from a prelude generated here from gpuring-core ([`source`]), so the
+//! kernels cannot drift from the Rust side of the protocol. The same text is
+//! compiled by the host C++ compiler in this crate's tests, with the GPU
+//! built-ins emulated by CPU threads (`kernel/cpu_shim.h`), so its logic is
+//! checked on machines without a GPU.
+//!
+//! Kernels (launch geometry in each backend's consumer):
+//! - `gr_partial` + `gr_finish`, the batched consumer: a grid of
+//!   ([`chunks_per_slot`], entries) blocks of [`THREADS`] threads, each
+//!   summing [`CHUNK_WORDS`] words of one slot into per-entry scratch, then
+//!   one block that turns the lanes into results and releases the batch.
+//! - `gr_persistent`: one launch for the whole run, polling the io_queue.
+
+use std::mem::offset_of;
+
+use gpuring_core::checksum::{FMIX_1, FMIX_2, INDEX_KEY, LEN_KEY, MUL_A, MUL_B};
+use gpuring_core::io_queue::{QueueEntry, QueueHeader, CONSUMED, ENTRY_SIZE, HEADER_SIZE, REJECTED, SKIPPED};
+
+/// Threads per block of every kernel (`GR_THREADS`).
+pub const THREADS: u32 = 256;
+
+/// `consumer_failed`: the kernel rejected an entry.
+pub const FAILED_REJECTED: u32 = 0x4355_0001;
+/// `consumer_failed`: `consumer` was not where a batch started.
+pub const FAILED_OUT_OF_STEP: u32 = 0x4355_0002;
+
+/// Words of a slot one block of `gr_partial` checksums: 64 KiB, so a
+/// 256 KiB slot is read by four blocks at once.
+pub const CHUNK_WORDS: u32 = 16 << 10;
+
+/// Which run-time compiler the source is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    /// NVRTC: CUDA C++.
+    Cuda,
+    /// hiprtc: HIP C++ for AMD GPUs.
+    Hip,
+}
+
+impl Dialect {
+    /// `GR_SLEEP()`: a short back-off in the persistent kernel's polling
+    /// loops (about 256 ns on NVIDIA; 8 × 64 clocks on AMD).
+    fn sleep(self) -> &'static str {
+        match self {
+            Dialect::Cuda => "__nanosleep(256)",
+            Dialect::Hip => "__builtin_amdgcn_s_sleep(8)",
+        }
+    }
+}
+
+/// The kernel source as compiled for `dialect`: the prelude, then
+/// `consumer.cu`.
+pub fn source(dialect: Dialect) -> String {
+    let mut text = format!("// Generated from gpuring-core by gpuring-host's kernel.rs ({dialect:?}).\n");
+    let u32s: &[(&str, u32)] = &[
+        ("GR_HEADER_BYTES", HEADER_SIZE as u32),
+        ("GR_ENTRY_BYTES", ENTRY_SIZE as u32),
+        ("GR_H_CLOSED", offset_of!(QueueHeader, closed) as u32),
+        ("GR_H_PRODUCER", offset_of!(QueueHeader, producer) as u32),
+        ("GR_H_CONSUMER", offset_of!(QueueHeader, consumer) as u32),
+        ("GR_H_CONSUMER_FAILED", offset_of!(QueueHeader, consumer_failed) as u32),
+        ("GR_E_SEQ", offset_of!(QueueEntry, seq) as u32),
+        ("GR_E_SLOT", offset_of!(QueueEntry, slot) as u32),
+        ("GR_E_STATUS", offset_of!(QueueEntry, status) as u32),
+        ("GR_E_BYTES", offset_of!(QueueEntry, bytes) as u32),
+        ("GR_E_RESULT", offset_of!(QueueEntry, result) as u32),
+        ("GR_E_CONSUMER_STATUS", offset_of!(QueueEntry, consumer_status) as u32),
+        ("GR_CONSUMED", CONSUMED),
+        ("GR_SKIPPED", SKIPPED),
+        ("GR_REJECTED", REJECTED),
+        ("GR_FAILED_REJECTED", FAILED_REJECTED),
+        ("GR_FAILED_OUT_OF_STEP", FAILED_OUT_OF_STEP),
+        ("GR_INDEX_KEY", INDEX_KEY),
+        ("GR_MUL_A", MUL_A),
+        ("GR_MUL_B", MUL_B),
+        ("GR_THREADS", THREADS),
+    ];
+    for (name, value) in u32s {
+        text += &format!("#define {name} {value:#x}u\n");
+    }
+    for (name, value) in [("GR_LEN_KEY", LEN_KEY), ("GR_FMIX_1", FMIX_1), ("GR_FMIX_2", FMIX_2)] {
+        text += &format!("#define {name} {value:#x}ull\n");
+    }
+    text += &format!("#define GR_SLEEP() {}\n", dialect.sleep());
+    text + include_str!("kernel/consumer.cu")
+}
+
+/// Blocks of `gr_partial` per slot of `slot_bytes`.
+pub fn chunks_per_slot(slot_bytes: u32) -> u32 {
+    (slot_bytes / 4).div_ceil(CHUNK_WORDS).max(1)
+}
+
+#[cfg(test)]
+mod tests;
