@@ -27,9 +27,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use cudarc::driver::{sys, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
-use gpuring_core::io_queue::{Consumer, IoQueue, REJECTED};
+use gpuring_core::io_queue::Consumer;
 use gpuring_core::StagingMemory;
-use gpuring_host::kernel::{chunks_per_slot, CHUNK_WORDS, FAILED_OUT_OF_STEP, THREADS};
+use gpuring_host::kernel::{chunks_per_slot, CHUNK_WORDS, THREADS};
 use gpuring_host::{wait_for_entries, wake_consumer, wake_producer, Waited};
 
 use crate::device::check;
@@ -394,25 +394,8 @@ fn persistent(staging: &CudaStaging, kernels: &Kernels, stream: &Arc<CudaStream>
     })
 }
 
-/// Describe why the kernel failed the queue; `end` bounds the entries to look at.
+/// Why the kernel failed the queue; `end` bounds the entries to look at.
 fn rejection(staging: &CudaStaging, end: u32) -> CudaError {
-    let q: IoQueue<'_> = staging.queue();
-    let geometry = staging.geometry();
-    let consumer = q.header().consumer.load(Ordering::Acquire);
-    if q.consumer_failed() == FAILED_OUT_OF_STEP {
-        return CudaError::Rejected { position: consumer, what: format!("the queue's consumer position was {consumer}, not the batch's first entry") };
-    }
-    for position in consumer..end {
-        let e = q.entry(position);
-        if e.consumer_status.load(Ordering::Relaxed) == REJECTED {
-            let (seq, slot, bytes) = (e.seq.load(Ordering::Relaxed), e.slot.load(Ordering::Relaxed), e.bytes.load(Ordering::Relaxed));
-            let what = if seq != position.wrapping_add(1) {
-                format!("its seq is {seq}, not {}", position.wrapping_add(1))
-            } else {
-                format!("slot {slot} with {bytes} bytes, but there are {} slots of {} bytes", geometry.slot_count(), geometry.slot_size())
-            };
-            return CudaError::Rejected { position, what };
-        }
-    }
-    CudaError::Rejected { position: consumer, what: format!("consumer_failed is {:#x}", q.consumer_failed()) }
+    let (position, what) = gpuring_host::kernel::rejection(&staging.queue(), staging.geometry(), end);
+    CudaError::Rejected { position, what }
 }

@@ -17,9 +17,11 @@
 //! - `gr_persistent`: one launch for the whole run, polling the io_queue.
 
 use std::mem::offset_of;
+use std::sync::atomic::Ordering;
 
 use gpuring_core::checksum::{FMIX_1, FMIX_2, INDEX_KEY, LEN_KEY, MUL_A, MUL_B};
-use gpuring_core::io_queue::{QueueEntry, QueueHeader, CONSUMED, ENTRY_SIZE, HEADER_SIZE, REJECTED, SKIPPED};
+use gpuring_core::io_queue::{IoQueue, QueueEntry, QueueHeader, CONSUMED, ENTRY_SIZE, HEADER_SIZE, REJECTED, SKIPPED};
+use gpuring_core::SlotGeometry;
 
 /// Threads per block of every kernel (`GR_THREADS`).
 pub const THREADS: u32 = 256;
@@ -93,6 +95,29 @@ pub fn source(dialect: Dialect) -> String {
 /// Blocks of `gr_partial` per slot of `slot_bytes`.
 pub fn chunks_per_slot(slot_bytes: u32) -> u32 {
     (slot_bytes / 4).div_ceil(CHUNK_WORDS).max(1)
+}
+
+/// Why a kernel set `consumer_failed`: the position of the entry it
+/// rejected and what was wrong with it, looking at the entries from the
+/// queue's `consumer` up to `end`.
+pub fn rejection(q: &IoQueue<'_>, geometry: SlotGeometry, end: u32) -> (u32, String) {
+    let consumer = q.header().consumer.load(Ordering::Acquire);
+    if q.consumer_failed() == FAILED_OUT_OF_STEP {
+        return (consumer, format!("the queue's consumer position was {consumer}, not the batch's first entry"));
+    }
+    for position in consumer..end {
+        let e = q.entry(position);
+        if e.consumer_status.load(Ordering::Relaxed) == REJECTED {
+            let (seq, slot, bytes) = (e.seq.load(Ordering::Relaxed), e.slot.load(Ordering::Relaxed), e.bytes.load(Ordering::Relaxed));
+            let what = if seq != position.wrapping_add(1) {
+                format!("its seq is {seq}, not {}", position.wrapping_add(1))
+            } else {
+                format!("slot {slot} with {bytes} bytes, but there are {} slots of {} bytes", geometry.slot_count(), geometry.slot_size())
+            };
+            return (position, what);
+        }
+    }
+    (consumer, format!("consumer_failed is {:#x}", q.consumer_failed()))
 }
 
 #[cfg(test)]
