@@ -8,6 +8,8 @@ use gpuring_core::GeometryError;
 use gpuring_cuda::CudaError;
 #[cfg(feature = "host")]
 use gpuring_host::HostError;
+#[cfg(feature = "rocm")]
+use gpuring_rocm::RocmError;
 use gpuring_uring::IngestError;
 #[cfg(feature = "vulkan")]
 use gpuring_vulkan::VulkanError;
@@ -26,6 +28,9 @@ pub enum Error {
     /// The CUDA backend failed.
     #[cfg(feature = "cuda")]
     Cuda(CudaError),
+    /// The ROCm backend failed.
+    #[cfg(feature = "rocm")]
+    Rocm(RocmError),
     /// Bad slot geometry.
     Geometry(GeometryError),
     /// An option was given to a backend that does not take it.
@@ -92,6 +97,8 @@ impl fmt::Display for Error {
             Self::Vulkan(e) => write!(f, "{e}"),
             #[cfg(feature = "cuda")]
             Self::Cuda(e) => write!(f, "{e}"),
+            #[cfg(feature = "rocm")]
+            Self::Rocm(e) => write!(f, "{e}"),
             Self::Geometry(e) => write!(f, "{e}"),
             Self::OptionNotForBackend { option, backend } => {
                 write!(f, "{option} applies to --backend cuda, not to backend `{backend}`. Fix: leave out {option}, or use --backend cuda")
@@ -144,6 +151,13 @@ impl From<VulkanError> for Error {
 impl From<CudaError> for Error {
     fn from(e: CudaError) -> Self {
         Self::Cuda(e)
+    }
+}
+
+#[cfg(feature = "rocm")]
+impl From<RocmError> for Error {
+    fn from(e: RocmError) -> Self {
+        Self::Rocm(e)
     }
 }
 

@@ -21,6 +21,8 @@ pub const BACKENDS: &[&str] = &[
     "vulkan",
     #[cfg(feature = "cuda")]
     "cuda",
+    #[cfg(feature = "rocm")]
+    "rocm",
 ];
 
 /// The CUDA consumer's modes, default first (`--cuda-mode`; see
@@ -241,6 +243,13 @@ pub fn run(sources: &[Source], config: &IngestConfig, progress: &mut dyn FnMut(u
                 Ok(ConsumerDone { mode: Some(mode.name()), device_copy_bytes: stats.device_copy_bytes })
             };
             with_consumer(staging, device, join, sources, config, progress)
+        }
+        #[cfg(feature = "rocm")]
+        "rocm" => {
+            let staging = Arc::new(gpuring_rocm::RocmStaging::new(config.device.as_deref(), geometry, queue_capacity)?);
+            let device = Some(staging.device().info().name.clone());
+            let consumer = gpuring_rocm::RocmConsumer::start(staging.clone())?;
+            with_consumer(staging, device, || Ok(consumer.join().map(|_| ConsumerDone::default())?), sources, config, progress)
         }
         other => Err(Error::BackendNotBuilt { name: other.to_owned() }),
     }

@@ -33,6 +33,8 @@ pub use gpuring_core as core;
 pub use gpuring_cuda as cuda;
 #[cfg(feature = "host")]
 pub use gpuring_host as host;
+#[cfg(feature = "rocm")]
+pub use gpuring_rocm as rocm;
 pub use gpuring_uring as uring;
 #[cfg(feature = "vulkan")]
 pub use gpuring_vulkan as vulkan;

@@ -119,6 +119,8 @@ pub fn backend_unusable(backend: &str) -> Option<String> {
         "vulkan" => vulkan_devices().0,
         #[cfg(feature = "cuda")]
         "cuda" => cuda_devices().0,
+        #[cfg(feature = "rocm")]
+        "rocm" => rocm_devices().0,
         other => backend_checks(other).0.remove(0),
     };
     (!row.ok).then_some(row.detail)
@@ -136,8 +138,25 @@ fn backend_checks(backend: &str) -> (Vec<Item>, Vec<String>) {
         "vulkan" => vulkan_checks(),
         #[cfg(feature = "cuda")]
         "cuda" => cuda_checks(),
+        #[cfg(feature = "rocm")]
+        "rocm" => rocm_checks(),
         other => (vec![Item { group: "backend", name: other.into(), ok: false, detail: "not compiled into this build".into() }], Vec::new()),
     }
+}
+
+/// A GPU backend's row from its devices' names and why each is unusable
+/// (`None`: usable): usable when one is, else why none is.
+#[cfg(any(feature = "vulkan", feature = "cuda", feature = "rocm"))]
+fn backend_row<'a>(backend: &str, devices: impl Iterator<Item = (&'a str, Option<&'a str>)>, how: &str) -> Item {
+    let devices: Vec<_> = devices.collect();
+    let usable = devices.iter().filter(|d| d.1.is_none()).count();
+    let detail = if usable == 0 {
+        let why: Vec<String> = devices.iter().map(|(name, why)| format!("{name} ({})", why.unwrap_or(""))).collect();
+        format!("no usable device among {}: {}", devices.len(), why.join("; "))
+    } else {
+        format!("{usable} usable device(s); {how}")
+    };
+    Item { group: "backend", name: backend.into(), ok: usable > 0, detail }
 }
 
 /// The Vulkan backend's row (usable or why not) and the devices behind it.
@@ -151,21 +170,11 @@ fn vulkan_devices() -> (Item, Vec<gpuring_vulkan::DeviceInfo>) {
         Ok(d) => d,
         Err(e) => return (Item { group: "backend", name: "vulkan".into(), ok: false, detail: e.to_string() }, Vec::new()),
     };
-    let usable = devices.iter().filter(|d| d.unusable.is_none()).count();
-    let row = Item {
-        group: "backend",
-        name: "vulkan".into(),
-        ok: usable > 0,
-        detail: if usable == 0 {
-            format!(
-                "no usable device among {}: {}",
-                devices.len(),
-                devices.iter().map(|d| format!("{} ({})", d.name, d.unusable.as_deref().unwrap_or(""))).collect::<Vec<_>>().join("; ")
-            )
-        } else {
-            format!("{usable} usable device(s); slots imported with VK_EXT_external_memory_host, compute-shader consumer")
-        },
-    };
+    let row = backend_row(
+        "vulkan",
+        devices.iter().map(|d| (d.name.as_str(), d.unusable.as_deref())),
+        "slots imported with VK_EXT_external_memory_host, compute-shader consumer",
+    );
     (row, devices)
 }
 
@@ -258,17 +267,12 @@ fn cuda_devices() -> (Item, Vec<gpuring_cuda::DeviceInfo>) {
         Ok(d) => d,
         Err(e) => return (Item { group: "backend", name: "cuda".into(), ok: false, detail: e.to_string() }, Vec::new()),
     };
-    let usable = devices.iter().filter(|d| d.unusable.is_none()).count();
-    let detail = if usable == 0 {
-        format!(
-            "no usable device among {}: {}",
-            devices.len(),
-            devices.iter().map(|d| format!("{} ({})", d.name, d.unusable.as_deref().unwrap_or(""))).collect::<Vec<_>>().join("; ")
-        )
-    } else {
-        format!("{usable} usable device(s); slots page-locked and mapped with cuMemHostRegister, NVRTC-compiled consumer kernel")
-    };
-    (Item { group: "backend", name: "cuda".into(), ok: usable > 0, detail }, devices)
+    let row = backend_row(
+        "cuda",
+        devices.iter().map(|d| (d.name.as_str(), d.unusable.as_deref())),
+        "slots page-locked and mapped with cuMemHostRegister, NVRTC-compiled consumer kernel",
+    );
+    (row, devices)
 }
 
 /// The CUDA rows: each device, then what peer DMA into its memory needs
@@ -305,6 +309,48 @@ fn cuda_checks() -> (Vec<Item>, Vec<String>) {
         rows.push(window);
     }
     (rows, peer_dma)
+}
+
+/// The ROCm backend's row (usable or why not) and the devices behind it.
+#[cfg(feature = "rocm")]
+fn rocm_devices() -> (Item, Vec<gpuring_rocm::DeviceInfo>) {
+    match gpuring_rocm::devices() {
+        Ok(devices) => {
+            let how = "slots registered and mapped with hipHostRegister, hiprtc-compiled consumer kernel";
+            (backend_row("rocm", devices.iter().map(|d| (d.name.as_str(), d.unusable.as_deref())), how), devices)
+        }
+        Err(e) => (Item { group: "backend", name: "rocm".into(), ok: false, detail: e.to_string() }, Vec::new()),
+    }
+}
+
+/// The ROCm rows: the runtime that loaded, then each device.
+#[cfg(feature = "rocm")]
+fn rocm_checks() -> (Vec<Item>, Vec<String>) {
+    use gpuring_core::Bytes;
+
+    let (row, devices) = rocm_devices();
+    let mut rows = vec![row];
+    if let Ok((library, version)) = gpuring_rocm::runtime() {
+        let version = version.map_or("version unknown".to_owned(), |v| format!("HIP {}.{}.{}", v / 10_000_000, v / 100_000 % 100, v % 100_000));
+        rows.push(Item { group: "gpu", name: "rocm_runtime".into(), ok: true, detail: format!("{library} ({version})") });
+    }
+    for d in &devices {
+        let detail = match &d.unusable {
+            None => format!(
+                "{} (gfx {}.{}, {} compute units, {}, PCI {}{}): usable",
+                d.name,
+                d.compute_capability.0,
+                d.compute_capability.1,
+                d.compute_units,
+                Bytes(d.memory),
+                d.pci,
+                if d.integrated { ", integrated" } else { "" }
+            ),
+            Some(why) => format!("{}: not usable: {why}", d.name),
+        };
+        rows.push(Item { group: "gpu", name: format!("rocm_device_{}", d.index), ok: d.unusable.is_none(), detail });
+    }
+    (rows, Vec::new())
 }
 
 /// Export 2 MiB of the device's memory as a dma-buf, map it, and try to

@@ -284,3 +284,42 @@ fn cuda_from_the_command_line() {
         }
     }
 }
+
+/// `--backend rocm` from the command line. Without an AMD GPU (CI): the
+/// ingest exits with status 2 and the HIP error with its fix, no panic, and
+/// the probe's rocm row says why. With one: buffered and O_DIRECT ingests
+/// into mapped slots verify.
+#[test]
+fn rocm_from_the_command_line() {
+    if !gpuring::ingest::BACKENDS.contains(&"rocm") {
+        assert!(!common::under_ci(), "CI=true but the rocm feature is not compiled in; the test command builds it");
+        eprintln!("skipping: the rocm backend is not compiled into this build (--features rocm)");
+        return;
+    }
+    let dir = test_dir();
+    let file = make_file(dir.path(), "r", 3 * 65536 + 5, 6);
+    let path = file.to_str().unwrap();
+    let out = gpuring(&["ingest", "--backend", "rocm", "--cuda-mode", "batched", path]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).1.contains("--cuda-mode applies to --backend cuda, not to backend `rocm`"), "{}", text(&out).1);
+    if !common::backends().contains(&"rocm") {
+        for args in [&["ingest", "--backend", "rocm", path][..], &["ingest", "--backend", "rocm", "--direct", "--device", "0", path][..]] {
+            let out = gpuring(args);
+            let (_, stderr) = text(&out);
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+            assert!(!stderr.contains("panicked"), "{stderr}");
+            assert!(stderr.contains("HIP") && stderr.contains("Fix:"), "{args:?}: {stderr}");
+        }
+        let (stdout, _) = text(&gpuring(&["probe"]));
+        assert!(stdout.lines().any(|l| l.starts_with("backend") && l.contains("rocm") && l.contains(" no ") && l.contains("Fix:")), "{stdout}");
+        return;
+    }
+    for direct in [&[][..], &["--direct"][..]] {
+        let out = gpuring(&[&["ingest", "--backend", "rocm", "--slot-size", "64K", "--json", path][..], direct].concat());
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{direct:?}: {stderr}");
+        let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!((v["backend"].as_str(), v["memory_kind"].as_str()), (Some("rocm"), Some("gpu_mapped_host")), "{v}");
+        assert_eq!((v["checksum"]["match"].as_bool(), v["zero_bounce"].as_bool()), (Some(true), Some(true)), "{direct:?}: {v}");
+    }
+}

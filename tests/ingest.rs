@@ -188,9 +188,9 @@ fn slot_geometry_errors() {
         let e = ingest(&[Source::file(&path)], &cfg).unwrap_err().to_string();
         assert!(e.contains(want) && e.contains("Fix:"), "{e}");
     }
-    let cfg = IngestConfig { backend: "rocm".into(), ..IngestConfig::default() };
+    let cfg = IngestConfig { backend: "metal".into(), ..IngestConfig::default() };
     let e = ingest(&[Source::file(&path)], &cfg).unwrap_err().to_string();
-    assert!(e.contains("backend `rocm` is not compiled into this gpuring") && e.contains("Fix: use --backend host"), "{e}");
+    assert!(e.contains("backend `metal` is not compiled into this gpuring") && e.contains("Fix: use --backend host"), "{e}");
 }
 
 #[test]

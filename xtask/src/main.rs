@@ -85,8 +85,9 @@ fn ensure_prerequisites() -> Result<()> {
     }
     // The unprivileged tests (memlock, permissions) drop root with setpriv.
     ensure_package("setpriv", "util-linux", "the unprivileged tests")?;
-    // The CUDA kernel's logic is tested by compiling it for the CPU.
-    ensure_package("g++", "g++", "the CUDA backend's kernel tests")?;
+    // The GPU kernel's logic is tested by compiling it for the CPU, and the
+    // ROCm backend's signatures by compiling them against HIP's headers.
+    ensure_package("g++", "g++", "the GPU kernel's CPU tests and the HIP header check")?;
     // The bench test compares against fio.
     ensure_package("fio", "fio", "the bench's fio cases")?;
     // The Vulkan backend's tests run on Mesa's lavapipe (a CPU device).
@@ -96,12 +97,20 @@ fn ensure_prerequisites() -> Result<()> {
         &["libvulkan1", "mesa-vulkan-drivers"],
         "the Vulkan backend's tests",
     )?;
+    // The ROCm backend builds against HIP's headers (hip-sys's build script)
+    // and its tests load the HIP runtime and hiprtc: Debian's ROCm 5.2.
+    ensure_installed(
+        "HIP's headers and runtime",
+        "{ test -f /usr/include/hip/hip_runtime_api.h || test -f /opt/rocm/include/hip/hip_runtime_api.h; } && ldconfig -p | grep -q libamdhip64.so",
+        &["libamdhip64-dev"],
+        "the ROCm backend's build and tests",
+    )?;
     Ok(())
 }
 
 /// The facade features CI builds, lints, documents and tests: every backend
 /// this machine can build.
-const FEATURES: &str = "gpuring/vulkan,gpuring/cuda";
+const FEATURES: &str = "gpuring/vulkan,gpuring/cuda,gpuring/rocm";
 
 /// Install Debian package `package` when `command` is not on the PATH.
 fn ensure_package(command: &str, package: &str, needed_by: &str) -> Result<()> {

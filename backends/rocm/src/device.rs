@@ -114,7 +114,7 @@ pub(crate) fn choose(devices: &[DeviceInfo], selector: Option<&str>) -> Result<u
 }
 
 /// An open HIP device. HIP's current device is per thread: every thread
-/// that calls the runtime for it calls [`Device::bind`] first.
+/// that calls the runtime for it binds it first (`hipSetDevice`).
 pub struct Device {
     pub(crate) info: DeviceInfo,
     pub(crate) hip: &'static Hip,
