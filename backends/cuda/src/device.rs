@@ -9,6 +9,7 @@ use std::sync::{Arc, OnceLock};
 
 use cudarc::driver::sys::{self, CUdevice_attribute as Attr};
 use cudarc::driver::{result, CudaContext, DriverError};
+use gpuring_host::Unchosen;
 
 use crate::error::{call, CudaError};
 
@@ -141,20 +142,12 @@ pub fn devices() -> Result<Vec<DeviceInfo>, CudaError> {
 /// Pick a device: `selector` is an index or part of a name (case-blind);
 /// without one, the first usable device.
 pub(crate) fn choose(devices: &[DeviceInfo], selector: Option<&str>) -> Result<usize, CudaError> {
-    if devices.is_empty() {
-        return Err(CudaError::NoDevice { why: "cuDeviceGetCount returned 0".into() });
-    }
-    let found = match selector {
-        Some(s) => gpuring_host::select_device(devices.iter().map(|d| d.name.as_str()), s).ok_or_else(|| CudaError::DeviceNotFound {
-            wanted: s.to_owned(),
-            available: devices.iter().map(|d| format!("{}: {}", d.index, d.name)).collect(),
-        })?,
-        None => devices.iter().position(|d| d.unusable.is_none()).unwrap_or(0),
-    };
-    match &devices[found].unusable {
-        Some(what) => Err(CudaError::Unsupported { device: devices[found].name.clone(), what: what.clone() }),
-        None => Ok(found),
-    }
+    let list: Vec<(&str, Option<&str>)> = devices.iter().map(|d| (d.name.as_str(), d.unusable.as_deref())).collect();
+    gpuring_host::choose_device(&list, selector, |_| 0).map_err(|e| match e {
+        Unchosen::NoDevices => CudaError::NoDevice { why: "cuDeviceGetCount returned 0".into() },
+        Unchosen::NotFound(available) => CudaError::DeviceNotFound { wanted: selector.unwrap_or_default().to_owned(), available },
+        Unchosen::Unusable(device, what) => CudaError::Unsupported { device, what },
+    })
 }
 
 /// An open device: its primary context, and what the backend knows of it.

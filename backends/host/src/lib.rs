@@ -9,7 +9,7 @@
 //! It also holds what the GPU backends share: locked page-aligned
 //! [`Mapping`]s, the host side of waiting on the io_queue
 //! ([`wait_for_entries`], [`wake_producer`]), device selection
-//! ([`select_device`]) and the consumer kernel's source ([`kernel`]).
+//! ([`choose_device`], [`select_device`]) and the consumer kernel's source ([`kernel`]).
 //!
 //! It deliberately does not talk to any GPU API, and it does not depend on
 //! `gpuring-uring`: the ingest driver and this backend meet only through
@@ -23,6 +23,6 @@ mod select;
 
 pub use consumer::{wait_for_entries, wake_consumer, wake_producer, ConsumerStats, HostConsumer, Waited};
 pub use memory::{HostError, HostStaging, Mapping};
-pub use select::select_device;
+pub use select::{choose_device, select_device, Unchosen};
 
 pub use gpuring_core::StagingMemory;

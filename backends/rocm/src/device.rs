@@ -3,6 +3,7 @@
 use std::ffi::{c_char, c_int, CStr};
 use std::sync::Arc;
 
+use gpuring_host::Unchosen;
 use hip_sys::hiprt::hipDeviceAttribute_t as Attr;
 
 use crate::api::{hip, Hip};
@@ -97,20 +98,12 @@ pub fn runtime() -> Result<(String, Option<i32>), RocmError> {
 /// The device `selector` names (an index, else part of a name), or the
 /// first usable one.
 pub(crate) fn choose(devices: &[DeviceInfo], selector: Option<&str>) -> Result<usize, RocmError> {
-    if devices.is_empty() {
-        return Err(RocmError::NoDevice { why: "hipGetDeviceCount returned 0".into() });
-    }
-    let found = match selector {
-        Some(s) => gpuring_host::select_device(devices.iter().map(|d| d.name.as_str()), s).ok_or_else(|| RocmError::DeviceNotFound {
-            wanted: s.to_owned(),
-            available: devices.iter().map(|d| format!("{}: {}", d.index, d.name)).collect(),
-        })?,
-        None => devices.iter().position(|d| d.unusable.is_none()).unwrap_or(0),
-    };
-    match &devices[found].unusable {
-        Some(what) => Err(RocmError::Unsupported { device: devices[found].name.clone(), what: what.clone() }),
-        None => Ok(found),
-    }
+    let list: Vec<(&str, Option<&str>)> = devices.iter().map(|d| (d.name.as_str(), d.unusable.as_deref())).collect();
+    gpuring_host::choose_device(&list, selector, |_| 0).map_err(|e| match e {
+        Unchosen::NoDevices => RocmError::NoDevice { why: "hipGetDeviceCount returned 0".into() },
+        Unchosen::NotFound(available) => RocmError::DeviceNotFound { wanted: selector.unwrap_or_default().to_owned(), available },
+        Unchosen::Unusable(device, what) => RocmError::Unsupported { device, what },
+    })
 }
 
 /// An open HIP device. HIP's current device is per thread: every thread

@@ -3,6 +3,7 @@
 use std::ffi::CStr;
 
 use ash::vk;
+use gpuring_host::Unchosen;
 
 use crate::error::{call, VulkanError};
 
@@ -159,30 +160,19 @@ pub fn devices() -> Result<Vec<DeviceInfo>, VulkanError> {
 /// Pick a device: `selector` is an index or part of a name (case-blind);
 /// without one, the first usable device, GPUs before CPU devices.
 pub(crate) fn choose(devices: &[DeviceInfo], selector: Option<&str>) -> Result<usize, VulkanError> {
-    if devices.is_empty() {
-        return Err(VulkanError::NoDevice);
-    }
-    let found = match selector {
-        Some(s) => gpuring_host::select_device(devices.iter().map(|d| d.name.as_str()), s).ok_or_else(|| VulkanError::DeviceNotFound {
-            wanted: s.to_owned(),
-            available: devices.iter().map(|d| format!("{}: {}", d.index, d.name)).collect(),
-        })?,
-        None => {
-            let rank = |d: &DeviceInfo| match d.kind {
-                "discrete_gpu" => 0,
-                "integrated_gpu" => 1,
-                "virtual_gpu" => 2,
-                "cpu" => 4,
-                _ => 3,
-            };
-            let usable = devices.iter().enumerate().filter(|(_, d)| d.unusable.is_none()).min_by_key(|(i, d)| (rank(d), *i));
-            usable.map(|(i, _)| i).unwrap_or(0)
-        }
+    let list: Vec<(&str, Option<&str>)> = devices.iter().map(|d| (d.name.as_str(), d.unusable.as_deref())).collect();
+    let rank = |i: usize| match devices[i].kind {
+        "discrete_gpu" => 0,
+        "integrated_gpu" => 1,
+        "virtual_gpu" => 2,
+        "cpu" => 4,
+        _ => 3,
     };
-    match &devices[found].unusable {
-        Some(what) => Err(VulkanError::Unsupported { device: devices[found].name.clone(), what: what.clone() }),
-        None => Ok(found),
-    }
+    gpuring_host::choose_device(&list, selector, rank).map_err(|e| match e {
+        Unchosen::NoDevices => VulkanError::NoDevice,
+        Unchosen::NotFound(available) => VulkanError::DeviceNotFound { wanted: selector.unwrap_or_default().to_owned(), available },
+        Unchosen::Unusable(device, what) => VulkanError::Unsupported { device, what },
+    })
 }
 
 /// A logical device with one compute queue, and what the backend uses of it.
