@@ -17,7 +17,7 @@ use std::sync::OnceLock;
 use gpuring_core::checksum::slot_checksum;
 use gpuring_core::io_queue::{Completion, EntryKind, IoQueue, Producer, CONSUMED, REJECTED, SKIPPED};
 
-use super::{chunks_per_slot, source, Dialect, CHUNK_WORDS, FAILED_OUT_OF_STEP, FAILED_REJECTED};
+use super::{chunks_per_slot, rejection, source, Dialect, CHUNK_WORDS, FAILED_OUT_OF_STEP, FAILED_REJECTED};
 
 /// The C entry points the tests call, around the kernels.
 const LAUNCHER: &str = r#"
@@ -219,6 +219,8 @@ fn batched_kernels_reject_bad_entries_and_releases_out_of_step() {
     assert_eq!(q.consumer_failed(), FAILED_REJECTED);
     assert_eq!(q.header().consumer.load(Ordering::Acquire), 0, "nothing released once an entry is rejected");
     assert_eq!(q.entry(1).consumer_status.load(Ordering::Relaxed), REJECTED);
+    let geometry = gpuring_core::SlotGeometry::new(2, 4096).unwrap();
+    assert_eq!(rejection(&q, geometry, 2), (1, "slot 5 with 10 bytes, but there are 2 slots of 4096 bytes".to_owned()), "the host's account of it");
 
     let s = Setup::new(4, 2, 4096);
     let q = s.q();
@@ -234,6 +236,7 @@ fn batched_kernels_reject_bad_entries_and_releases_out_of_step() {
     producer.publish(&q, &completion(1, 0, 10)).unwrap();
     s.batch(&scratch, 1, 1);
     assert_eq!(q.consumer_failed(), FAILED_OUT_OF_STEP, "a batch that does not start at `consumer`");
+    assert_eq!(rejection(&q, geometry, 2).1, "the queue's consumer position was 0, not the batch's first entry");
 }
 
 /// Run the persistent kernel with `workers` worker blocks on a thread while
