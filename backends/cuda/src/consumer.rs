@@ -234,13 +234,8 @@ fn batched(staging: &Arc<CudaStaging>, kernels: &Kernels, stream: &Arc<CudaStrea
     queued?;
     finished?;
     let q = staging.queue();
-    if q.consumer_failed() != 0 {
-        return Err(rejection(staging, handed.position()));
-    }
-    let released = q.header().consumer.load(Ordering::Acquire);
-    if !stop.load(Ordering::Acquire) && released != handed.position() {
-        return Err(CudaError::Rejected { position: released, what: format!("the kernels released up to {released}, not {}", handed.position()) });
-    }
+    gpuring_host::kernel::batched_outcome(&q, staging.geometry(), handed.position(), stop.load(Ordering::Acquire))
+        .map_err(|(position, what)| CudaError::Rejected { position, what })?;
     wake_producer(&q);
     Ok(stats)
 }

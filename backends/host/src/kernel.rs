@@ -120,5 +120,20 @@ pub fn rejection(q: &IoQueue<'_>, geometry: SlotGeometry, end: u32) -> (u32, Str
     (consumer, format!("consumer_failed is {:#x}", q.consumer_failed()))
 }
 
+/// How a batched consumer ended, once the device finished everything it
+/// queued: `Err` with the position and the reason when the kernels failed
+/// the queue ([`rejection`]) or released other than the `handed` entries
+/// (unless the consumer was `stopped` early).
+pub fn batched_outcome(q: &IoQueue<'_>, geometry: SlotGeometry, handed: u32, stopped: bool) -> Result<(), (u32, String)> {
+    if q.consumer_failed() != 0 {
+        return Err(rejection(q, geometry, handed));
+    }
+    let released = q.header().consumer.load(Ordering::Acquire);
+    if !stopped && released != handed {
+        return Err((released, format!("the kernels released up to {released}, not {handed}")));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests;

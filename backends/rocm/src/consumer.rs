@@ -192,13 +192,8 @@ fn batched(staging: &Arc<RocmStaging>, kernels: &Kernels, resources: &Resources,
     queued?;
     finished?;
     let q = staging.queue();
-    if q.consumer_failed() != 0 {
-        return Err(rejection(staging, handed.position()));
-    }
-    let released = q.header().consumer.load(Ordering::Acquire);
-    if !stop.load(Ordering::Acquire) && released != handed.position() {
-        return Err(RocmError::Rejected { position: released, what: format!("the kernels released up to {released}, not {}", handed.position()) });
-    }
+    gpuring_host::kernel::batched_outcome(&q, staging.geometry(), handed.position(), stop.load(Ordering::Acquire))
+        .map_err(|(position, what)| RocmError::Rejected { position, what })?;
     wake_producer(&q);
     Ok(stats)
 }
@@ -278,10 +273,4 @@ fn queue_batches(
         handed.hand_over(count);
     }
     Ok(())
-}
-
-/// Why the kernel failed the queue; `end` bounds the entries to look at.
-fn rejection(staging: &RocmStaging, end: u32) -> RocmError {
-    let (position, what) = gpuring_host::kernel::rejection(&staging.queue(), staging.geometry(), end);
-    RocmError::Rejected { position, what }
 }

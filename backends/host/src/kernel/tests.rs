@@ -17,7 +17,7 @@ use std::sync::OnceLock;
 use gpuring_core::checksum::slot_checksum;
 use gpuring_core::io_queue::{Completion, EntryKind, IoQueue, Producer, CONSUMED, REJECTED, SKIPPED};
 
-use super::{chunks_per_slot, rejection, source, Dialect, CHUNK_WORDS, FAILED_OUT_OF_STEP, FAILED_REJECTED};
+use super::{batched_outcome, chunks_per_slot, rejection, source, Dialect, CHUNK_WORDS, FAILED_OUT_OF_STEP, FAILED_REJECTED};
 
 /// The C entry points the tests call, around the kernels.
 const LAUNCHER: &str = r#"
@@ -184,6 +184,11 @@ fn batched_kernels_match_the_core_checksum() {
         s.batch(&scratch, first, 12);
         assert_eq!(q.consumer_failed(), 0);
         assert_eq!(q.header().consumer.load(Ordering::Acquire), first + 12, "the batch is released at once");
+        let geometry = gpuring_core::SlotGeometry::new(s.slot_count, s.slot_bytes as usize).unwrap();
+        assert_eq!(batched_outcome(&q, geometry, first + 12, false), Ok(()));
+        let short = batched_outcome(&q, geometry, first + 13, false).unwrap_err();
+        assert_eq!(short, (first + 12, format!("the kernels released up to {}, not {}", first + 12, first + 13)));
+        assert_eq!(batched_outcome(&q, geometry, first + 13, true), Ok(()), "a consumer stopped early may leave entries");
         let mut seen = 0;
         producer
             .poll_released(&q, |r| {
@@ -221,6 +226,7 @@ fn batched_kernels_reject_bad_entries_and_releases_out_of_step() {
     assert_eq!(q.entry(1).consumer_status.load(Ordering::Relaxed), REJECTED);
     let geometry = gpuring_core::SlotGeometry::new(2, 4096).unwrap();
     assert_eq!(rejection(&q, geometry, 2), (1, "slot 5 with 10 bytes, but there are 2 slots of 4096 bytes".to_owned()), "the host's account of it");
+    assert_eq!(batched_outcome(&q, geometry, 2, false), Err(rejection(&q, geometry, 2)));
 
     let s = Setup::new(4, 2, 4096);
     let q = s.q();
