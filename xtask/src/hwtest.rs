@@ -1,5 +1,9 @@
 //! `cargo xtask hwtest`: prove each compiled backend on this machine's
-//! hardware and write a report under `target/hwtest/`.
+//! hardware and write a report under `target/hwtest/` (or `--out DIR`).
+//!
+//! With `--gpuring PATH` it needs no cargo and no source tree: the device
+//! kit (`cargo xtask device-kit`) carries this task's binary and a
+//! prebuilt `gpuring` to a GPU machine that has no Rust toolchain.
 //!
 //! The runner knows no backend by name. It asks the `gpuring` binary which
 //! backends it was built with (`probe --json`), and runs the same suite on
@@ -24,17 +28,20 @@ struct Options {
     json: bool,
     /// A prebuilt `gpuring` (for a machine without a Rust toolchain).
     binary: Option<PathBuf>,
+    /// Where the data and the report go.
+    out: PathBuf,
 }
 
 fn parse(args: &[String]) -> Result<Options> {
-    let mut o = Options { require: Vec::new(), json: false, binary: None };
+    let mut o = Options { require: Vec::new(), json: false, binary: None, out: PathBuf::from("target/hwtest") };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--require" => o.require.push(it.next().context("--require needs a backend name")?.clone()),
             "--json" => o.json = true,
             "--gpuring" => o.binary = Some(it.next().context("--gpuring needs a path")?.into()),
-            other => bail!("unknown hwtest argument {other:?} (use --require BACKEND, --json, --gpuring PATH)"),
+            "--out" => o.out = it.next().context("--out needs a directory")?.into(),
+            other => bail!("unknown hwtest argument {other:?} (use --require BACKEND, --json, --gpuring PATH, --out DIR)"),
         }
     }
     Ok(o)
@@ -87,9 +94,9 @@ fn write_file(path: &Path, len: usize, seed: u64) -> Result<()> {
 
 pub fn run(args: &[String], cargo: impl Fn() -> Command) -> Result<()> {
     let o = parse(args)?;
-    let out_dir = PathBuf::from("target/hwtest");
+    let out_dir = o.out.clone();
     let data = out_dir.join("data");
-    std::fs::create_dir_all(data.join("small")).context("creating target/hwtest")?;
+    std::fs::create_dir_all(data.join("small")).with_context(|| format!("creating {}", out_dir.display()))?;
     let binary = match &o.binary {
         Some(b) => b.clone(),
         None => {
@@ -306,7 +313,7 @@ pub fn run(args: &[String], cargo: impl Fn() -> Command) -> Result<()> {
     report(&out_dir, &rows, &probe, o.json)?;
     let failed = rows.iter().filter(|r| r.status == "fail").count();
     if failed > 0 {
-        bail!("hwtest: {failed} row(s) failed; see target/hwtest/report.md");
+        bail!("hwtest: {failed} row(s) failed; see {}", out_dir.join("report.md").display());
     }
     Ok(())
 }
@@ -327,7 +334,7 @@ fn report(out_dir: &Path, rows: &[Row], probe: &Value, json_out: bool) -> Result
         println!("{value}");
     } else {
         print!("{md}");
-        println!("\nwritten: target/hwtest/report.md, target/hwtest/report.json");
+        println!("\nwritten: {}, {}", out_dir.join("report.md").display(), out_dir.join("report.json").display());
     }
     Ok(())
 }

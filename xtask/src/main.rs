@@ -2,11 +2,19 @@
 //!
 //! - `ci`: everything CI checks, in order: install what the suite needs
 //!   when missing, formatting, clippy with warnings denied, docs with
-//!   warnings denied, the `no_std` build of gpuring-core, all tests.
+//!   warnings denied, the `no_std` build of gpuring-core, all tests, the
+//!   NVMe guest suite, then the device kit built and its `run.sh` run here
+//!   (which runs the hardware suite on host and Vulkan).
 //!
-//! - `hwtest [--require BACKEND]... [--json] [--gpuring PATH]`: the hardware
-//!   suite for every backend the `gpuring` binary was built with; the report
-//!   goes to `target/hwtest/` (see `hwtest.rs`).
+//! - `hwtest [--require BACKEND]... [--json] [--gpuring PATH] [--out DIR]`:
+//!   the hardware suite for every backend the `gpuring` binary was built
+//!   with; the report goes to `target/hwtest/` (see `hwtest.rs`).
+//!
+//! - `device-kit [--out DIR] [--run-here]`: one folder (default `target/device-kit/`)
+//!   with everything a GPU machine without a Rust toolchain needs to run
+//!   the hardware suite, the CUDA bench and KvikIO beside it, and the
+//!   script that runs them; `--run-here` also runs it here and checks the
+//!   result (see `device_kit.rs`).
 //!
 //! - `nvme-vm`: the NVMe passthrough suite inside a QEMU guest with an
 //!   emulated NVMe controller (see `nvme_vm.rs`).
@@ -18,6 +26,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
+mod device_kit;
 mod hwtest;
 mod nvme_vm;
 
@@ -25,15 +34,23 @@ mod nvme_vm;
 const NO_STD_TARGET: &str = "x86_64-unknown-none";
 
 fn main() -> Result<()> {
-    // Every task works from the workspace root, wherever it was started.
-    std::env::set_current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).context("entering the workspace root")?;
+    // Every task works from the workspace root, wherever it was started,
+    // when there is one: the device kit runs this binary (`hwtest --gpuring`)
+    // on a machine that has no source tree, from wherever it is.
+    let root = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    if root.join("Cargo.toml").exists() {
+        std::env::set_current_dir(root).context("entering the workspace root")?;
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("ci") => ci(),
         Some("hwtest") => hwtest::run(&args[1..], cargo),
         Some("nvme-vm") => nvme_vm::run_task(cargo),
+        Some("device-kit") => device_kit::build(&args[1..], cargo).map(|_| ()),
         task => {
-            eprintln!("usage: cargo xtask ci | cargo xtask nvme-vm | cargo xtask hwtest [--require BACKEND]... [--json] [--gpuring PATH]");
+            eprintln!(
+                "usage: cargo xtask ci | cargo xtask nvme-vm | cargo xtask hwtest [--require BACKEND]... [--json] [--gpuring PATH] [--out DIR] | cargo xtask device-kit [--out DIR] [--run-here]"
+            );
             bail!("unknown task {task:?}")
         }
     }
@@ -97,15 +114,18 @@ fn ensure_prerequisites() -> Result<()> {
         &["libvulkan1", "mesa-vulkan-drivers"],
         "the Vulkan backend's tests",
     )?;
-    // The ROCm backend builds against HIP's headers (hip-sys's build script)
-    // and its tests load the HIP runtime and hiprtc: Debian's ROCm 5.2.
+    ensure_hip()
+}
+
+/// The ROCm backend builds against HIP's headers (hip-sys's build script)
+/// and its tests load the HIP runtime and hiprtc: Debian's ROCm 5.2.
+fn ensure_hip() -> Result<()> {
     ensure_installed(
         "HIP's headers and runtime",
         "{ test -f /usr/include/hip/hip_runtime_api.h || test -f /opt/rocm/include/hip/hip_runtime_api.h; } && ldconfig -p | grep -q libamdhip64.so",
         &["libamdhip64-dev"],
         "the ROCm backend's build and tests",
-    )?;
-    Ok(())
+    )
 }
 
 /// The facade features CI builds, lints, documents and tests: every backend
@@ -186,8 +206,11 @@ fn ci() -> Result<()> {
     step("tests");
     let (passed, failed) = run_tests(nvrtc.as_deref())?;
     nvme_vm::run_task(cargo)?;
-    step("hardware suite on this machine's backends");
-    hwtest::run(&["--require", "host", "--require", "vulkan"].map(String::from), cargo)?;
+    // The device kit's run.sh runs the hardware suite (`hwtest --require
+    // host --require vulkan`) with the kit's own binaries, as a GPU machine
+    // would: one release build serves both.
+    let kit = device_kit::build(&[], cargo)?;
+    device_kit::check_run(&kit)?;
     println!("\nci: all checks passed");
     println!("tests: {passed} passed, {failed} failed");
     Ok(())
