@@ -75,7 +75,7 @@ fn nvme(c: &mut Criterion) {
 fn ring(c: &mut Criterion) {
     let file = tempfile::NamedTempFile::new().expect("temp file");
     std::fs::write(file.path(), vec![7u8; MIB]).expect("write");
-    let buffer = Mapping::new_locked(MIB).expect("locked buffer");
+    let buffer = Mapping::new(MIB).expect("locked buffer");
     let mut ring = Ring::new(8).expect("ring");
     // SAFETY: `buffer` outlives `ring` (declared before it, dropped after).
     unsafe { ring.register_buffers(&[(buffer.as_ptr().as_ptr(), MIB)]).expect("register") };

@@ -29,7 +29,7 @@ pub const BACKENDS: &[&str] = &[
 /// `gpuring_cuda::Mode`).
 pub const CUDA_MODES: &[&str] = &["batched", "persistent", "device-copy"];
 
-/// Slots in the default ring.
+/// Slots in the default ring, where RLIMIT_MEMLOCK allows (see [`default_ring`]).
 pub const DEFAULT_SLOTS: u32 = 32;
 /// Bytes per slot in the default ring: 32 slots of 256 KiB (8 MiB) stay in
 /// this kind of machine's last-level cache between the kernel's copy into a
@@ -37,6 +37,37 @@ pub const DEFAULT_SLOTS: u32 = 32;
 /// reads than 1 MiB slots (11-13 against 7-8 GiB/s on a cached 1 GiB file,
 /// 2 vCPUs, 2026-11-23).
 pub const DEFAULT_SLOT_SIZE: usize = 256 << 10;
+
+/// The ring to use when the caller names neither or only one of the slot
+/// count and size: [`DEFAULT_SLOTS`] of [`DEFAULT_SLOT_SIZE`] where io_uring
+/// charges nothing against RLIMIT_MEMLOCK (`CAP_IPC_LOCK`, or no limit);
+/// otherwise as many slots as fit this process's limit, and smaller slots
+/// when not even one fits (see `gpuring_uring::memlock`). With Debian's
+/// default 8 MiB: 31 slots of 256 KiB. A count or size the caller gives is
+/// kept as given (only the other one adapts); when nothing fits, the
+/// defaults stand and registration fails with an error that says why.
+pub fn default_ring(slots: Option<u32>, slot_size: Option<usize>) -> (u32, usize) {
+    let wanted = (slots.unwrap_or(DEFAULT_SLOTS), slot_size.unwrap_or(DEFAULT_SLOT_SIZE));
+    let Some(budget) = gpuring_uring::memlock::budget() else { return wanted };
+    match (slots, slot_size) {
+        (Some(_), Some(_)) => wanted,
+        (None, Some(size)) => (gpuring_uring::memlock::fit_slots(size, DEFAULT_SLOTS, budget).unwrap_or(DEFAULT_SLOTS), size),
+        (Some(n), None) => {
+            // Halve the size (a page at least) until `n` slots fit.
+            let fits = |size| gpuring_uring::memlock::need(n, size).is_some_and(|need| need <= budget);
+            let mut size = DEFAULT_SLOT_SIZE;
+            while !fits(size) && size > gpuring_core::PAGE_SIZE {
+                size /= 2;
+            }
+            if fits(size) {
+                (n, size)
+            } else {
+                wanted
+            }
+        }
+        (None, None) => gpuring_uring::memlock::fitting_ring(DEFAULT_SLOTS, DEFAULT_SLOT_SIZE, budget).unwrap_or(wanted),
+    }
+}
 
 /// How to ingest.
 #[derive(Clone, Debug)]
@@ -46,9 +77,9 @@ pub struct IngestConfig {
     /// The GPU backend's device: an index or part of a name (`None`: the
     /// backend's choice, GPUs first).
     pub device: Option<String>,
-    /// Number of slots.
+    /// Number of slots (default: [`default_ring`]).
     pub slots: u32,
-    /// Bytes per slot.
+    /// Bytes per slot (default: [`default_ring`]).
     pub slot_size: usize,
     /// Read with O_DIRECT.
     pub direct: bool,
@@ -69,11 +100,12 @@ pub struct IngestConfig {
 
 impl Default for IngestConfig {
     fn default() -> Self {
+        let (slots, slot_size) = default_ring(None, None);
         Self {
             backend: "host".into(),
             device: None,
-            slots: DEFAULT_SLOTS,
-            slot_size: DEFAULT_SLOT_SIZE,
+            slots,
+            slot_size,
             direct: false,
             bounce: false,
             verify: true,

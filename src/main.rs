@@ -17,10 +17,6 @@ struct Cli {
     command: Command,
 }
 
-/// The library's default ring, as command-line defaults.
-const DEFAULT_SLOTS: u32 = ingest::DEFAULT_SLOTS;
-const DEFAULT_SLOT_SIZE: &str = "256K";
-
 fn size(text: &str) -> Result<usize, String> {
     gpuring::core::parse_size(text).and_then(|n| usize::try_from(n).ok()).ok_or_else(|| format!("`{text}` is not a size (try 4096, 64K, 1M or 1G)"))
 }
@@ -35,13 +31,15 @@ struct RingArgs {
     /// probe` lists them (default: the first usable, GPUs before CPUs).
     #[arg(long)]
     device: Option<String>,
-    /// Number of slots in the ring (fio's iodepth in the bench).
-    #[arg(long, default_value_t = DEFAULT_SLOTS)]
-    slots: u32,
+    /// Number of slots in the ring (fio's iodepth in the bench). Default:
+    /// 32, or as many as RLIMIT_MEMLOCK allows.
+    #[arg(long)]
+    slots: Option<u32>,
     /// Bytes per slot, a multiple of 4096 with K, M, G suffixes (fio's block
-    /// size in the bench).
-    #[arg(long, default_value = DEFAULT_SLOT_SIZE, value_parser = size)]
-    slot_size: usize,
+    /// size in the bench). Default: 256K, or less where RLIMIT_MEMLOCK is
+    /// too small for one slot.
+    #[arg(long, value_parser = size)]
+    slot_size: Option<usize>,
     /// How the CUDA consumer runs (--backend cuda only): `batched` launches
     /// per batch of published slots, one `persistent` kernel polling the
     /// queue, or `device-copy` (batched, after the copy engine moved each
@@ -123,12 +121,14 @@ enum Command {
         /// Print one JSON object on stdout.
         #[arg(long)]
         json: bool,
-        /// Slots of the ring to check RLIMIT_MEMLOCK against.
-        #[arg(long, default_value_t = DEFAULT_SLOTS)]
-        slots: u32,
-        /// Slot size of the ring to check RLIMIT_MEMLOCK against.
-        #[arg(long, default_value = DEFAULT_SLOT_SIZE, value_parser = size)]
-        slot_size: usize,
+        /// Slots of the ring to check RLIMIT_MEMLOCK against (default: the
+        /// default ring's).
+        #[arg(long)]
+        slots: Option<u32>,
+        /// Slot size of the ring to check RLIMIT_MEMLOCK against (default:
+        /// the default ring's).
+        #[arg(long, value_parser = size)]
+        slot_size: Option<usize>,
         /// Directory whose file system is checked for direct I/O.
         #[arg(long, default_value = ".")]
         dir: PathBuf,
@@ -164,6 +164,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "plain" => Some(false),
                 _ => None,
             };
+            let (slots, slot_size) = ingest::default_ring(slots, slot_size);
             let config =
                 IngestConfig { backend, device, slots, slot_size, direct, bounce, verify: !no_verify, nvme_fixed, cuda_mode, ..IngestConfig::default() };
             let mut inputs = gpuring::inputs::collect(&paths)?;
@@ -191,6 +192,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::Bench { json, dir, size, small_files, small_size, runs, ring: RingArgs { backend, device, slots, slot_size, cuda_mode }, no_fio } => {
+            let (slots, slot_size) = ingest::default_ring(slots, slot_size);
             let config = gpuring::bench::BenchConfig {
                 dir,
                 size: size as u64,
@@ -209,8 +211,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Probe { json, slots, slot_size, dir } => {
-            let ring = slots as u64 * slot_size as u64;
-            let report = gpuring::probe::report(ring, &dir);
+            let (slots, slot_size) = ingest::default_ring(slots, slot_size);
+            let report = gpuring::probe::report(slots, slot_size, &dir);
             if json {
                 println!("{}", serde_json::to_string(&report).context("encoding the report")?);
             } else {

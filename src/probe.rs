@@ -34,10 +34,11 @@ fn item(group: &'static str, c: Check) -> Item {
     Item { group, name: c.name.to_owned(), ok: c.ok, detail: c.detail }
 }
 
-/// Probe this machine for a ring of `ring_bytes` and direct I/O under `dir`.
-pub fn report(ring_bytes: u64, dir: &Path) -> Report {
+/// Probe this machine for a ring of `slots` slots of `slot_size` and direct
+/// I/O under `dir`.
+pub fn report(slots: u32, slot_size: usize, dir: &Path) -> Report {
     let mut checks: Vec<Item> = probe::uring_checks().into_iter().map(|c| item("io_uring", c)).collect();
-    checks.push(item("memory", probe::memlock_check(ring_bytes)));
+    checks.push(item("memory", probe::memlock_check(slots, slot_size)));
     checks.push(item("direct_io", probe::direct_io_check(dir)));
     checks.extend(nvme_checks());
     let mut peer_dma = Vec::new();

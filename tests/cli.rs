@@ -96,7 +96,11 @@ fn probe_reports_with_reasons() {
 }
 
 /// Run gpuring as `nobody` with no capabilities, as an unprivileged user would.
+/// One at a time: io_uring charges every ring of a user against one
+/// RLIMIT_MEMLOCK allowance, so two at once could crowd each other out.
 fn as_nobody(args: &[&str]) -> Option<Output> {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     if !rustix::process::geteuid().is_root() {
         return Some(gpuring(args));
     }
@@ -116,20 +120,59 @@ fn as_nobody(args: &[&str]) -> Option<Output> {
 }
 
 #[test]
-fn unprivileged_memlock_limit_is_reported_with_sizes_and_a_fix() {
-    let limit = rustix::process::getrlimit(rustix::process::Resource::Memlock).current;
-    let Some(limit) = limit.filter(|&l| l < 256 << 20) else {
-        assert!(!under_ci(), "CI=true: RLIMIT_MEMLOCK is unlimited or huge, so the memlock test cannot run");
-        eprintln!("skipping: RLIMIT_MEMLOCK is not below 256 MiB here");
-        return;
-    };
+fn unprivileged_memlock_limit_is_reported_with_sizes_and_a_fix_that_works() {
+    let Some(limit) = small_memlock_limit() else { return };
     let dir = test_dir();
     let file = make_file(dir.path(), "f", 4096, 0);
-    let Some(out) = as_nobody(&["ingest", "--slots", "64", "--slot-size", "4M", file.to_str().unwrap()]) else { return };
+    let file = file.to_str().unwrap();
+    let Some(out) = as_nobody(&["ingest", "--slots", "64", "--slot-size", "4M", file]) else { return };
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("256 MiB") && stderr.contains("RLIMIT_MEMLOCK") && stderr.contains("Fix: raise the limit"), "{stderr}");
     assert!(stderr.contains(&gpuring::core::Bytes(limit).to_string()), "names the limit: {stderr}");
+    // The limit it names suffices: the total, KiB, above 256 MiB.
+    let kib: u64 = stderr.split("`ulimit -l ").nth(1).and_then(|r| r.split('`').next()).and_then(|n| n.parse().ok()).expect("a ulimit -l value");
+    assert!(kib * 1024 > 256 << 20, "{stderr}");
+    // The ring it suggests works.
+    let ring = stderr.split("a ring that fits: ").nth(1).expect("a ring that fits").split(" (").next().unwrap();
+    let mut args = vec!["ingest"];
+    args.extend(ring.split(' '));
+    args.push(file);
+    let Some(out) = as_nobody(&args) else { return };
+    assert!(out.status.success(), "the suggested {ring}: {}", text(&out).1);
+}
+
+/// The memlock tests' precondition: a limit that io_uring charges against
+/// and that the 256 MiB ring below exceeds.
+fn small_memlock_limit() -> Option<u64> {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Memlock).current;
+    let limit = limit.filter(|&l| l < 256 << 20);
+    if limit.is_none() {
+        assert!(!under_ci(), "CI=true: RLIMIT_MEMLOCK is unlimited or huge, so the memlock test cannot run");
+        eprintln!("skipping: RLIMIT_MEMLOCK is not below 256 MiB here");
+    }
+    limit
+}
+
+#[test]
+fn unprivileged_default_ring_and_the_readme_ring_fit_the_memlock_limit() {
+    if small_memlock_limit().is_none() {
+        return;
+    }
+    let dir = test_dir();
+    let file = make_file(dir.path(), "f", 20 << 20, 3);
+    let file = file.to_str().unwrap();
+    for args in [
+        vec!["ingest", "--json", file],
+        vec!["ingest", "--json", "--slots", "4", "--slot-size", "1M", file],
+        vec!["ingest", "--json", "--slot-size", "1M", file],
+    ] {
+        let Some(out) = as_nobody(&args) else { return };
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{args:?}: {stderr}");
+        let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!((v["checksum"]["match"].as_bool(), v["bytes"].as_u64()), (Some(true), Some(20 << 20)), "{args:?}: {stdout}");
+    }
 }
 
 #[test]

@@ -14,7 +14,8 @@ use crate::slot::SlotGeometry;
 /// What kind of memory the slots are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum MemoryKind {
-    /// Page-aligned, locked host memory (no GPU involved).
+    /// Page-aligned host memory, pinned while io_uring has it registered (no
+    /// GPU involved). Named `locked_host` in reports.
     LockedHost,
     /// Host memory mapped into a GPU's address space.
     GpuMappedHost,

@@ -163,8 +163,14 @@ pub enum IngestError {
     },
     /// Registering the slots would exceed RLIMIT_MEMLOCK.
     MemlockLimit {
+        /// Slots to register.
+        slots: u32,
+        /// Bytes per slot.
+        slot_size: usize,
         /// Bytes to register.
         requested: u64,
+        /// Ring memory charged besides (see [`crate::memlock::ring_bytes`]).
+        ring: u64,
         /// The soft limit (`None`: unlimited).
         limit: Option<u64>,
     },
@@ -282,15 +288,29 @@ impl fmt::Display for IngestError {
                 if *errno == Errno::INVAL { " (EINVAL: a transfer over the kernel's limit, or fixed buffers this kernel refuses)" } else { "" }
             ),
             Self::Unsupported { what } => write!(f, "{what}"),
-            Self::MemlockLimit { requested, limit: Some(limit) } => write!(
+            Self::MemlockLimit { slots, slot_size, requested, ring, limit: Some(limit) } => {
+                let total = requested.saturating_add(*ring);
+                write!(
+                    f,
+                    "registering {} of slots ({slots} of {}) with io_uring needs {} KiB of RLIMIT_MEMLOCK with the ring's own {}, and this process may lock {} ({} KiB). Fix: raise the limit to at least {} KiB (`ulimit -l {}` as root, LimitMEMLOCK= for a systemd service, memlock in /etc/security/limits.conf)",
+                    Bytes(*requested),
+                    Bytes(*slot_size as u64),
+                    total.div_ceil(1024),
+                    Bytes(*ring),
+                    Bytes(*limit),
+                    limit / 1024,
+                    total.div_ceil(1024),
+                    total.div_ceil(1024)
+                )?;
+                match crate::memlock::fitting_ring(*slots, *slot_size, *limit) {
+                    Some((n, size)) => write!(f, ", or use a ring that fits: --slots {n} --slot-size {}", size_arg(size))?,
+                    None => write!(f, "; no ring fits in {}", Bytes(*limit))?,
+                }
+                write!(f, " (every io_uring of this user counts against the same limit)")
+            }
+            Self::MemlockLimit { requested, limit: None, .. } => write!(
                 f,
-                "registering {} of slots with io_uring exceeds RLIMIT_MEMLOCK ({}). Fix: raise the limit (`ulimit -l`, LimitMEMLOCK= for systemd, memlock in /etc/security/limits.conf) or use fewer/smaller slots",
-                Bytes(*requested),
-                Bytes(*limit)
-            ),
-            Self::MemlockLimit { requested, limit: None } => write!(
-                f,
-                "the kernel refused to register {} of slots with io_uring (out of memory). Fix: use fewer/smaller slots",
+                "the kernel refused to register {} of slots with io_uring (out of memory). Fix: free memory, or use fewer/smaller slots",
                 Bytes(*requested)
             ),
             Self::RingGeometry { what } => write!(f, "{what}"),
@@ -346,5 +366,14 @@ impl From<PendingError> for IngestError {
 impl From<TelemetryError> for IngestError {
     fn from(e: TelemetryError) -> Self {
         Self::Telemetry(e)
+    }
+}
+
+/// A byte count as `--slot-size` takes it: `256K`, `1M`, or bytes.
+fn size_arg(bytes: usize) -> String {
+    match bytes {
+        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{}M", b >> 20),
+        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{}K", b >> 10),
+        b => b.to_string(),
     }
 }

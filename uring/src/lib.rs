@@ -15,6 +15,8 @@
 //! - [`bounce`]: the path programs use today (`pread()` into a heap
 //!   buffer, then a copy into the slot), producing into the same io_queue,
 //!   for comparison and as a fallback; counted as `bounce` in telemetry.
+//! - [`memlock`]: what io_uring charges against RLIMIT_MEMLOCK, and rings
+//!   that fit a process's limit (the default ring does).
 //! - [`probe`]: what this kernel and process can do (opcodes, SQE128,
 //!   RLIMIT_MEMLOCK, direct-I/O alignment), with reasons.
 //!
@@ -25,6 +27,7 @@
 pub mod bounce;
 pub mod driver;
 pub mod error;
+pub mod memlock;
 pub mod nvme;
 pub mod probe;
 pub mod ring;

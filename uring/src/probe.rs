@@ -70,27 +70,45 @@ pub fn uring_checks() -> Vec<Check> {
     checks
 }
 
-/// RLIMIT_MEMLOCK against registering (and locking) `requested` bytes.
-pub fn memlock_check(requested: u64) -> Check {
+/// RLIMIT_MEMLOCK against registering `slots` slots of `slot_size` with
+/// io_uring (their ring included; see [`crate::memlock`]).
+pub fn memlock_check(slots: u32, slot_size: usize) -> Check {
+    use gpuring_core::Bytes;
     let limit = rustix::process::getrlimit(rustix::process::Resource::Memlock).current;
-    let root = rustix::process::geteuid().is_root();
-    match limit {
-        None => Check::new("memlock", true, "RLIMIT_MEMLOCK is unlimited"),
-        Some(_) if root => {
-            Check::new("memlock", true, format!("running as root (CAP_IPC_LOCK): the {} limit does not apply", gpuring_core::Bytes(limit.unwrap_or(0))))
-        }
-        Some(limit) if limit >= requested => {
-            Check::new("memlock", true, format!("RLIMIT_MEMLOCK {} covers the {} ring", gpuring_core::Bytes(limit), gpuring_core::Bytes(requested)))
-        }
-        Some(limit) => Check::new(
+    let Some(need) = crate::memlock::need(slots, slot_size) else {
+        return Check::new("memlock", false, format!("{slots} slots of {slot_size} bytes do not fit in 64 bits. Fix: use fewer/smaller slots"));
+    };
+    match (crate::memlock::budget(), limit) {
+        (_, None) => Check::new("memlock", true, "RLIMIT_MEMLOCK is unlimited"),
+        (None, Some(limit)) => Check::new("memlock", true, format!("CAP_IPC_LOCK (root): io_uring charges nothing against the {} limit", Bytes(limit))),
+        (Some(budget), _) if need <= budget => Check::new(
             "memlock",
-            false,
+            true,
             format!(
-                "RLIMIT_MEMLOCK {} is below the {} ring. Fix: raise it (`ulimit -l`) or use fewer/smaller slots",
-                gpuring_core::Bytes(limit),
-                gpuring_core::Bytes(requested)
+                "RLIMIT_MEMLOCK {} covers the {} io_uring charges for {slots} slots of {} and their ring",
+                Bytes(budget),
+                Bytes(need),
+                Bytes(slot_size as u64)
             ),
         ),
+        (Some(budget), _) => {
+            let fix = match crate::memlock::fitting_ring(slots, slot_size, budget) {
+                Some((n, size)) => format!("or use {n} slots of {}", Bytes(size as u64)),
+                None => "no ring fits it".to_owned(),
+            };
+            Check::new(
+                "memlock",
+                false,
+                format!(
+                    "RLIMIT_MEMLOCK {} is below the {} io_uring charges for {slots} slots of {} and their ring. Fix: raise it to at least {} (`ulimit -l {}`), {fix}",
+                    Bytes(budget),
+                    Bytes(need),
+                    Bytes(slot_size as u64),
+                    Bytes(need),
+                    need.div_ceil(1024)
+                ),
+            )
+        }
     }
 }
 

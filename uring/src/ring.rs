@@ -29,7 +29,11 @@ pub const MAX_BUFFER_BYTES: usize = 1 << 30;
 pub const MAX_BUFFERS: u32 = 1 << 14;
 
 fn errno(e: std::io::Error) -> Errno {
-    Errno::from_io_error(&e).unwrap_or(Errno::IO)
+    errno_of(&e)
+}
+
+fn errno_of(e: &std::io::Error) -> Errno {
+    Errno::from_io_error(e).unwrap_or(Errno::IO)
 }
 
 /// The two shapes of ring: 64-byte SQEs and 16-byte CQEs, or 128 and 32.
@@ -83,6 +87,8 @@ impl Uring {
 /// An io_uring instance and what it has in flight.
 pub struct Ring {
     uring: Uring,
+    /// The depth asked for in [`Ring::new`] (sizes the ring's memory).
+    depth: u32,
     in_flight: u32,
     queued: u32,
 }
@@ -109,7 +115,7 @@ impl Ring {
             .or_else(|_| IoUring::builder().setup_coop_taskrun().build(entries).map(Uring::Plain))
             .or_else(|_| IoUring::new(entries).map(Uring::Plain))
             .map_err(|e| IngestError::Ring { op: "setup", errno: errno(e) })?;
-        Ok(Self { uring, in_flight: 0, queued: 0 })
+        Ok(Self { uring, depth, in_flight: 0, queued: 0 })
     }
 
     /// Whether the ring has 128-byte SQEs and 32-byte CQEs (NVMe passthrough).
@@ -139,13 +145,31 @@ impl Ring {
         }
         let iovecs: Vec<libc::iovec> = buffers.iter().map(|&(ptr, len)| libc::iovec { iov_base: ptr.cast(), iov_len: len }).collect();
         let submitter = self.uring.submitter();
-        // SAFETY: the caller keeps every buffer valid until the ring is dropped.
-        unsafe { submitter.register_buffers(&iovecs) }.map_err(|e| {
+        // A ring of this user that just went away (another process's) may
+        // still be charged for a moment (the kernel tears rings down in a
+        // worker): when the limit refuses, try again a few times over about
+        // 200 ms before saying so.
+        let mut retries = 0;
+        let registered = loop {
+            // SAFETY: the caller keeps every buffer valid until the ring is dropped.
+            match unsafe { submitter.register_buffers(&iovecs) } {
+                Err(e) if retries < 8 && matches!(errno_of(&e), Errno::NOMEM | Errno::PERM) && crate::memlock::budget().is_some() => {
+                    retries += 1;
+                    std::thread::sleep(Duration::from_millis(25));
+                }
+                other => break other,
+            }
+        };
+        registered.map_err(|e| {
             let requested = buffers.iter().map(|b| b.1 as u64).sum();
             match errno(e) {
-                Errno::NOMEM | Errno::PERM => {
-                    IngestError::MemlockLimit { requested, limit: rustix::process::getrlimit(rustix::process::Resource::Memlock).current }
-                }
+                Errno::NOMEM | Errno::PERM => IngestError::MemlockLimit {
+                    slots: buffers.len() as u32,
+                    slot_size: buffers.iter().map(|b| b.1).max().unwrap_or(0),
+                    requested,
+                    ring: crate::memlock::ring_bytes(self.depth),
+                    limit: rustix::process::getrlimit(rustix::process::Resource::Memlock).current,
+                },
                 errno => IngestError::Ring { op: "buffer registration", errno },
             }
         })
@@ -309,7 +333,15 @@ impl Drop for Ring {
     fn drop(&mut self) {
         // If waiting fails, the registered pages stay pinned by the kernel
         // until each request ends (see the module docs); nothing more to do.
-        let _ = self.cancel_all();
+        if self.cancel_all().is_ok() && self.in_flight == 0 {
+            // Nothing in flight: unregister now, which gives the pages'
+            // RLIMIT_MEMLOCK charge back at once. Left to the ring's teardown,
+            // which the kernel defers to a worker, the charge outlives the
+            // process for a moment, and a ring the same user sets up right
+            // after would be refused (seen: two ingests 1 ms apart as
+            // `nobody`). No buffers registered is an error to ignore.
+            let _ = self.uring.submitter().unregister_buffers();
+        }
     }
 }
 

@@ -1,8 +1,8 @@
-//! Slot and io_queue memory: locked host pages page-locked with CUDA and
-//! mapped into the device's address space.
+//! Slot and io_queue memory: host pages page-locked with CUDA and mapped
+//! into the device's address space.
 //!
 //! The pages come from `gpuring_host::Mapping` (anonymous, page-aligned,
-//! locked), so io_uring can register them and the kernel's copy or the
+//! present), so io_uring can register them and the kernel's copy or the
 //! disk's DMA writes straight into them; `cuMemHostRegister` with
 //! `DEVICEMAP` then maps the same pages into the GPU, and
 //! `cuMemHostGetDevicePointer` gives the address the kernel reads them at.
@@ -30,7 +30,7 @@ pub(crate) struct Mapped {
 
 impl Mapped {
     pub(crate) fn new(device: &Arc<Device>, len: usize) -> Result<Self, CudaError> {
-        let host = Mapping::new_locked(len.max(PAGE_SIZE))?;
+        let host = Mapping::new(len.max(PAGE_SIZE))?;
         device.bind()?;
         let ptr = host.as_ptr().as_ptr().cast::<c_void>();
         let flags = sys::CU_MEMHOSTREGISTER_PORTABLE | sys::CU_MEMHOSTREGISTER_DEVICEMAP;
@@ -71,7 +71,7 @@ impl Drop for Mapped {
     }
 }
 
-/// CUDA staging memory: slots and io_queue in locked host pages mapped into
+/// CUDA staging memory: slots and io_queue in host pages (pinned by CUDA) mapped into
 /// the device (`MemoryKind::GpuMappedHost`), plus a page of control words
 /// the host uses to tell a running kernel to stop.
 pub struct CudaStaging {
@@ -122,7 +122,7 @@ impl CudaStaging {
     }
 }
 
-// SAFETY: all three mappings are locked host mappings owned by `self`,
+// SAFETY: all three mappings are host mappings (pinned by CUDA) owned by `self`,
 // page-aligned, disjoint, and freed only on drop (after CUDA let go of
 // them); the queue was initialised in `on`.
 unsafe impl StagingMemory for CudaStaging {

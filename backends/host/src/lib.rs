@@ -1,12 +1,14 @@
 //! gpuring-host: the default backend, which needs no GPU.
 //!
-//! It supplies slot memory that is page-aligned, anonymous and locked
-//! (`mlock`), and an io_queue in the same kind of memory ([`HostStaging`]),
+//! It supplies slot memory that is page-aligned, anonymous and present (not
+//! `mlock`ed: io_uring's registration pins the slots, and locking too would
+//! count them twice against RLIMIT_MEMLOCK), and an io_queue in the same
+//! kind of memory ([`HostStaging`]),
 //! and a consumer that runs on a CPU thread ([`HostConsumer`]): it reads the
 //! io_queue, computes the core checksum of each published slot and releases
 //! the slot, exactly as the GPU backends' kernels do.
 //!
-//! It also holds what the GPU backends share: locked page-aligned
+//! It also holds what the GPU backends share: page-aligned
 //! [`Mapping`]s, the host side of waiting on the io_queue
 //! ([`wait_for_entries`], [`wake_producer`]), device selection
 //! ([`choose_device`], [`select_device`]) and the consumer kernel's source ([`kernel`]).

@@ -1,4 +1,5 @@
-//! Page-aligned, locked host memory for slots and the io_queue.
+//! Page-aligned host memory for slots and the io_queue, pinned by whoever
+//! hands it to a device (io_uring's registration, a GPU API), never mlocked.
 
 use std::fmt;
 use std::ptr::NonNull;
@@ -7,18 +8,10 @@ use gpuring_core::io_queue::{IoQueue, QueueError};
 use gpuring_core::{Bytes, MemoryKind, SlotGeometry, StagingMemory, PAGE_SIZE};
 use rustix::io::Errno;
 use rustix::mm::{MapFlags, ProtFlags};
-use rustix::process::{getrlimit, Resource};
 
 /// Why host memory could not be set up.
 #[derive(Debug)]
 pub enum HostError {
-    /// Locking the memory would exceed RLIMIT_MEMLOCK.
-    MemlockLimit {
-        /// Bytes asked for.
-        requested: u64,
-        /// The soft limit in bytes (`None`: unlimited, so something else refused).
-        limit: Option<u64>,
-    },
     /// The system could not map the memory.
     Map {
         /// Bytes asked for.
@@ -42,29 +35,15 @@ pub enum HostError {
 impl fmt::Display for HostError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::MemlockLimit { requested, limit: Some(limit) } => write!(
-                f,
-                "locking {} of slot memory exceeds RLIMIT_MEMLOCK ({} for this process). Fix: raise the limit (`ulimit -l {}` as root, LimitMEMLOCK= for a systemd service, or memlock in /etc/security/limits.conf), or ask for a smaller ring (fewer --slots or a smaller --slot-size, at most {} in all)",
-                Bytes(*requested),
-                Bytes(*limit),
-                requested.div_ceil(1024) * 2,
-                Bytes(limit / 2)
-            ),
-            Self::MemlockLimit { requested, limit: None } => write!(
-                f,
-                "the kernel refused to lock {} of slot memory although RLIMIT_MEMLOCK is unlimited. Fix: free memory, or ask for a smaller ring",
-                Bytes(*requested)
-            ),
             Self::Map { requested, errno } => write!(
                 f,
-                "could not map {} of slot memory: {errno}. Fix: ask for a smaller ring (fewer --slots or a smaller --slot-size)",
+                "could not map {} of slot memory: {errno}. Fix: free memory, or ask for a smaller ring (fewer --slots or a smaller --slot-size)",
                 Bytes(*requested)
             ),
             Self::Queue(e) => write!(f, "{e}"),
-            Self::BadEntry { position, what } => write!(
-                f,
-                "io_queue entry at position {position} is invalid: {what}. Fix: only gpuring's driver may publish to this queue"
-            ),
+            Self::BadEntry { position, what } => {
+                write!(f, "io_queue entry at position {position} is invalid: {what}. Fix: only gpuring's driver may publish to this queue")
+            }
             Self::ConsumerPanicked => write!(f, "the host consumer thread panicked. Fix: this is a bug; please report it with the panic message above"),
         }
     }
@@ -78,7 +57,17 @@ impl From<QueueError> for HostError {
     }
 }
 
-/// An anonymous, page-aligned, locked mapping, unmapped on drop.
+/// An anonymous, page-aligned mapping whose pages are made present up
+/// front, unmapped on drop.
+///
+/// It is not `mlock`ed: the slots are pinned by whoever hands them to a
+/// device (io_uring's buffer registration, `cuMemHostRegister`,
+/// `hipHostRegister`, a Vulkan import), and the io_queue is ordinary shared
+/// memory. Locking as well would count the same pages a second time against
+/// RLIMIT_MEMLOCK, and a default ring would not fit an unprivileged user's
+/// 8 MiB limit. The pages are faulted in here so that a registration pins
+/// present pages (measured: about 1 s to register 256 MiB not yet touched,
+/// 10 ms once present).
 #[derive(Debug)]
 pub struct Mapping {
     ptr: NonNull<u8>,
@@ -93,22 +82,23 @@ unsafe impl Send for Mapping {}
 unsafe impl Sync for Mapping {}
 
 impl Mapping {
-    /// Map and lock `len` bytes (rounded up to whole pages), zero-filled.
-    pub fn new_locked(len: usize) -> Result<Self, HostError> {
-        Self::new_locked_aligned(len, PAGE_SIZE)
+    /// Map `len` bytes (rounded up to whole pages), zero-filled and present.
+    pub fn new(len: usize) -> Result<Self, HostError> {
+        Self::new_aligned(len, PAGE_SIZE)
     }
 
-    /// Map and lock `len` bytes rounded up to a multiple of `align`, starting
-    /// at a multiple of `align` (a power of two; a page or more), zero-filled.
-    /// GPU APIs that import host memory ask for such alignment (Vulkan's
-    /// `minImportedHostPointerAlignment`).
-    pub fn new_locked_aligned(len: usize, align: usize) -> Result<Self, HostError> {
+    /// Map `len` bytes rounded up to a multiple of `align`, starting at a
+    /// multiple of `align` (a power of two; a page or more), zero-filled and
+    /// present. GPU APIs that import host memory ask for such alignment
+    /// (Vulkan's `minImportedHostPointerAlignment`).
+    pub fn new_aligned(len: usize, align: usize) -> Result<Self, HostError> {
         assert!(align.is_power_of_two() && align >= PAGE_SIZE, "alignment {align} is not a power of two of at least a page");
-        let len = len.div_ceil(align).max(1) * align;
+        let too_big = || HostError::Map { requested: len as u64, errno: Errno::NOMEM };
+        let len = len.checked_next_multiple_of(align).ok_or_else(too_big)?.max(align);
         let requested = len as u64;
         // Over-map by `align - PAGE_SIZE`, then give back the pages before
         // the aligned start and after its end.
-        let span = len + (align - PAGE_SIZE);
+        let span = len.checked_add(align - PAGE_SIZE).ok_or_else(too_big)?;
         // SAFETY: a fresh private anonymous mapping aliases nothing.
         let raw = unsafe { rustix::mm::mmap_anonymous(std::ptr::null_mut(), span, ProtFlags::READ | ProtFlags::WRITE, MapFlags::PRIVATE) }
             .map_err(|errno| HostError::Map { requested, errno })?;
@@ -127,13 +117,18 @@ impl Mapping {
         // SAFETY: `head < span`, inside the mapping.
         let ptr = unsafe { raw.cast::<u8>().add(head) };
         let mapping = Mapping { ptr: NonNull::new(ptr).ok_or(HostError::Map { requested, errno: Errno::NOMEM })?, len };
-        // SAFETY: `ptr..ptr+len` is the part of the mapping kept.
-        if let Err(errno) = unsafe { rustix::mm::mlock(ptr.cast(), len) } {
-            let limit = getrlimit(Resource::Memlock).current;
-            return Err(match errno {
-                Errno::NOMEM | Errno::PERM | Errno::AGAIN => HostError::MemlockLimit { requested, limit },
-                errno => HostError::Map { requested, errno },
-            });
+        // SAFETY: `ptr..ptr+len` is the part of the mapping kept, ours alone.
+        let populated = unsafe { rustix::mm::madvise(ptr.cast(), len, rustix::mm::Advice::LinuxPopulateWrite) };
+        match populated {
+            Ok(()) => {}
+            // Before Linux 5.14: fault each page in by writing the zero it holds.
+            Err(Errno::INVAL) => {
+                for page in (0..len).step_by(PAGE_SIZE) {
+                    // SAFETY: `page < len`, inside the mapping, which nothing else uses yet.
+                    unsafe { ptr.add(page).write_volatile(0) };
+                }
+            }
+            Err(errno) => return Err(HostError::Map { requested, errno }),
         }
         Ok(mapping)
     }
@@ -163,7 +158,8 @@ impl Drop for Mapping {
     }
 }
 
-/// Host staging memory: locked slots and a locked io_queue.
+/// Host staging memory: slots and an io_queue in present, page-aligned
+/// mappings. io_uring's registration pins the slots while a driver uses them.
 #[derive(Debug)]
 pub struct HostStaging {
     slots: Mapping,
@@ -176,21 +172,21 @@ impl HostStaging {
     /// Allocate `geometry`'s slots and an io_queue of `queue_capacity` entries.
     pub fn new(geometry: SlotGeometry, queue_capacity: u32) -> Result<Self, HostError> {
         let queue_len = IoQueue::bytes_for(queue_capacity.max(1));
-        let slots = Mapping::new_locked(geometry.region_len())?;
-        let queue = Mapping::new_locked(queue_len)?;
+        let slots = Mapping::new(geometry.region_len())?;
+        let queue = Mapping::new(queue_len)?;
         // SAFETY: the mapping is ours, aligned, large enough, and lives as
         // long as `HostStaging`, which only hands out queue views borrowing it.
         unsafe { IoQueue::init_raw(queue.as_ptr().as_ptr(), queue.len(), queue_capacity)? };
         Ok(Self { slots, queue, queue_capacity, geometry })
     }
 
-    /// Bytes locked in all (slots and queue).
-    pub fn locked_bytes(&self) -> usize {
+    /// Bytes mapped in all (slots and queue).
+    pub fn mapped_bytes(&self) -> usize {
         self.slots.len() + self.queue.len()
     }
 }
 
-// SAFETY: both mappings are page-aligned, locked, owned by `self`, freed only
+// SAFETY: both mappings are page-aligned, owned by `self`, freed only
 // on drop, and disjoint; the queue was initialised in `new`.
 unsafe impl StagingMemory for HostStaging {
     fn geometry(&self) -> SlotGeometry {
@@ -224,28 +220,18 @@ mod tests {
         assert_eq!(s.slot_ptr(3).as_ptr() as usize - s.slot_base().as_ptr() as usize, 3 * (64 << 10));
         assert_eq!(s.queue().capacity(), 4);
         assert_eq!(s.kind(), MemoryKind::LockedHost);
-        assert_eq!(s.locked_bytes(), 256 << 10 | 4096);
+        assert_eq!(s.mapped_bytes(), 256 << 10 | 4096);
     }
 
     #[test]
     fn aligned_mappings_start_and_end_on_the_alignment() {
         for align in [PAGE_SIZE, 64 << 10, 2 << 20] {
-            let m = Mapping::new_locked_aligned(5000, align).unwrap();
+            let m = Mapping::new_aligned(5000, align).unwrap();
             assert_eq!((m.as_ptr().as_ptr() as usize % align, m.len()), (0, align.max(8192)));
             // SAFETY: the mapping is ours and `len` bytes long.
             let bytes = unsafe { std::slice::from_raw_parts_mut(m.as_ptr().as_ptr(), m.len()) };
             assert!(bytes.iter().all(|&b| b == 0));
             bytes.fill(0x5A);
         }
-    }
-
-    #[test]
-    fn memlock_error_says_sizes_and_fix() {
-        let e = HostError::MemlockLimit { requested: 256 << 20, limit: Some(8 << 20) };
-        let text = e.to_string();
-        assert!(text.contains("locking 256 MiB"), "{text}");
-        assert!(text.contains("RLIMIT_MEMLOCK (8 MiB"), "{text}");
-        assert!(text.contains("Fix: raise the limit"), "{text}");
-        assert!(text.contains("at most 4 MiB"), "{text}");
     }
 }

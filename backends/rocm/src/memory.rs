@@ -1,8 +1,8 @@
-//! Slot and io_queue memory: locked host pages registered with HIP and
+//! Slot and io_queue memory: host pages registered (pinned) with HIP and
 //! mapped into the device's address space.
 //!
 //! The pages come from `gpuring_host::Mapping` (anonymous, page-aligned,
-//! locked), so io_uring can register them and the kernel's copy or the
+//! present), so io_uring can register them and the kernel's copy or the
 //! disk's DMA writes straight into them; `hipHostRegister` with
 //! `hipHostRegisterMapped` then maps the same pages into the GPU (as
 //! fine-grained, coherent memory), and `hipHostGetDevicePointer` gives the
@@ -31,7 +31,7 @@ pub(crate) struct Mapped {
 
 impl Mapped {
     pub(crate) fn new(device: &Arc<Device>, len: usize) -> Result<Self, RocmError> {
-        let host = Mapping::new_locked(len.max(PAGE_SIZE))?;
+        let host = Mapping::new(len.max(PAGE_SIZE))?;
         device.bind()?;
         let hip = device.hip;
         let ptr = host.as_ptr().as_ptr().cast::<c_void>();
@@ -81,7 +81,7 @@ unsafe impl Send for Mapped {}
 // SAFETY: as above.
 unsafe impl Sync for Mapped {}
 
-/// ROCm staging memory: slots and io_queue in locked host pages mapped into
+/// ROCm staging memory: slots and io_queue in host pages (pinned by HIP) mapped into
 /// the device (`MemoryKind::GpuMappedHost`).
 pub struct RocmStaging {
     pub(crate) slots: Mapped,
@@ -122,7 +122,7 @@ impl RocmStaging {
     }
 }
 
-// SAFETY: both mappings are locked host mappings owned by `self`,
+// SAFETY: both mappings are host mappings (pinned by HIP) owned by `self`,
 // page-aligned, disjoint, and freed only on drop (after HIP let go of
 // them); the queue was initialised in `on`.
 unsafe impl StagingMemory for RocmStaging {

@@ -1,6 +1,6 @@
-//! Slot and io_queue memory: locked host pages imported into Vulkan.
+//! Slot and io_queue memory: host pages imported into Vulkan.
 //!
-//! The pages come from `gpuring_host::Mapping` (anonymous, locked, aligned to
+//! The pages come from `gpuring_host::Mapping` (anonymous, present, aligned to
 //! the device's `minImportedHostPointerAlignment`), so io_uring can register
 //! them and the kernel or the disk writes straight into them; the same pages
 //! are imported with `VK_EXT_external_memory_host` into a host-coherent
@@ -39,7 +39,7 @@ impl Imported {
         if rounded > max {
             return Err(VulkanError::TooLarge { what, len: rounded, max });
         }
-        let host = Mapping::new_locked_aligned(len, align)?;
+        let host = Mapping::new_aligned(len, align)?;
         let mut imported = Imported { buffer: vk::Buffer::null(), memory: vk::DeviceMemory::null(), host, ctx: ctx.clone() };
         let device = &ctx.device;
         let size = imported.host.len() as u64;
@@ -105,7 +105,7 @@ impl Drop for Imported {
     }
 }
 
-/// Vulkan staging memory: slots and io_queue in locked host pages that the
+/// Vulkan staging memory: slots and io_queue in host pages that the
 /// device imported (`MemoryKind::GpuMappedHost`).
 pub struct VulkanStaging {
     pub(crate) slots: Imported,
@@ -146,7 +146,7 @@ impl VulkanStaging {
     }
 }
 
-// SAFETY: both imports are locked host mappings owned by `self`, aligned to
+// SAFETY: both imports are host mappings owned by `self`, aligned to
 // at least a page, disjoint, and freed only on drop (after the device let go
 // of them); the queue was initialised in `on`.
 unsafe impl StagingMemory for VulkanStaging {
