@@ -176,6 +176,17 @@ fn unprivileged_default_ring_and_the_readme_ring_fit_the_memlock_limit() {
 }
 
 #[test]
+fn files_the_kernel_generates_are_refused_for_what_they_are_not_as_empty() {
+    for path in ["/proc/cpuinfo", "/proc/self/status", "/sys/kernel/mm/transparent_hugepage/enabled"] {
+        let out = gpuring(&["ingest", path]);
+        let (_, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(!stderr.contains("empty"), "{path}: {stderr}");
+        assert!(stderr.contains(path) && stderr.contains("which the kernel generates as it is read") && stderr.contains("Fix: copy it"), "{stderr}");
+    }
+}
+
+#[test]
 fn unreadable_file_is_reported() {
     let dir = test_dir();
     let file = make_file(dir.path(), "secret", 4096, 0);

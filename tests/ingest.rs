@@ -129,12 +129,15 @@ fn bad_inputs_name_the_problem_and_a_fix() {
     rustix::fs::mknodat(rustix::fs::CWD, &fifo, rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(0o600), 0).unwrap();
     let sock_path = dir.path().join("sock");
     let _sock = std::os::unix::net::UnixListener::bind(&sock_path).unwrap();
-    let cases: [(Source, &str); 5] = [
+    let cases: [(Source, &str); 7] = [
         (Source::file(dir.path().join("missing")), "no such file or directory"),
         (Source::file(&fifo), "is a FIFO"),
         (Source::file(&sock_path), "cannot open: No such device or address"),
         (Source::file("/dev/null"), "is a character device"),
         (Source::file(dir.path()), "is a directory"),
+        // Files the kernel makes up as they are read: size 0, or a page.
+        (Source::file("/proc/self/status"), "is a file of procfs"),
+        (Source::file("/sys/kernel/mm/transparent_hugepage/enabled"), "is a file of sysfs"),
     ];
     for (source, want) in cases {
         let e = ingest(std::slice::from_ref(&source), &config(false)).unwrap_err().to_string();

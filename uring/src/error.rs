@@ -28,6 +28,14 @@ pub enum IngestError {
         /// What it is instead ("a FIFO", "a socket", ...).
         kind: &'static str,
     },
+    /// A file the kernel generates as it is read (procfs, sysfs, ...): its
+    /// size is not known ahead, and two reads may differ.
+    Generated {
+        /// The path.
+        path: PathBuf,
+        /// The file system ("procfs", "sysfs", ...).
+        fs: &'static str,
+    },
     /// Opening or inspecting the path failed otherwise.
     Open {
         /// The path.
@@ -215,6 +223,12 @@ impl fmt::Display for IngestError {
             Self::NotRegular { path, kind } => write!(
                 f,
                 "{}: is {kind}, not a regular file or block device. Fix: pass regular files or directories of them (NVMe namespaces go with --nvme)",
+                path.display()
+            ),
+            Self::Generated { path, fs } => write!(
+                f,
+                "{}: is a file of {fs}, which the kernel generates as it is read: its size is not known ahead (it reports 0 or a page) and two reads may differ, so it can be neither streamed by size nor verified. Fix: copy it to a regular file first (cp {} /tmp/) and ingest the copy",
+                path.display(),
                 path.display()
             ),
             Self::Open { path, errno } => write!(f, "{}: cannot open: {errno}. Fix: check the path and its file system", path.display()),

@@ -25,6 +25,42 @@ const TMPFS_MAGIC: i64 = 0x0102_1994;
 /// `RAMFS_MAGIC`.
 const RAMFS_MAGIC: i64 = 0x8584_58f6;
 
+/// File systems whose files the kernel generates as they are read, by
+/// `statfs` magic: their sizes say nothing of their content.
+const GENERATED_FS: [(i64, &str); 10] = [
+    (0x9fa0, "procfs"),
+    (0x6265_6572, "sysfs"),
+    (0x6462_6720, "debugfs"),
+    (0x7472_6163, "tracefs"),
+    (0x6265_6570, "configfs"),
+    (0x0027_e0eb, "cgroupfs"),
+    (0x6367_7270, "cgroup2fs"),
+    (0x7363_6673, "securityfs"),
+    (0xcafe_4a11, "bpffs"),
+    (0xde5e_81e4, "efivarfs"),
+];
+
+/// The generated-file file system (`procfs`, `sysfs`, ...) that holds the
+/// open file `fd`, if it is one of those.
+fn generated_fs(fd: &OwnedFd) -> Option<&'static str> {
+    #[allow(clippy::unnecessary_cast)] // f_type is i64 here but not on every architecture
+    let fs_type = rustix::fs::fstatfs(fd).ok()?.f_type as i64;
+    GENERATED_FS.iter().find(|(magic, _)| *magic == fs_type).map(|(_, name)| *name)
+}
+
+/// Refuse `path` when it is a file the kernel generates as it is read
+/// (`/proc`, `/sys`, ...), with the error [`OpenSource::open`] would give.
+/// For callers that judge sizes before ingesting (a file there reports 0
+/// bytes, or a page, whatever it holds). Paths that cannot be opened pass:
+/// the ingest reports those.
+pub fn refuse_generated(path: &Path) -> Result<(), IngestError> {
+    let Ok(fd) = rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY, Mode::empty()) else { return Ok(()) };
+    match generated_fs(&fd) {
+        Some(fs) => Err(IngestError::Generated { path: path.to_owned(), fs }),
+        None => Ok(()),
+    }
+}
+
 /// How a source is read.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum SourceKind {
@@ -171,6 +207,9 @@ impl OpenSource {
         let file_type = FileType::from_raw_mode(stat.st_mode);
         if file_type != FileType::RegularFile && file_type != FileType::BlockDevice {
             return Err(IngestError::NotRegular { path: path.clone(), kind: describe(file_type) });
+        }
+        if let Some(fs) = generated_fs(&fd) {
+            return Err(IngestError::Generated { path: path.clone(), fs });
         }
         let mut flags = OFlags::RDONLY;
         if direct {
