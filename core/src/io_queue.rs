@@ -270,6 +270,8 @@ pub enum QueueError {
         /// The `seq` found.
         seq: u32,
     },
+    /// The queue's positions can only be moved while it is fresh.
+    NotFresh,
 }
 
 impl fmt::Display for QueueError {
@@ -304,6 +306,10 @@ impl fmt::Display for QueueError {
                 f,
                 "io_queue entry at position {position} carries seq {seq}, not {}. Fix: only the producer may write entries, and a consumer must read past `producer` never",
                 position.wrapping_add(1)
+            ),
+            Self::NotFresh => write!(
+                f,
+                "the io_queue's positions can only be set before anything is published or closed. Fix: call IoQueue::start_at right after the queue is made, before its producer and consumer attach"
             ),
         }
     }
@@ -390,6 +396,27 @@ impl<'a> IoQueue<'a> {
         Ok(unsafe { Self::view(ptr, capacity) })
     }
 
+    /// Start a fresh queue's positions at `start` instead of 0: `producer`
+    /// and `consumer` both become `start`. Positions are 32-bit and wrap at
+    /// 2^32 (every comparison is a wrapping difference); a queue started just
+    /// below the wrap crosses it within its first entries, which is how the
+    /// consumers are tested across it. Only while the queue is fresh (nothing
+    /// published, not closed or failed), before its [`Producer`] and
+    /// [`Consumer`] attach, which take their positions from the header.
+    pub fn start_at(&self, start: u32) -> Result<(), QueueError> {
+        let h = self.header;
+        let fresh = h.producer.load(Ordering::Acquire) == h.consumer.load(Ordering::Acquire)
+            && self.entries.iter().all(|e| e.seq.load(Ordering::Relaxed) == 0)
+            && h.closed.load(Ordering::Acquire) == 0
+            && h.consumer_failed.load(Ordering::Acquire) == 0;
+        if !fresh {
+            return Err(QueueError::NotFresh);
+        }
+        h.consumer.store(start, Ordering::Relaxed);
+        h.producer.store(start, Ordering::Release);
+        Ok(())
+    }
+
     /// View a queue that [`IoQueue::init_raw`] initialised with `capacity`,
     /// without checking its header again (for a backend that owns the memory
     /// and hands out views often).
@@ -459,6 +486,13 @@ fn prepare_sleep(flag: &AtomicU32, word: &AtomicU32, seen: u32, closed: &AtomicU
     true
 }
 
+/// The positions `first, first + 1, ...`, `count` of them, wrapping at
+/// 2^32. Walk a batch of entries with this, never with `first..first +
+/// count`, a range that is empty once the batch crosses the wrap.
+pub fn positions(first: u32, count: u32) -> impl Iterator<Item = u32> + Clone {
+    (0..count).map(move |i| first.wrapping_add(i))
+}
+
 /// The producer's side of the protocol. Only one producer may exist per queue.
 #[derive(Debug, Default)]
 pub struct Producer {
@@ -467,9 +501,18 @@ pub struct Producer {
 }
 
 impl Producer {
-    /// The producer of a freshly initialised queue.
+    /// The producer of a freshly initialised queue whose positions start at
+    /// 0 (see [`Producer::attach`] for any queue).
     pub const fn new() -> Self {
         Self { next: 0, released: 0 }
+    }
+
+    /// The producer of `q`, from the positions in its header: for a queue
+    /// that [`IoQueue::start_at`] moved, or one whose producer is taken
+    /// over with nothing outstanding.
+    pub fn attach(q: &IoQueue<'_>) -> Self {
+        let next = q.header.producer.load(Ordering::Acquire);
+        Self { next, released: q.header.consumer.load(Ordering::Acquire) }
     }
 
     /// Entries published and not yet taken back through [`Producer::poll_released`].
@@ -573,9 +616,15 @@ pub struct Consumer {
 }
 
 impl Consumer {
-    /// The consumer of a freshly initialised queue.
+    /// The consumer of a freshly initialised queue whose positions start at
+    /// 0 (see [`Consumer::attach`] for any queue).
     pub const fn new() -> Self {
         Self { next: 0 }
+    }
+
+    /// The consumer of `q`, from the `consumer` position in its header.
+    pub fn attach(q: &IoQueue<'_>) -> Self {
+        Self { next: q.header.consumer.load(Ordering::Acquire) }
     }
 
     /// The next position to consume; sleep on `header().producer` while it equals this.
@@ -716,6 +765,38 @@ mod tests {
         assert!(!c.finished(&q));
         p.close(&q);
         assert!(c.finished(&q));
+    }
+
+    #[test]
+    fn positions_cross_the_wrap_at_2_pow_32() {
+        assert_eq!(positions(u32::MAX - 1, 4).collect::<Vec<_>>(), [u32::MAX - 1, u32::MAX, 0, 1]);
+        assert_eq!(positions(7, 0).count(), 0);
+        let mut mem = Mem([0; IoQueue::bytes_for(4)]);
+        let q = IoQueue::init(&mut mem.0, 4).unwrap();
+        let start = u32::MAX - 2;
+        q.start_at(start).unwrap();
+        let (mut p, mut c) = (Producer::attach(&q), Consumer::attach(&q));
+        assert_eq!((p.outstanding(), c.position(), c.available(&q)), (0, start, 0));
+        let mut seen = Vec::new();
+        for round in 0..3u32 {
+            let items: Vec<_> = (0..3).map(|i| completion(round * 3 + i)).collect();
+            assert_eq!(p.publish_batch(&q, &items), 3);
+            assert_eq!(c.available(&q), 3);
+            for want in &items {
+                assert_eq!(&c.peek(&q).unwrap().unwrap(), want);
+                c.release(&q, want.slot as u64, CONSUMED);
+            }
+            assert_eq!(p.poll_released(&q, |r| seen.push((r.position, r.completion.slot))).unwrap(), 3);
+        }
+        let want: Vec<_> = positions(start, 9).zip(0..9).collect();
+        assert_eq!(seen, want, "every entry once, in order, across the wrap");
+        assert_eq!(q.header().consumer.load(Ordering::Relaxed), start.wrapping_add(9));
+        // Only a fresh queue may be moved.
+        assert_eq!(q.start_at(0), Err(QueueError::NotFresh));
+        let mut mem = Mem([0; IoQueue::bytes_for(4)]);
+        let q = IoQueue::init(&mut mem.0, 4).unwrap();
+        Producer::new().close(&q);
+        assert_eq!(q.start_at(5), Err(QueueError::NotFresh));
     }
 
     #[test]

@@ -222,9 +222,10 @@ impl<F: FnMut(Event)> State<'_, F> {
 pub fn ingest<S: StagingMemory>(staging: &S, sources: &[Source], options: &DriverOptions, on_event: impl FnMut(Event)) -> Result<IngestStats, IngestError> {
     let started = Instant::now();
     let geometry = staging.geometry();
+    let q = staging.queue();
     let mut state = State {
-        q: staging.queue(),
-        producer: Producer::new(),
+        producer: Producer::attach(&q),
+        q,
         telemetry: Telemetry::new(),
         free: (0..geometry.slot_count()).rev().collect(),
         segments: vec![Segment { source: 0, index: 0 }; geometry.slot_count() as usize],

@@ -187,12 +187,13 @@ impl<S: StagingMemory> Driver<S> {
         // driver keeps alive until after the ring is dropped (and leaks it if
         // the ring cannot be drained).
         unsafe { ring.register_buffers(&buffers)? };
+        let producer = Producer::attach(&staging.queue());
         Ok(Self {
             ring,
             staging,
             geometry,
             pending: PendingTable::new(vec![SlotState::Free; geometry.slot_count() as usize]),
-            producer: Producer::new(),
+            producer,
             telemetry: Telemetry::new(),
             nvme_fixed: options.nvme_fixed,
             options,

@@ -27,7 +27,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use cudarc::driver::{sys, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
-use gpuring_core::io_queue::Consumer;
+use gpuring_core::io_queue::{self, Consumer};
 use gpuring_core::StagingMemory;
 use gpuring_host::kernel::{chunks_per_slot, CHUNK_WORDS, THREADS};
 use gpuring_host::{wait_for_entries, wake_consumer, wake_producer, Waited};
@@ -138,10 +138,15 @@ impl CudaConsumer {
         let capacity = staging.queue().capacity() as usize;
         // Zeroed lanes (batched); for the persistent kernel, the claim counter
         // starts where the queue's consumer is and the counters at zero.
+        let start = staging.queue().header().consumer.load(Ordering::Acquire);
         let mut initial = vec![0u32; (2 * capacity).max(4)];
-        initial[0] = if mode == Mode::Persistent { staging.queue().header().consumer.load(Ordering::Acquire) } else { 0 };
+        initial[0] = if mode == Mode::Persistent { start } else { 0 };
         let scratch = stream.clone_htod(&initial).map_err(call("cuMemcpyHtoD (scratch)"))?;
-        let done = stream.alloc_zeros::<u32>(if mode == Mode::Persistent { capacity } else { 1 }).map_err(call("cuMemAlloc (done marks)"))?;
+        // Done marks hold `position + 1` of the entry done at each index;
+        // they start at the first position, which is no entry's `position +
+        // 1` in the first lap (zero would be, at position 2^32 - 1).
+        let marks = vec![start; if mode == Mode::Persistent { capacity } else { 1 }];
+        let done = stream.clone_htod(&marks).map_err(call("cuMemcpyHtoD (done marks)"))?;
         let (mirror, copies) = if mode == Mode::DeviceCopy {
             let mirror = stream.alloc_zeros::<u8>(geometry.region_len()).map_err(call("cuMemAlloc (device copy of the slots)"))?;
             (Some(mirror), Some(device.ctx.new_stream().map_err(call("cuStreamCreate"))?))
@@ -226,7 +231,7 @@ fn finish_stream(stream: &CudaStream, what: &str) -> Result<(), CudaError> {
 
 fn batched(staging: &Arc<CudaStaging>, kernels: &Kernels, stream: &Arc<CudaStream>, buffers: &Buffers, stop: &AtomicBool) -> Result<CudaStats, CudaError> {
     let mut stats = CudaStats::default();
-    let mut handed = Consumer::new();
+    let mut handed = Consumer::attach(&staging.queue());
     let queued = queue_batches(staging, kernels, stream, buffers, stop, &mut handed, &mut stats);
     // Whatever happened, nothing may still run on the device when the
     // staging can be freed.
@@ -265,7 +270,7 @@ fn queue_batches(
         let first = handed.position();
         let count = available.min(MAX_BATCH);
         // Count, and copy for DeviceCopy, while the entries are still ours.
-        for position in first..first.wrapping_add(count) {
+        for position in io_queue::positions(first, count) {
             let e = q.entry(position);
             let (slot, bytes) = (e.slot.load(Ordering::Relaxed), e.bytes.load(Ordering::Relaxed));
             stats.entries += 1;

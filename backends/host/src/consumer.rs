@@ -142,7 +142,7 @@ pub fn wait_for_entries(q: &IoQueue<'_>, consumer: &Consumer, stop: &AtomicBool)
 fn run<S: StagingMemory>(staging: &S, stop: &AtomicBool) -> Result<ConsumerStats, HostError> {
     let q = staging.queue();
     let geometry = staging.geometry();
-    let mut consumer = Consumer::new();
+    let mut consumer = Consumer::attach(&q);
     let mut stats = ConsumerStats::default();
     while let Waited::Ready(available) = wait_for_entries(&q, &consumer, stop) {
         for _ in 0..available {

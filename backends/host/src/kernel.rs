@@ -20,7 +20,7 @@ use std::mem::offset_of;
 use std::sync::atomic::Ordering;
 
 use gpuring_core::checksum::{FMIX_1, FMIX_2, INDEX_KEY, LEN_KEY, MUL_A, MUL_B};
-use gpuring_core::io_queue::{IoQueue, QueueEntry, QueueHeader, CONSUMED, ENTRY_SIZE, HEADER_SIZE, REJECTED, SKIPPED};
+use gpuring_core::io_queue::{self, IoQueue, QueueEntry, QueueHeader, CONSUMED, ENTRY_SIZE, HEADER_SIZE, REJECTED, SKIPPED};
 use gpuring_core::SlotGeometry;
 
 /// Threads per block of every kernel (`GR_THREADS`).
@@ -105,7 +105,7 @@ pub fn rejection(q: &IoQueue<'_>, geometry: SlotGeometry, end: u32) -> (u32, Str
     if q.consumer_failed() == FAILED_OUT_OF_STEP {
         return (consumer, format!("the queue's consumer position was {consumer}, not the batch's first entry"));
     }
-    for position in consumer..end {
+    for position in io_queue::positions(consumer, end.wrapping_sub(consumer)) {
         let e = q.entry(position);
         if e.consumer_status.load(Ordering::Relaxed) == REJECTED {
             let (seq, slot, bytes) = (e.seq.load(Ordering::Relaxed), e.slot.load(Ordering::Relaxed), e.bytes.load(Ordering::Relaxed));

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use gpuring_core::io_queue::Consumer;
+use gpuring_core::io_queue::{self, Consumer};
 use gpuring_core::StagingMemory;
 use gpuring_host::kernel::{chunks_per_slot, CHUNK_WORDS, THREADS};
 use gpuring_host::{wait_for_entries, wake_consumer, wake_producer, Waited};
@@ -184,7 +184,7 @@ unsafe extern "C" fn after_release(_stream: hipStream_t, _status: std::ffi::c_in
 
 fn batched(staging: &Arc<RocmStaging>, kernels: &Kernels, resources: &Resources, stop: &AtomicBool) -> Result<RocmStats, RocmError> {
     let mut stats = RocmStats::default();
-    let mut handed = Consumer::new();
+    let mut handed = Consumer::attach(&staging.queue());
     let queued = queue_batches(staging, kernels, resources, stop, &mut handed, &mut stats);
     // Whatever happened, nothing may still run on the device when the
     // staging can be freed.
@@ -240,7 +240,7 @@ fn queue_batches(
         let mut first = handed.position();
         let mut count = available.min(MAX_BATCH);
         // Count while the entries are still ours.
-        for position in first..first.wrapping_add(count) {
+        for position in io_queue::positions(first, count) {
             let e = q.entry(position);
             stats.entries += 1;
             if e.status.load(Ordering::Relaxed) != 0 {

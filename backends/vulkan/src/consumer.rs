@@ -25,7 +25,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use ash::vk;
-use gpuring_core::io_queue::{Consumer, IoQueue, REJECTED};
+use gpuring_core::io_queue::{self, Consumer, IoQueue, REJECTED};
 use gpuring_core::StagingMemory;
 use gpuring_host::{wait_for_entries, wake_producer, ConsumerStats, Waited};
 
@@ -291,7 +291,7 @@ impl Drop for VulkanConsumer {
 fn run(staging: &VulkanStaging, pipelines: &Pipelines, stop: &AtomicBool) -> Result<ConsumerStats, VulkanError> {
     let q = staging.queue();
     let geometry = staging.geometry();
-    let mut consumer = Consumer::new();
+    let mut consumer = Consumer::attach(&q);
     let mut stats = ConsumerStats::default();
     while let Waited::Ready(available) = wait_for_entries(&q, &consumer, stop) {
         let first = consumer.position();
@@ -301,7 +301,7 @@ fn run(staging: &VulkanStaging, pipelines: &Pipelines, stop: &AtomicBool) -> Res
         // Count before the release: once released, the producer may reuse
         // the entries.
         let mut batch = ConsumerStats::default();
-        for position in first..first.wrapping_add(count) {
+        for position in io_queue::positions(first, count) {
             let e = q.entry(position);
             match e.status.load(Ordering::Relaxed) {
                 0 => batch.bytes += e.bytes.load(Ordering::Relaxed),
@@ -331,7 +331,7 @@ fn rejection(q: &IoQueue<'_>, first: u32, count: u32, slot_count: u32, slot_size
         let at = q.header().consumer.load(Ordering::Acquire);
         return VulkanError::Rejected { position: first, what: format!("the queue's consumer position was {at}, not the batch's first entry {first}") };
     }
-    for position in first..first.wrapping_add(count) {
+    for position in io_queue::positions(first, count) {
         let e = q.entry(position);
         if e.consumer_status.load(Ordering::Relaxed) == REJECTED {
             let (seq, slot, bytes) = (e.seq.load(Ordering::Relaxed), e.slot.load(Ordering::Relaxed), e.bytes.load(Ordering::Relaxed));

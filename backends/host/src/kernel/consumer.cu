@@ -32,7 +32,11 @@
 //   position + 1. The releaser advances `consumer` over every entry done in
 //   order. They all return once the queue is closed and every entry is
 //   released, the queue failed, or the host sets *abort. control[1] counts
-//   skipped entries and the u64 at control[2] checksummed bytes.
+//   skipped entries and the u64 at control[2] checksummed bytes. The host
+//   starts control[0] at the queue's `consumer` position and every done mark
+//   at that same value, which is no entry's position + 1 in the first lap
+//   (zero would be, for the entry at 2^32 - 1). Positions wrap at 2^32:
+//   they are compared only as wrapping differences.
 
 typedef unsigned int u32;
 typedef unsigned long long u64;

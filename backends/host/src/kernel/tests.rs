@@ -254,10 +254,16 @@ fn batched_kernels_reject_bad_entries_and_releases_out_of_step() {
 type PersistentRun = (Vec<(Completion, u64, u32)>, u32, (u32, u64));
 
 fn persistent_run(s: &Setup, workers: u32, items: &[(u32, i32, u64)]) -> PersistentRun {
-    let control = Pages::new(4);
-    let done = Pages::new(s.capacity as usize * 4);
+    let (mut control, mut done) = (Pages::new(4), Pages::new(s.capacity as usize * 4));
     let abort = Pages::new(4);
     let q = s.q();
+    // As the CUDA backend starts it: claims from the queue's consumer
+    // position, and every done mark at that position.
+    let start = q.header().consumer.load(Ordering::Acquire);
+    control.bytes_mut()[..4].copy_from_slice(&start.to_ne_bytes());
+    for mark in done.bytes_mut().chunks_exact_mut(4) {
+        mark.copy_from_slice(&start.to_ne_bytes());
+    }
     let mut released = Vec::new();
     std::thread::scope(|scope| {
         let kernel = scope.spawn(|| {
@@ -267,7 +273,7 @@ fn persistent_run(s: &Setup, workers: u32, items: &[(u32, i32, u64)]) -> Persist
             // SAFETY: every pointer covers what the kernel indexes with these sizes.
             unsafe { f(s.queue.raw(), s.slots.raw(), control.words(), done.words(), abort.words(), workers, s.capacity, s.slot_count, s.slot_bytes) };
         });
-        let mut producer = Producer::new();
+        let mut producer = Producer::attach(&q);
         let mut take = |producer: &mut Producer| producer.poll_released(&q, |r| released.push((r.completion, r.result, r.consumer_status))).unwrap();
         for &(slot, status, bytes) in items {
             while producer.outstanding() == q.capacity() {
@@ -311,6 +317,64 @@ fn persistent_kernel_consumes_a_stream_in_order() {
         } else {
             assert_eq!(*status, SKIPPED);
         }
+    }
+}
+
+#[test]
+fn kernels_and_the_hosts_account_cross_the_wrap_at_2_pow_32() {
+    if library().is_none() {
+        return;
+    }
+    // Batched: a batch of 12 whose positions run from 2^32 - 5 past the wrap.
+    let slot_bytes = 8192;
+    let s = Setup::new(16, 12, slot_bytes);
+    let scratch = Pages::new(16 * 2 * 4);
+    let q = s.q();
+    let first = u32::MAX - 4;
+    q.start_at(first).unwrap();
+    let mut producer = Producer::attach(&q);
+    let lens: Vec<u64> = (0..12u64).map(|i| (i * 1999) % (slot_bytes as u64 + 1)).collect();
+    for (i, len) in lens.iter().enumerate() {
+        producer.publish(&q, &completion(i as u32, 0, *len)).unwrap();
+    }
+    s.batch(&scratch, first, 12);
+    assert_eq!(q.consumer_failed(), 0);
+    assert_eq!(q.header().consumer.load(Ordering::Acquire), first.wrapping_add(12), "released past the wrap");
+    let geometry = gpuring_core::SlotGeometry::new(s.slot_count, s.slot_bytes as usize).unwrap();
+    assert_eq!(batched_outcome(&q, geometry, first.wrapping_add(12), false), Ok(()));
+    let mut seen = Vec::new();
+    producer.poll_released(&q, |r| seen.push((r.position, r.consumer_status, r.result, r.completion))).unwrap();
+    assert_eq!(seen.len(), 12);
+    for (i, (position, status, result, c)) in seen.into_iter().enumerate() {
+        assert_eq!(position, first.wrapping_add(i as u32));
+        assert_eq!((status, result), (CONSUMED, s.expected(c.slot, c.bytes)), "position {position}");
+    }
+
+    // The host's account of a rejection past the wrap finds the entry.
+    let s = Setup::new(8, 2, 4096);
+    let q = s.q();
+    let first = u32::MAX - 1;
+    q.start_at(first).unwrap();
+    let mut producer = Producer::attach(&q);
+    for slot in [0, 1, 0, 7] {
+        producer.publish(&q, &completion(slot, 0, 10)).unwrap();
+    }
+    s.batch(&scratch, first, 4);
+    assert_eq!(q.consumer_failed(), FAILED_REJECTED);
+    let geometry = gpuring_core::SlotGeometry::new(2, 4096).unwrap();
+    assert_eq!(rejection(&q, geometry, first.wrapping_add(4)), (1, "slot 7 with 10 bytes, but there are 2 slots of 4096 bytes".to_owned()));
+
+    // Persistent: a stream of 40 entries through a queue of 8 from 2^32 - 3.
+    let s = Setup::new(8, 8, 8192);
+    s.q().start_at(u32::MAX - 2).unwrap();
+    let items: Vec<(u32, i32, u64)> = (0..40u32).map(|i| (i % 8, 0, (i as u64 * 733) % 8193)).collect();
+    let (released, failed, (skipped, bytes)) = persistent_run(&s, 3, &items);
+    assert_eq!((failed, skipped), (0, 0));
+    assert_eq!(bytes, items.iter().map(|i| i.2).sum::<u64>());
+    assert_eq!(released.len(), items.len());
+    for (i, (c, result, status)) in released.iter().enumerate() {
+        assert_eq!((c.slot, c.bytes), (items[i].0, items[i].2), "in order");
+        assert_eq!((*status, *result), (CONSUMED, s.expected(c.slot, c.bytes)), "item {i}");
     }
 }
 
