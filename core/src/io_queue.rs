@@ -647,6 +647,22 @@ impl Consumer {
         moved
     }
 
+    /// Release the next `count` published entries at once, with one release
+    /// store of `consumer`: for a consumer whose results (`result`,
+    /// `consumer_status`) someone else wrote, a device, and that this thread
+    /// has seen completed (a fence it waited for). The store orders those
+    /// writes before the release for the producer. Fails, releasing
+    /// nothing, when fewer than `count` entries are published.
+    pub fn release_batch(&mut self, q: &IoQueue<'_>, count: u32) -> Result<(), QueueError> {
+        let producer = q.header.producer.load(Ordering::Acquire);
+        if count > producer.wrapping_sub(self.next) {
+            return Err(QueueError::ConsumerAhead { consumer: self.next.wrapping_add(count), producer });
+        }
+        self.next = self.next.wrapping_add(count);
+        q.header.consumer.store(self.next, Ordering::Release);
+        Ok(())
+    }
+
     /// For a consumer that hands published entries to someone else who
     /// releases them later (a GPU stream that runs batches in order): move
     /// past `count` of the available entries without releasing them, so
@@ -797,6 +813,23 @@ mod tests {
         let q = IoQueue::init(&mut mem.0, 4).unwrap();
         Producer::new().close(&q);
         assert_eq!(q.start_at(5), Err(QueueError::NotFresh));
+    }
+
+    #[test]
+    fn a_batch_release_moves_consumer_once_and_never_past_producer() {
+        let mut mem = Mem([0; IoQueue::bytes_for(4)]);
+        let q = IoQueue::init(&mut mem.0, 4).unwrap();
+        let (mut p, mut c) = (Producer::new(), Consumer::new());
+        assert_eq!(p.publish_batch(&q, &[completion(0), completion(1), completion(2)]), 3);
+        // A device wrote the results; the host releases the batch after its fence.
+        q.entry(0).result.store(5, Ordering::Relaxed);
+        assert_eq!(c.release_batch(&q, 4), Err(QueueError::ConsumerAhead { consumer: 4, producer: 3 }));
+        assert_eq!(q.header().consumer.load(Ordering::Relaxed), 0, "a refused release moves nothing");
+        c.release_batch(&q, 2).unwrap();
+        assert_eq!((c.position(), q.header().consumer.load(Ordering::Relaxed)), (2, 2));
+        let mut seen = Vec::new();
+        assert_eq!(p.poll_released(&q, |r| seen.push(r.result)).unwrap(), 2);
+        assert_eq!(seen, [5, 0]);
     }
 
     #[test]

@@ -132,6 +132,12 @@ impl CudaConsumer {
         if geometry.slot_size() as u64 > u32::MAX as u64 {
             return Err(CudaError::Unsupported { device: device.info.name.clone(), what: "a slot of 4 GiB or more".into() });
         }
+        if mode == Mode::Persistent && !device.info.cooperative_launch {
+            // Its blocks wait on each other: launched plainly, a block that is
+            // not resident would never run and the others would spin forever.
+            let what = "a cooperative launch, which the persistent mode needs (its blocks wait on each other, so all must be resident at once); --cuda-mode batched needs none".into();
+            return Err(CudaError::Unsupported { device: device.info.name.clone(), what });
+        }
         device.bind()?;
         let kernels = Kernels::load(&device)?;
         let stream = device.ctx.new_stream().map_err(call("cuStreamCreate"))?;
@@ -174,7 +180,13 @@ impl CudaConsumer {
                         }
                         wake_producer(&q);
                     }
-                    drop(buffers);
+                    if let Err(e @ CudaError::Timeout { .. }) = &result {
+                        // The device may still run a kernel or a copy on this
+                        // memory: never free it under the device.
+                        gpuring_host::abandon_to_device("cuda", e, (staging.clone(), buffers, stream, kernels));
+                    } else {
+                        drop(buffers);
+                    }
                     result
                 })
                 .expect("spawning the CUDA consumer thread")
@@ -236,8 +248,11 @@ fn batched(staging: &Arc<CudaStaging>, kernels: &Kernels, stream: &Arc<CudaStrea
     // Whatever happened, nothing may still run on the device when the
     // staging can be freed.
     let finished = finish_stream(stream, "the queued batches");
+    // Copies queued after the last batch the compute stream waited for.
+    let copied = buffers.copies.as_ref().map_or(Ok(()), |copies| finish_stream(copies, "the copies into device memory"));
     queued?;
     finished?;
+    copied?;
     let q = staging.queue();
     gpuring_host::kernel::batched_outcome(&q, staging.geometry(), handed.position(), stop.load(Ordering::Acquire))
         .map_err(|(position, what)| CudaError::Rejected { position, what })?;
@@ -328,12 +343,14 @@ fn persistent(staging: &CudaStaging, kernels: &Kernels, stream: &Arc<CudaStream>
     let (queue_ptr, slots_ptr, abort_ptr) = (staging.queue.device_ptr(), staging.slots.device_ptr(), staging.control.device_ptr());
     let mut launch = stream.launch_builder(&kernels.persistent);
     launch.arg(&queue_ptr).arg(&slots_ptr).arg(&buffers.scratch).arg(&buffers.done).arg(&abort_ptr).arg(&capacity).arg(&slot_count).arg(&slot_bytes);
+    // `start` refused devices without cooperative launches.
     // SAFETY: the arguments match `gr_persistent`'s parameters in order and
     // type; every pointer covers what the kernel indexes with these sizes.
-    let launched = if info.cooperative_launch { unsafe { launch.launch_cooperative(config) } } else { unsafe { launch.launch(config) } };
+    let launched = unsafe { launch.launch_cooperative(config) };
     launched.map_err(call("cuLaunchCooperativeKernel (gr_persistent)"))?;
 
-    let mut released = q.header().consumer.load(Ordering::Acquire);
+    let first = q.header().consumer.load(Ordering::Acquire);
+    let mut released = first;
     let mut idle = 0;
     let watched = loop {
         if stop.load(Ordering::Acquire) {
@@ -386,7 +403,7 @@ fn persistent(staging: &CudaStaging, kernels: &Kernels, stream: &Arc<CudaStream>
     }
     let counters = stream.clone_dtoh(&buffers.scratch.slice(0..4)).map_err(call("cuMemcpyDtoH (counters)"))?;
     Ok(CudaStats {
-        entries: released as u64,
+        entries: released.wrapping_sub(first) as u64,
         bytes: counters[2] as u64 | (counters[3] as u64) << 32,
         skipped: counters[1] as u64,
         device_copy_bytes: 0,

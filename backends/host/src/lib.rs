@@ -9,7 +9,7 @@
 //! the slot, exactly as the GPU backends' kernels do.
 //!
 //! It also holds what the GPU backends share: page-aligned
-//! [`Mapping`]s, the host side of waiting on the io_queue
+//! [`Mapping`]s, [`abandon_to_device`] for memory a device did not let go of, the host side of waiting on the io_queue
 //! ([`wait_for_entries`], [`wake_producer`]), device selection
 //! ([`choose_device`], [`select_device`]) and the consumer kernel's source ([`kernel`]).
 //!
@@ -24,7 +24,7 @@ mod memory;
 mod select;
 
 pub use consumer::{wait_for_entries, wake_consumer, wake_producer, ConsumerStats, HostConsumer, Waited};
-pub use memory::{HostError, HostStaging, Mapping};
+pub use memory::{abandon_to_device, HostError, HostStaging, Mapping};
 pub use select::{choose_device, select_device, Unchosen};
 
 pub use gpuring_core::StagingMemory;

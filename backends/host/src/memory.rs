@@ -158,6 +158,17 @@ impl Drop for Mapping {
     }
 }
 
+/// Leak `what` (staging memory, device buffers, modules, streams: whatever
+/// a device that did not finish in time may still read or write) rather
+/// than free it under the device, saying so loudly on stderr. The process
+/// keeps the memory until it exits. GPU consumers call this when waiting
+/// for their device timed out; the driver does the same with slots the
+/// kernel may still write.
+pub fn abandon_to_device<T>(backend: &str, why: &dyn fmt::Display, what: T) {
+    eprintln!("gpuring-{backend}: {why}. The device may still use the slot and queue memory, so it is leaked, not freed, until this process exits");
+    std::mem::forget(what);
+}
+
 /// Host staging memory: slots and an io_queue in present, page-aligned
 /// mappings. io_uring's registration pins the slots while a driver uses them.
 #[derive(Debug)]
@@ -221,6 +232,23 @@ mod tests {
         assert_eq!(s.queue().capacity(), 4);
         assert_eq!(s.kind(), MemoryKind::LockedHost);
         assert_eq!(s.mapped_bytes(), 256 << 10 | 4096);
+    }
+
+    #[test]
+    fn abandoned_memory_is_never_freed() {
+        struct Freed<'a>(&'a std::cell::Cell<bool>);
+        impl Drop for Freed<'_> {
+            fn drop(&mut self) {
+                self.0.set(true);
+            }
+        }
+        let freed = std::cell::Cell::new(false);
+        let mapping = Mapping::new(4096).unwrap();
+        let ptr = mapping.as_ptr();
+        abandon_to_device("test", &"the device did not finish", (mapping, Freed(&freed)));
+        assert!(!freed.get(), "what a device may still use is leaked, not dropped");
+        // SAFETY: the mapping was leaked, so its page stays mapped and is ours.
+        unsafe { ptr.as_ptr().write_volatile(1) };
     }
 
     #[test]

@@ -145,8 +145,14 @@ impl RocmConsumer {
                         }
                         wake_producer(&q);
                     }
-                    drop(resources);
-                    drop(kernels);
+                    if let Err(e @ RocmError::Timeout { .. }) = &result {
+                        // The device may still run a kernel on this memory:
+                        // never free it (or unload the module) under the device.
+                        gpuring_host::abandon_to_device("rocm", e, (staging.clone(), resources, kernels));
+                    } else {
+                        drop(resources);
+                        drop(kernels);
+                    }
                     result
                 })
                 .expect("spawning the ROCm consumer thread")

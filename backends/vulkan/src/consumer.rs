@@ -8,10 +8,18 @@
 //! 1. `checksum`, one workgroup per entry: check the entry, checksum the
 //!    slot's bytes in parallel, write `result` and `consumer_status`;
 //! 2. a pipeline barrier (compute writes before compute reads and writes);
-//! 3. `release`, one invocation: after a device-scope barrier, store
-//!    `consumer = first + count`, which hands the batch's slots back to the
-//!    producer; or set `consumer_failed` if an entry was rejected;
+//! 3. `release`, one invocation: check that every entry was accepted and
+//!    the batch is in step, else set `consumer_failed`;
 //! 4. a barrier from compute writes to host reads.
+//!
+//! Once the batch's fence has signalled (the device's writes, results
+//! included, are then visible to this thread), the thread itself releases
+//! the batch: a release store of `consumer = first + count`, which hands its
+//! slots back to the producer. The producer's acquire of `consumer` thus
+//! follows the fence, and it reads results that are there. (Were the shader
+//! to store `consumer`, the host could see that store before the results:
+//! device stores to host memory are ordered for the host only by the
+//! barrier and the fence.)
 //!
 //! It waits on the batch's fence before the next one, so one batch is on the
 //! device at a time and releases stay in queue order; meanwhile the driver
@@ -313,10 +321,13 @@ fn run(staging: &VulkanStaging, pipelines: &Pipelines, stop: &AtomicBool) -> Res
         if q.consumer_failed() != 0 {
             return Err(rejection(&q, first, count, geometry.slot_count(), geometry.slot_size()));
         }
-        let moved = consumer.follow(&q);
-        if moved != count {
-            return Err(VulkanError::Rejected { position: first, what: format!("the shader released {moved} entries of a batch of {count}") });
+        // The fence has signalled: the shader's results are visible here.
+        // `consumer` is this thread's to store; nothing else may have moved it.
+        let at = q.header().consumer.load(Ordering::Acquire);
+        if at != first {
+            return Err(VulkanError::Rejected { position: first, what: format!("the queue's consumer position moved to {at} during the batch") });
         }
+        consumer.release_batch(&q, count).map_err(|e| VulkanError::Rejected { position: first, what: e.to_string() })?;
         stats.entries += batch.entries;
         stats.bytes += batch.bytes;
         stats.skipped += batch.skipped;

@@ -9,10 +9,12 @@
 //
 // `release`: one invocation, dispatched after a pipeline barrier that makes
 // the first dispatch's writes visible to it. It checks that every entry was
-// accepted and that nobody moved `consumer` meanwhile, then, after a
-// device-scope memory barrier, stores `consumer = first + count`, which hands
-// the slots back to the host producer. A rejected entry sets
-// `consumer_failed` instead and releases nothing.
+// accepted and that nobody moved `consumer` meanwhile; a rejected entry, or
+// a batch out of step, sets `consumer_failed`. It does not store `consumer`
+// itself: the host thread does, once the batch's fence has signalled, so
+// the producer can only see a release after the results are host-visible
+// (a device store to host memory may become visible to the host before
+// the device's other stores do).
 //
 // The constants (queue layout word offsets, checksum multipliers, consumer
 // statuses) come from a prelude that build.rs generates from gpuring-core,
@@ -153,12 +155,7 @@ fn release() {
             failed = FAILED_REJECTED;
         }
     }
-    // Device-scope acquire-release on storage memory: the results written
-    // above (and by the checksum dispatch) are ordered before the release.
-    storageBarrier();
-    if failed == 0u {
-        atomicStore(&queue[HEADER_CONSUMER], params.first + params.count);
-    } else {
+    if failed != 0u {
         atomicStore(&queue[HEADER_CONSUMER_FAILED], failed);
     }
 }

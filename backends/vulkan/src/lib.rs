@@ -10,8 +10,9 @@
 //! - [`VulkanConsumer`]: a compute shader (`src/consumer.wgsl`, translated to
 //!   SPIR-V by naga in build.rs, with its constants generated from
 //!   gpuring-core) checksums each published slot with one workgroup per
-//!   entry and releases the batch by storing the queue's `consumer` position
-//!   itself; a host thread only waits for entries and dispatches batches.
+//!   entry and checks the batch; a host thread waits for entries, dispatches
+//!   batches, and releases each (stores the queue's `consumer` position)
+//!   once its fence has signalled.
 //! - [`devices`]: every device with what gpuring needs of it, and
 //!   [`BarWindow`]: device-local memory mapped by the host, for `gpuring
 //!   probe` to test whether io_uring can register it.
