@@ -326,7 +326,7 @@ struct Driven {
 
 fn drive<S: StagingMemory>(staging: Arc<S>, sources: &[Source], config: &IngestConfig, progress: &mut dyn FnMut(u64)) -> Result<Driven, Error> {
     let memory_kind = staging.kind().name();
-    let options = DriverOptions { direct: config.direct, release_timeout: config.release_timeout, nvme_fixed: config.nvme_fixed };
+    let options = DriverOptions { direct: config.direct, release_timeout: config.release_timeout, nvme_fixed: config.nvme_fixed, ..DriverOptions::default() };
     let mut digests = vec![StreamDigest::new(); sources.len()];
     let on_event = |event| {
         if let Event::Released { source, segment, bytes, checksum, .. } = event {

@@ -68,6 +68,10 @@ pub struct DriverOptions {
     pub direct: bool,
     /// Give up when the consumer releases nothing for this long.
     pub release_timeout: Duration,
+    /// Give up when reads are in flight and none completes for this long
+    /// (a device that never answers). Default [`crate::ring::DEVICE_TIMEOUT`],
+    /// longer than Linux's NVMe command timeout, whose abort comes first.
+    pub read_timeout: Duration,
     /// NVMe Reads through the registered slot buffers (`Some(true)`), by
     /// plain address (`Some(false)`), or whichever the kernel accepts,
     /// probed on the first NVMe Read (`None`).
@@ -76,7 +80,7 @@ pub struct DriverOptions {
 
 impl Default for DriverOptions {
     fn default() -> Self {
-        Self { direct: false, release_timeout: Duration::from_secs(60), nvme_fixed: None }
+        Self { direct: false, release_timeout: Duration::from_secs(60), read_timeout: crate::ring::DEVICE_TIMEOUT, nvme_fixed: None }
     }
 }
 
@@ -235,6 +239,7 @@ impl<S: StagingMemory> Driver<S> {
         let started = Instant::now();
         let mut run = Run { sources, next_source: 0, current: None, active: BTreeMap::new(), completed: VecDeque::new(), done: Vec::new(), failure: None };
         let mut last_release = Instant::now();
+        let mut last_completion = Instant::now();
         let result = loop {
             let mut progressed = match self.fill(&mut run) {
                 Ok(p) => p,
@@ -253,11 +258,14 @@ impl<S: StagingMemory> Driver<S> {
             if released > 0 {
                 last_release = Instant::now();
             }
+            if reaped > 0 {
+                last_completion = Instant::now();
+            }
             if run.exhausted() && run.completed.is_empty() && self.pending.all_free() {
                 break Ok(());
             }
             if !progressed {
-                if let Err(e) = self.block(&mut last_release) {
+                if let Err(e) = self.block(&mut last_release, last_completion) {
                     break Err(e);
                 }
             }
@@ -387,8 +395,12 @@ impl<S: StagingMemory> Driver<S> {
             self.push_nvme(file, slot, slba, 1, fixed, PROBE_TAG)?;
             self.ring.submit()?;
             let mut res = None;
+            let deadline = Instant::now() + self.options.read_timeout;
             while res.is_none() {
-                self.ring.wait_for(1)?;
+                if !self.ring.wait_until(deadline)? {
+                    let what = format!("{}: the one-block NVMe Read that probes fixed buffers", file.path.display());
+                    return Err(IngestError::DeviceStalled { what, seconds: self.options.read_timeout.as_secs() });
+                }
                 let cqes = &mut self.cqes;
                 self.ring.reap(|user_data, r| if user_data == PROBE_TAG { res = Some(r) } else { cqes.push((user_data, r)) });
             }
@@ -598,15 +610,23 @@ impl<S: StagingMemory> Driver<S> {
         }
     }
 
-    /// Nothing moved: wait for a completion or a release.
-    fn block(&mut self, last_release: &mut Instant) -> Result<(), IngestError> {
+    /// Nothing moved: wait for a completion or a release, but not past the
+    /// read timeout since the `last_completion`.
+    fn block(&mut self, last_release: &mut Instant, last_completion: Instant) -> Result<(), IngestError> {
         let q = self.staging.queue();
         if self.producer.outstanding() > 0 && q.consumer_failed() != 0 {
             return Err(IngestError::ConsumerStalled { outstanding: self.producer.outstanding(), why: "the consumer reported that it failed".into() });
         }
         if self.pending.in_flight() > 0 {
-            let timeout = (self.pending.published() > 0).then_some(RELEASE_POLL);
-            return self.ring.wait(timeout);
+            let deadline = last_completion + self.options.read_timeout;
+            if self.pending.published() > 0 {
+                return self.ring.wait(Some(RELEASE_POLL.min(deadline.saturating_duration_since(Instant::now()))));
+            }
+            if !self.ring.wait_until(deadline)? {
+                let what = format!("{} read(s) in flight", self.pending.in_flight());
+                return Err(IngestError::DeviceStalled { what, seconds: self.options.read_timeout.as_secs() });
+            }
+            return Ok(());
         }
         if self.producer.outstanding() == 0 {
             return Ok(());

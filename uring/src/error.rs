@@ -201,6 +201,14 @@ pub enum IngestError {
         /// Why the driver gave up.
         why: String,
     },
+    /// Requests were in flight and none completed in time: a device (or
+    /// file system) that does not answer.
+    DeviceStalled {
+        /// What was waited for.
+        what: String,
+        /// Seconds waited.
+        seconds: u64,
+    },
     /// Bad slot geometry.
     Geometry(GeometryError),
     /// An io_queue protocol error.
@@ -335,6 +343,10 @@ impl fmt::Display for IngestError {
             Self::ConsumerStalled { outstanding, why } => write!(
                 f,
                 "the consumer stopped releasing slots ({outstanding} entries outstanding): {why}. Fix: check the consumer (its own error is reported separately)"
+            ),
+            Self::DeviceStalled { what, seconds } => write!(
+                f,
+                "{what}: nothing completed in {seconds} s. Fix: check the device (`dmesg` for I/O errors, NVMe command timeouts and controller resets; `nvme list`); Linux's NVMe driver aborts a command after its io_timeout (30 s by default) and resets the controller, which ends such reads with an error, so a longer stall means the device or its driver is stuck"
             ),
             Self::Geometry(e) => write!(f, "{e}"),
             Self::Queue(e) => write!(f, "{e}"),

@@ -170,8 +170,16 @@ pub fn try_read(dev: &NvmeDevice, fixed: bool) -> Result<(), IngestError> {
     // wait below) ends the request; the command reads one block into `buf`.
     unsafe { ring.push_uring_cmd(std::os::fd::AsFd::as_fd(&dev.fd), nvme::NVME_URING_CMD_IO, &cmd.to_bytes(), fixed.then_some(0), 1)? };
     let mut res = None;
+    let deadline = std::time::Instant::now() + crate::ring::DEVICE_TIMEOUT;
     while res.is_none() {
-        ring.wait_for(1)?;
+        if !ring.wait_until(deadline)? {
+            // The Read may still land in `buf`: leak it, and the ring, rather
+            // than free memory the device may yet write.
+            std::mem::forget(ring);
+            std::mem::forget(buf);
+            let what = format!("{}: a one-block NVMe Read", dev.path.display());
+            return Err(IngestError::DeviceStalled { what, seconds: crate::ring::DEVICE_TIMEOUT.as_secs() });
+        }
         ring.reap(|_, r| res = Some(r));
     }
     match res.expect("the loop ends with the completion") {

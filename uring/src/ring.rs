@@ -23,6 +23,12 @@ use crate::error::IngestError;
 /// `user_data` of the ring's own cancel requests.
 const CANCEL_TAG: u64 = u64::MAX;
 
+/// How long to wait for a request that does not complete before giving up
+/// on it (a device that never answers): above Linux's NVMe command timeout
+/// (30 s by default) plus a controller reset, so the kernel's own abort
+/// normally ends such a request first.
+pub const DEVICE_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// The largest single registered buffer the kernel accepts (1 GiB).
 pub const MAX_BUFFER_BYTES: usize = 1 << 30;
 /// The most buffers one ring can register (`IORING_MAX_REG_BUFFERS`).
@@ -91,6 +97,9 @@ pub struct Ring {
     depth: u32,
     in_flight: u32,
     queued: u32,
+    /// Completions taken off a full completion queue so that the kernel
+    /// could post more, in order, handed out first by [`Ring::reap`].
+    set_aside: std::collections::VecDeque<(u64, i32)>,
 }
 
 impl std::fmt::Debug for Ring {
@@ -115,7 +124,7 @@ impl Ring {
             .or_else(|_| IoUring::builder().setup_coop_taskrun().build(entries).map(Uring::Plain))
             .or_else(|_| IoUring::new(entries).map(Uring::Plain))
             .map_err(|e| IngestError::Ring { op: "setup", errno: errno(e) })?;
-        Ok(Self { uring, depth, in_flight: 0, queued: 0 })
+        Ok(Self { uring, depth, in_flight: 0, queued: 0, set_aside: std::collections::VecDeque::new() })
     }
 
     /// Whether the ring has 128-byte SQEs and 32-byte CQEs (NVMe passthrough).
@@ -267,7 +276,22 @@ impl Ring {
         self.enter(want, None)
     }
 
+    /// Submit, and wait for a completion until `deadline`: `Ok(false)` once
+    /// the deadline has passed (nothing is waited for then). A completion
+    /// may or may not be ready after `Ok(true)`; reap to see.
+    pub fn wait_until(&mut self, deadline: std::time::Instant) -> Result<bool, IngestError> {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            self.submit()?;
+            return Ok(false);
+        }
+        self.wait(Some(left))?;
+        Ok(true)
+    }
+
     fn enter(&mut self, want: u32, timeout: Option<Duration>) -> Result<(), IngestError> {
+        // Completions set aside count as ready: never wait for one of those.
+        let want = want.saturating_sub(self.set_aside.len().try_into().unwrap_or(u32::MAX));
         loop {
             let result = match timeout {
                 Some(t) => {
@@ -288,8 +312,19 @@ impl Ring {
                         return Ok(());
                     }
                     Errno::INTR => continue,
-                    // The CQ is full: the caller must reap before more can be submitted.
-                    Errno::BUSY | Errno::AGAIN => return Ok(()),
+                    // The completion queue is full (kernels that refuse to
+                    // submit while completions overflow): move them aside,
+                    // which frees it, and try again. A full queue with
+                    // nothing to move is the kernel short of memory: say so
+                    // rather than retry forever.
+                    Errno::BUSY | Errno::AGAIN => {
+                        let before = self.set_aside.len();
+                        let set_aside = &mut self.set_aside;
+                        self.uring.completions(|user_data, res| set_aside.push_back((user_data, res)));
+                        if self.set_aside.len() == before {
+                            return Err(IngestError::Ring { op: "submit (completion queue full)", errno: Errno::BUSY });
+                        }
+                    }
                     errno => return Err(IngestError::Ring { op: "submit", errno }),
                 },
             }
@@ -300,6 +335,13 @@ impl Ring {
     /// `user_data` and `res` to `f`. Returns how many there were.
     pub fn reap(&mut self, mut f: impl FnMut(u64, i32)) -> u32 {
         let (mut n, mut all) = (0, 0);
+        for (user_data, res) in self.set_aside.drain(..) {
+            all += 1;
+            if user_data != CANCEL_TAG {
+                n += 1;
+                f(user_data, res);
+            }
+        }
         self.uring.completions(|user_data, res| {
             all += 1;
             if user_data != CANCEL_TAG {
@@ -311,8 +353,13 @@ impl Ring {
         n
     }
 
-    /// Cancel everything in flight and wait for all of it to complete,
-    /// discarding the completions.
+    /// Cancel everything in flight and wait, at most [`DEVICE_TIMEOUT`], for
+    /// all of it to complete, discarding the completions. Reads of files
+    /// are cancelled or finish at once; an NVMe passthrough command cannot
+    /// be cancelled, so it ends when the device answers or the kernel's NVMe
+    /// driver aborts it (its io_timeout, 30 s by default). After a timeout
+    /// the requests are still in flight: the caller must not free their
+    /// memory (the driver leaks it).
     pub fn cancel_all(&mut self) -> Result<(), IngestError> {
         if self.in_flight == 0 {
             return Ok(());
@@ -321,8 +368,12 @@ impl Ring {
         let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::any()).build().user_data(CANCEL_TAG);
         // SAFETY: a cancel request points at no memory.
         unsafe { self.push(&cancel)? };
+        let deadline = std::time::Instant::now() + DEVICE_TIMEOUT;
         while self.in_flight > 0 {
-            self.wait_for(1)?;
+            if !self.wait_until(deadline)? {
+                let what = format!("cancelling {} request(s) in flight", self.in_flight);
+                return Err(IngestError::DeviceStalled { what, seconds: DEVICE_TIMEOUT.as_secs() });
+            }
             self.reap(|_, _| {});
         }
         Ok(())
@@ -367,6 +418,64 @@ mod tests {
         assert_eq!(&buf[100..104], b"ring");
         assert_eq!(ring.in_flight(), 0);
         drop(ring);
+    }
+
+    #[test]
+    fn a_tiny_ring_with_more_in_flight_than_its_completion_queue_holds_neither_hangs_nor_loses_one() {
+        // Ring::new(1): 2 SQEs, 4 CQEs. Push 64 reads without reaping: the
+        // completion queue fills up long before the last push; the ring
+        // must drain it aside, not retry the submit forever.
+        const READS: u64 = 64;
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut ring = Ring::new(1).unwrap();
+            let mut buf = vec![0u8; READS as usize * 8];
+            // SAFETY: `buf` outlives `ring` (declared before it, dropped after).
+            unsafe { ring.register_buffers(&[(buf.as_mut_ptr(), buf.len())]).unwrap() };
+            let file = tempfile::tempfile().unwrap();
+            let bytes: Vec<u8> = (0..READS as usize * 8).map(|i| i as u8 ^ 0x5A).collect();
+            rustix::io::pwrite(&file, &bytes, 0).unwrap();
+            for i in 0..READS {
+                // SAFETY: `buf` and `file` live until every completion is reaped below.
+                unsafe { ring.push_read_fixed(file.as_fd(), buf.as_mut_ptr().add(i as usize * 8), 8, i * 8, 0, i).unwrap() };
+                ring.submit().unwrap();
+            }
+            let mut got = Vec::new();
+            while got.len() < READS as usize {
+                ring.wait_for(1).unwrap();
+                ring.reap(|u, r| got.push((u, r)));
+            }
+            assert_eq!(ring.in_flight(), 0);
+            got.sort();
+            assert_eq!(got, (0..READS).map(|i| (i, 8)).collect::<Vec<_>>(), "every read completed once");
+            assert_eq!(buf, bytes);
+            done.send(()).unwrap();
+        });
+        finished.recv_timeout(Duration::from_secs(30)).expect("the ring hung (or the test thread panicked)");
+    }
+
+    #[test]
+    fn waits_for_a_request_that_never_completes_end_at_their_deadline() {
+        // A read of an empty pipe that nobody writes: a device that never answers.
+        let (reader, _writer) = rustix::pipe::pipe().unwrap();
+        let mut ring = Ring::new(1).unwrap();
+        let mut buf = [0u8; 8];
+        let read = opcode::Read::new(types::Fd(reader.as_raw_fd()), buf.as_mut_ptr(), 8).build().user_data(1);
+        // SAFETY: `buf` and the pipe outlive the ring (declared before it), whose drop cancels the read.
+        unsafe { ring.push(&read).unwrap() };
+        let start = std::time::Instant::now();
+        let deadline = start + Duration::from_millis(100);
+        let mut waits = 0;
+        while ring.wait_until(deadline).unwrap() {
+            waits += 1;
+            assert_eq!(ring.reap(|_, _| panic!("nothing completes")), 0);
+            assert!(waits < 1000, "wait_until must stop at its deadline");
+        }
+        assert!(start.elapsed() >= Duration::from_millis(100) && start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
+        assert_eq!(ring.in_flight(), 1);
+        // A pipe read can be cancelled: the ring's drop ends it.
+        ring.cancel_all().unwrap();
+        assert_eq!(ring.in_flight(), 0);
     }
 
     #[test]
