@@ -241,6 +241,12 @@ pub struct IngestReport {
 /// each segment the consumer releases.
 pub fn run(sources: &[Source], config: &IngestConfig, progress: &mut dyn FnMut(u64)) -> Result<IngestReport, Error> {
     let geometry = SlotGeometry::new(config.slots, config.slot_size)?;
+    let max = gpuring_uring::ring::MAX_BUFFERS;
+    if config.slots > max {
+        let what = format!("{} slots exceed io_uring's {max} registered buffers. Fix: use at most {max} slots", config.slots);
+        return Err(gpuring_uring::IngestError::RingGeometry { what }.into());
+    }
+    // At most 2^14 slots: the power of two cannot overflow.
     let queue_capacity = config.slots.next_power_of_two();
     if config.cuda_mode.is_some() && config.backend != "cuda" {
         return Err(Error::OptionNotForBackend { option: "--cuda-mode", backend: config.backend.clone() });

@@ -186,7 +186,16 @@ fn a_failed_source_does_not_lose_the_completions_before_it() {
 fn slot_geometry_errors() {
     let dir = test_dir();
     let path = make_file(dir.path(), "g", 10, 1);
-    for (slots, slot_size, want) in [(0, SLOT, "0 slots"), (4, 0, "0 bytes"), (4, 5000, "not a multiple of the 4096-byte page")] {
+    // Sizes whose arithmetic would overflow (the queue's power of two, the
+    // region, a read's length) are errors, never a panic or a wrap.
+    let huge: [(u32, usize, &str); 5] = [
+        (0, SLOT, "0 slots"),
+        (4, 0, "0 bytes"),
+        (4, 5000, "not a multiple of the 4096-byte page"),
+        (u32::MAX, 4096, "exceed io_uring's 16384 registered buffers"),
+        (2, usize::MAX - 4095, "do not fit in memory"),
+    ];
+    for (slots, slot_size, want) in huge {
         let cfg = IngestConfig { slots, slot_size, ..IngestConfig::default() };
         let e = ingest(&[Source::file(&path)], &cfg).unwrap_err().to_string();
         assert!(e.contains(want) && e.contains("Fix:"), "{e}");

@@ -112,6 +112,14 @@ impl Ring {
     /// A ring able to hold `depth` requests in flight (plus one cancel), with
     /// 128-byte SQEs and 32-byte CQEs where the kernel supports them.
     pub fn new(depth: u32) -> Result<Self, IngestError> {
+        if depth > MAX_BUFFERS {
+            return Err(IngestError::RingGeometry {
+                what: format!(
+                    "a ring of {depth} requests in flight exceeds the {MAX_BUFFERS} slots io_uring can register. Fix: use at most {MAX_BUFFERS} slots"
+                ),
+            });
+        }
+        // At most 2^14 + 1: the power of two cannot overflow.
         let entries = (depth.max(1) + 1).next_power_of_two();
         // COOP_TASKRUN (5.19+) avoids interrupting this thread to run
         // completions. SQE128/CQE32 arrived in the same release; a kernel

@@ -263,7 +263,9 @@ impl OpenSource {
                 }
             }
         }
-        let segment_bytes = slot_size as u32;
+        let segment_bytes = u32::try_from(slot_size).map_err(|_| IngestError::RingGeometry {
+            what: format!("a slot of {slot_size} bytes is larger than one read can fill (4 GiB - 1). Fix: use slots of at most 1 GiB"),
+        })?;
         Ok(Self { fd, path: path.clone(), size, start, end, whole: source.range.is_none(), dio_align, path_kind, segment_bytes, namespace: None })
     }
 

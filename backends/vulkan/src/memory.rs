@@ -34,8 +34,8 @@ impl Imported {
         // The import covers whole alignment units, and the storage buffer
         // is bound whole, so the rounded size must fit the device's range.
         let align = (ctx.info.import_alignment as usize).max(PAGE_SIZE).next_power_of_two();
-        let rounded = len.max(1).next_multiple_of(align) as u64;
         let max = ctx.info.max_storage_buffer_range;
+        let rounded = len.max(1).checked_next_multiple_of(align).ok_or(VulkanError::TooLarge { what, len: len as u64, max })? as u64;
         if rounded > max {
             return Err(VulkanError::TooLarge { what, len: rounded, max });
         }
