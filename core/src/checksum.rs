@@ -251,7 +251,11 @@ mod tests {
             assert_eq!(got, reference(input), "definition and implementation differ");
             assert_eq!(got, want, "vector {:?}: got {got:#018X}", &input[..input.len().min(8)]);
         }
-        assert_eq!(slot_checksum(&pattern(1 << 20)), 0xA3703335AF3AE6E5);
+        // A slot-sized vector: 1 MiB natively, where Miri (about a million
+        // times slower) checks the same code on the small vectors above.
+        if !cfg!(miri) {
+            assert_eq!(slot_checksum(&pattern(1 << 20)), 0xA3703335AF3AE6E5);
+        }
     }
 
     #[test]
@@ -274,6 +278,10 @@ mod tests {
     }
 
     proptest! {
+        // Under Miri each case costs seconds: a few cases check for UB there,
+        // the native run covers the input space.
+        #![proptest_config(ProptestConfig::with_cases(if cfg!(miri) { 4 } else { 256 }))]
+
         #[test]
         fn lanes_split_anywhere_on_a_word_and_add_up(data in proptest::collection::vec(any::<u8>(), 0..2000), cut in 0usize..500) {
             let cut = (cut * 4).min(data.len() / 4 * 4);

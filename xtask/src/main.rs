@@ -2,7 +2,8 @@
 //!
 //! - `ci`: everything CI checks, in order: install what the suite needs
 //!   when missing, formatting, clippy with warnings denied, docs with
-//!   warnings denied, the `no_std` build of gpuring-core, all tests, the
+//!   warnings denied, the `no_std` build of gpuring-core, all tests, Miri
+//!   over gpuring-core's tests, the
 //!   NVMe guest suite, then the device kit built and its `run.sh` run here
 //!   (which runs the hardware suite on host and Vulkan).
 //!
@@ -205,6 +206,7 @@ fn ci() -> Result<()> {
     run(cargo().args(["build", "-p", "gpuring-core", "--target", NO_STD_TARGET]))?;
     step("tests");
     let (passed, failed) = run_tests(nvrtc.as_deref())?;
+    miri()?;
     nvme_vm::run_task(cargo)?;
     // The device kit's run.sh runs the hardware suite (`hwtest --require
     // host --require vulkan`) with the kit's own binaries, as a GPU machine
@@ -214,6 +216,35 @@ fn ci() -> Result<()> {
     println!("\nci: all checks passed");
     println!("tests: {passed} passed, {failed} failed");
     Ok(())
+}
+
+/// gpuring-core's tests under Miri, which reports undefined behaviour and
+/// data races the native run cannot see: the nightly toolchain with its
+/// `miri` component, installed through rustup when missing (about 25 s).
+/// Heavy tests scale down under `cfg(miri)`; proptest's cases too.
+fn miri() -> Result<()> {
+    step("Miri over gpuring-core's tests");
+    let nightly = || {
+        let mut cmd = Command::new("rustup");
+        cmd.args(["run", "nightly", "cargo"]);
+        cmd
+    };
+    if !succeeds(nightly().args(["miri", "--version"])) {
+        println!("installing the nightly toolchain with miri (missing), for the Miri step");
+        let installed = Command::new("rustup")
+            .args(["toolchain", "install", "nightly", "--profile", "minimal", "--component", "miri,rust-src"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !installed {
+            if under_ci() {
+                bail!("the nightly toolchain with miri could not be installed (rustup toolchain install nightly --component miri); CI's Miri step needs it");
+            }
+            println!("note: Miri skipped: the nightly toolchain with miri could not be installed");
+            return Ok(());
+        }
+    }
+    // proptest calls getcwd, which Miri's isolation refuses.
+    run(nightly().args(["miri", "test", "-p", "gpuring-core"]).env("MIRIFLAGS", "-Zmiri-disable-isolation"))
 }
 
 /// Run the workspace's tests, echoing their output, and add up cargo's
