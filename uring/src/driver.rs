@@ -58,6 +58,9 @@ use crate::wait;
 /// How long the driver polls for releases while also waiting for reads.
 const RELEASE_POLL: Duration = Duration::from_micros(200);
 
+/// How many `EAGAIN` answers in a row a read is retried before it fails.
+const AGAIN_RETRIES: u8 = 8;
+
 /// `user_data` of the fixed-buffer probe read.
 const PROBE_TAG: u64 = u64::MAX - 1;
 
@@ -172,6 +175,8 @@ pub struct Driver<S: StagingMemory> {
     broken: bool,
     /// Whether NVMe Reads use fixed buffers, once known.
     nvme_fixed: Option<bool>,
+    /// Per slot: `EAGAIN` answers in a row to its read (retried up to [`AGAIN_RETRIES`]).
+    again: Vec<u8>,
 }
 
 impl<S: StagingMemory> std::fmt::Debug for Driver<S> {
@@ -205,12 +210,20 @@ impl<S: StagingMemory> Driver<S> {
             batch: Vec::new(),
             releases: Vec::new(),
             broken: false,
+            again: vec![0; geometry.slot_count() as usize],
         })
     }
 
     /// Counters since the driver was created.
     pub fn telemetry(&self) -> &Telemetry {
         &self.telemetry
+    }
+
+    /// Inject `faults` into the completions of this driver's ring (tests;
+    /// see [`crate::fault`]).
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_faults(&mut self, faults: &[crate::fault::Fault]) {
+        self.ring.inject(faults);
     }
 
     /// The staging memory.
@@ -466,6 +479,17 @@ impl<S: StagingMemory> Driver<S> {
         let path = || file.path.clone();
         let at = read.target.offset() + read.done as u64;
         let remaining = read.remaining();
+        let again = &mut self.again[slot as usize];
+        if res == -Errno::AGAIN.raw_os_error() && *again < AGAIN_RETRIES {
+            // A busy device: read the same bytes again. The read ended with
+            // nothing, which telemetry counts as a short read of 0 bytes.
+            *again += 1;
+            self.telemetry.on_complete(path_kind, 0, true)?;
+            self.telemetry.on_submit(0)?;
+            let file = &run.active[&(read.tag as usize)].file;
+            return self.push_read(file, slot, read.target.offset(), read.done, remaining);
+        }
+        *again = 0;
         let failure = if res < 0 {
             Some((res, IngestError::Read { path: path(), offset: at, slot, errno: Errno::from_raw_os_error(-res) }))
         } else if res == 0 {

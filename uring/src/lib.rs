@@ -15,6 +15,8 @@
 //! - [`bounce`]: the path programs use today (`pread()` into a heap
 //!   buffer, then a copy into the slot), producing into the same io_queue,
 //!   for comparison and as a fallback; counted as `bounce` in telemetry.
+//! - `fault` (Cargo feature `fault-injection`, for tests): errors, short
+//!   reads, `EAGAIN` and stalls injected into a ring's completions.
 //! - [`memlock`]: what io_uring charges against RLIMIT_MEMLOCK, and rings
 //!   that fit a process's limit (the default ring does).
 //! - [`probe`]: what this kernel and process can do (opcodes, SQE128,
@@ -27,6 +29,8 @@
 pub mod bounce;
 pub mod driver;
 pub mod error;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 pub mod memlock;
 pub mod nvme;
 pub mod probe;

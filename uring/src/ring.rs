@@ -100,6 +100,8 @@ pub struct Ring {
     /// Completions taken off a full completion queue so that the kernel
     /// could post more, in order, handed out first by [`Ring::reap`].
     set_aside: std::collections::VecDeque<(u64, i32)>,
+    #[cfg(feature = "fault-injection")]
+    faults: crate::fault::Faults,
 }
 
 impl std::fmt::Debug for Ring {
@@ -132,7 +134,15 @@ impl Ring {
             .or_else(|_| IoUring::builder().setup_coop_taskrun().build(entries).map(Uring::Plain))
             .or_else(|_| IoUring::new(entries).map(Uring::Plain))
             .map_err(|e| IngestError::Ring { op: "setup", errno: errno(e) })?;
-        Ok(Self { uring, depth, in_flight: 0, queued: 0, set_aside: std::collections::VecDeque::new() })
+        Ok(Self {
+            uring,
+            depth,
+            in_flight: 0,
+            queued: 0,
+            set_aside: std::collections::VecDeque::new(),
+            #[cfg(feature = "fault-injection")]
+            faults: Default::default(),
+        })
     }
 
     /// Whether the ring has 128-byte SQEs and 32-byte CQEs (NVMe passthrough).
@@ -326,10 +336,7 @@ impl Ring {
                     // nothing to move is the kernel short of memory: say so
                     // rather than retry forever.
                     Errno::BUSY | Errno::AGAIN => {
-                        let before = self.set_aside.len();
-                        let set_aside = &mut self.set_aside;
-                        self.uring.completions(|user_data, res| set_aside.push_back((user_data, res)));
-                        if self.set_aside.len() == before {
+                        if self.take_completions() == 0 {
                             return Err(IngestError::Ring { op: "submit (completion queue full)", errno: Errno::BUSY });
                         }
                     }
@@ -342,6 +349,7 @@ impl Ring {
     /// Take every ready completion without blocking, passing each request's
     /// `user_data` and `res` to `f`. Returns how many there were.
     pub fn reap(&mut self, mut f: impl FnMut(u64, i32)) -> u32 {
+        self.take_completions();
         let (mut n, mut all) = (0, 0);
         for (user_data, res) in self.set_aside.drain(..) {
             all += 1;
@@ -350,15 +358,31 @@ impl Ring {
                 f(user_data, res);
             }
         }
-        self.uring.completions(|user_data, res| {
-            all += 1;
-            if user_data != CANCEL_TAG {
-                n += 1;
-                f(user_data, res);
-            }
-        });
         self.in_flight -= all;
         n
+    }
+
+    /// Move every completion the kernel posted into `set_aside` (through
+    /// the injected faults, with that feature); returns how many.
+    fn take_completions(&mut self) -> usize {
+        let before = self.set_aside.len();
+        let set_aside = &mut self.set_aside;
+        #[cfg(feature = "fault-injection")]
+        let faults = &mut self.faults;
+        self.uring.completions(|user_data, res| {
+            #[cfg(feature = "fault-injection")]
+            let Some(res) = (if user_data == CANCEL_TAG { Some(res) } else { faults.apply(user_data, res) }) else {
+                return;
+            };
+            set_aside.push_back((user_data, res));
+        });
+        self.set_aside.len() - before
+    }
+
+    /// Inject `faults` into the completions to come (see [`crate::fault`]).
+    #[cfg(feature = "fault-injection")]
+    pub fn inject(&mut self, faults: &[crate::fault::Fault]) {
+        self.faults.arm(faults);
     }
 
     /// Cancel everything in flight and wait, at most [`DEVICE_TIMEOUT`], for
@@ -373,6 +397,11 @@ impl Ring {
             return Ok(());
         }
         self.submit()?;
+        // Completions an injected stall held back: their requests ended.
+        #[cfg(feature = "fault-injection")]
+        if self.faults.held() > 0 {
+            self.set_aside.extend(self.faults.release_held());
+        }
         let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::any()).build().user_data(CANCEL_TAG);
         // SAFETY: a cancel request points at no memory.
         unsafe { self.push(&cancel)? };

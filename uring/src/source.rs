@@ -49,7 +49,7 @@ fn generated_fs(fd: &OwnedFd) -> Option<&'static str> {
 }
 
 /// Refuse `path` when it is a file the kernel generates as it is read
-/// (`/proc`, `/sys`, ...), with the error [`OpenSource::open`] would give.
+/// (`/proc`, `/sys`, ...), with the error an ingest would give.
 /// For callers that judge sizes before ingesting (a file there reports 0
 /// bytes, or a page, whatever it holds). Paths that cannot be opened pass:
 /// the ingest reports those.
