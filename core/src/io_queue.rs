@@ -82,12 +82,25 @@
 //! SeqCst fence and re-checks the position (and `closed`); the other party,
 //! after storing its position, issues a SeqCst fence and wakes the word only
 //! if the flag is set. One of the two always sees the other's store, so no
-//! wake-up is lost; GPU parties never sleep and the host also waits with a
-//! timeout, so a party that cannot wake (a GPU) only costs latency.
+//! wake-up for a moved position is lost; GPU parties never sleep and the
+//! host also waits with a timeout, so a party that cannot wake (a GPU) only
+//! costs latency. `close` moves no position word: a consumer that decided
+//! to sleep just before it can miss its wake and sleeps until its timeout
+//! (milliseconds). The loom model at the end of this file checks the
+//! publish, release and sleeping steps (`RUSTFLAGS="--cfg loom"`); weakening
+//! the release of `producer` or dropping a fence makes it fail.
 
 use core::fmt;
-use core::mem::{offset_of, size_of};
+#[cfg(not(loom))]
+use core::mem::offset_of;
+use core::mem::size_of;
+#[cfg(not(loom))]
 use core::sync::atomic::{fence, AtomicI32, AtomicU32, AtomicU64, Ordering};
+// The model checker's atomics (`RUSTFLAGS="--cfg loom"`, see `loom_model`
+// below): they record every access, so loom can explore the interleavings
+// and the weak-memory outcomes the orderings allow.
+#[cfg(loom)]
+use loom::sync::atomic::{fence, AtomicI32, AtomicU32, AtomicU64, Ordering};
 
 /// `magic`: "PGRQ" when read as little-endian bytes.
 pub const MAGIC: u32 = 0x5152_4750;
@@ -156,6 +169,9 @@ pub struct QueueEntry {
     reserved: [AtomicU32; 3],
 }
 
+// Loom's atomics carry the model's bookkeeping, so the layout is checked
+// only with the real ones.
+#[cfg(not(loom))]
 const _: () = {
     assert!(size_of::<QueueHeader>() == 192);
     assert!(offset_of!(QueueHeader, magic) == 0);
@@ -985,5 +1001,192 @@ mod tests {
             }
             p.close(&q);
         });
+    }
+}
+
+/// The protocol under the loom model checker: `RUSTFLAGS="--cfg loom"
+/// cargo test -p gpuring-core --lib loom_model` (`cargo xtask ci` runs it).
+/// A producer and a consumer pass entries through a queue smaller than the
+/// stream, each sleeping on the other's position word exactly as the host
+/// code does (set the sleeping flag, `fence(SeqCst)`, re-check, sleep; the
+/// other side moves its position, `fence(SeqCst)`, checks the flag, wakes).
+/// Loom explores their interleavings and the values each relaxed or
+/// acquire load may see, and checks that every entry arrives once, in
+/// order, with its fields (published before `seq`/`producer` with
+/// release), that every result reaches the producer, and that no sleeper
+/// misses the wake for a position that moved: such a sleeper would wait
+/// forever, which loom reports as a deadlock.
+///
+/// Not modelled as a lost wake-up: `close`. It moves no position word, so
+/// a consumer that decided to sleep just before the close can miss its
+/// wake; real sleeps end after a few milliseconds anyway (the host
+/// consumer's and the driver's futex waits have timeouts), and the model's
+/// sleeper likewise stops waiting once it sees `closed`.
+#[cfg(all(test, loom))]
+mod loom_model {
+    use super::*;
+    extern crate std;
+    use loom::sync::{Arc, Condvar, Mutex};
+    use std::vec::Vec;
+
+    const CAPACITY: usize = 2;
+
+    fn header() -> QueueHeader {
+        let zero = || AtomicU32::new(0);
+        QueueHeader {
+            magic: AtomicU32::new(MAGIC),
+            version: AtomicU32::new(VERSION),
+            capacity: AtomicU32::new(CAPACITY as u32),
+            entry_size: zero(),
+            closed: zero(),
+            reserved0: core::array::from_fn(|_| zero()),
+            producer: zero(),
+            consumer_sleeping: zero(),
+            reserved1: core::array::from_fn(|_| zero()),
+            consumer: zero(),
+            producer_sleeping: zero(),
+            consumer_failed: zero(),
+            reserved2: core::array::from_fn(|_| zero()),
+        }
+    }
+
+    fn entry() -> QueueEntry {
+        let (z32, z64) = (|| AtomicU32::new(0), || AtomicU64::new(0));
+        QueueEntry {
+            seq: z32(),
+            slot: z32(),
+            status: AtomicI32::new(0),
+            kind: z32(),
+            bytes: z64(),
+            offset: z64(),
+            tag: z64(),
+            result: z64(),
+            consumer_status: z32(),
+            reserved: core::array::from_fn(|_| z32()),
+        }
+    }
+
+    /// A futex on one word: `wait` sleeps only while the word holds what
+    /// the caller saw (checked under the lock, as the kernel checks under
+    /// its hash-bucket lock), until a `wake` after that check.
+    #[derive(Default)]
+    struct Futex {
+        wakes: Mutex<u32>,
+        woken: Condvar,
+    }
+
+    impl Futex {
+        fn wait(&self, word: &AtomicU32, seen: u32, closed: &AtomicU32) {
+            let mut wakes = self.wakes.lock().unwrap();
+            if word.load(Ordering::Relaxed) != seen {
+                return;
+            }
+            let before = *wakes;
+            // See the module note on `close`: a sleep that sees it ends, as
+            // a real one ends at its timeout.
+            while *wakes == before && closed.load(Ordering::Acquire) == 0 {
+                wakes = self.woken.wait(wakes).unwrap();
+            }
+        }
+
+        fn wake(&self) {
+            *self.wakes.lock().unwrap() += 1;
+            self.woken.notify_all();
+        }
+    }
+
+    struct Shared {
+        header: QueueHeader,
+        entries: [QueueEntry; CAPACITY],
+        /// Where the consumer sleeps (on `producer`), and the producer (on `consumer`).
+        on_producer: Futex,
+        on_consumer: Futex,
+    }
+
+    impl Shared {
+        fn q(&self) -> IoQueue<'_> {
+            IoQueue { header: &self.header, entries: &self.entries }
+        }
+    }
+
+    fn item(i: u32) -> Completion {
+        Completion { slot: i % CAPACITY as u32, status: -(i as i32), kind: EntryKind::Lba, bytes: 100 + i as u64, offset: 7 * i as u64, tag: 1000 + i as u64 }
+    }
+
+    /// `n` entries through the queue, both sides sleeping when they must.
+    fn stream(n: u32) {
+        let shared =
+            Arc::new(Shared { header: header(), entries: core::array::from_fn(|_| entry()), on_producer: Futex::default(), on_consumer: Futex::default() });
+        let consumer = {
+            let shared = shared.clone();
+            loom::thread::spawn(move || {
+                let q = shared.q();
+                let mut c = Consumer::attach(&q);
+                let mut seen = 0u32;
+                loop {
+                    match c.peek(&q).unwrap() {
+                        Some(e) => {
+                            assert_eq!(e, item(seen), "entry {seen} arrives whole and in order");
+                            c.release(&q, e.tag * 3, CONSUMED);
+                            if q.producer_needs_wake() {
+                                shared.on_consumer.wake();
+                            }
+                            seen += 1;
+                        }
+                        None if c.finished(&q) => return seen,
+                        None => {
+                            if c.prepare_sleep(&q) {
+                                shared.on_producer.wait(&q.header().producer, c.position(), &q.header().closed);
+                                c.end_sleep(&q);
+                            }
+                        }
+                    }
+                }
+            })
+        };
+        let q = shared.q();
+        let mut p = Producer::attach(&q);
+        let mut results = Vec::new();
+        let mut take = |p: &mut Producer| p.poll_released(&q, |r| results.push((r.position, r.result, r.consumer_status))).unwrap();
+        // Sleep until the consumer releases something.
+        let wait_for_release = |p: &Producer| {
+            if p.prepare_sleep(&q) {
+                shared.on_consumer.wait(&q.header().consumer, p.released_position(), &AtomicU32::new(0));
+                p.end_sleep(&q);
+            }
+        };
+        for i in 0..n {
+            loop {
+                take(&mut p);
+                if p.outstanding() < CAPACITY as u32 {
+                    break;
+                }
+                wait_for_release(&p);
+            }
+            p.publish(&q, &item(i)).unwrap();
+            if q.consumer_needs_wake() {
+                shared.on_producer.wake();
+            }
+        }
+        p.close(&q);
+        shared.on_producer.wake();
+        while p.outstanding() > 0 {
+            take(&mut p);
+            if p.outstanding() > 0 {
+                wait_for_release(&p);
+            }
+        }
+        assert_eq!(consumer.join().unwrap(), n);
+        let want: Vec<_> = (0..n).map(|i| (i, item(i).tag * 3, CONSUMED)).collect();
+        assert_eq!(results, want, "every result reaches the producer, once, in order");
+    }
+
+    #[test]
+    fn loom_model_stream_through_a_full_queue_with_sleeps_on_both_sides() {
+        let mut model = loom::model::Builder::new();
+        // Enough preemptions to interleave every step of a round trip;
+        // unbounded, three entries through two would take hours.
+        model.preemption_bound = Some(3);
+        model.check(|| stream(3));
     }
 }

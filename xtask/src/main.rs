@@ -3,7 +3,7 @@
 //! - `ci`: everything CI checks, in order: install what the suite needs
 //!   when missing, formatting, clippy with warnings denied, docs with
 //!   warnings denied, the `no_std` build of gpuring-core, all tests, Miri
-//!   over gpuring-core's tests, the
+//!   over gpuring-core's tests, the loom model of the io_queue protocol, the
 //!   NVMe guest suite, then the device kit built and its `run.sh` run here
 //!   (which runs the hardware suite on host and Vulkan).
 //!
@@ -207,6 +207,12 @@ fn ci() -> Result<()> {
     step("tests");
     let (passed, failed) = run_tests(nvrtc.as_deref())?;
     miri()?;
+    step("loom model check of the io_queue protocol");
+    // Its own target directory: `--cfg loom` rebuilds everything it touches.
+    run(cargo()
+        .args(["test", "-p", "gpuring-core", "--release", "--lib", "loom_model"])
+        .env("RUSTFLAGS", "--cfg loom")
+        .env("CARGO_TARGET_DIR", "target/loom"))?;
     nvme_vm::run_task(cargo)?;
     // The device kit's run.sh runs the hardware suite (`hwtest --require
     // host --require vulkan`) with the kit's own binaries, as a GPU machine
