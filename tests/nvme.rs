@@ -361,3 +361,179 @@ fn block_devices_are_read_like_files_and_a_loop_device_is_not_dma() {
         assert!(range.checksum.matched && range.bytes == (1 << 20) - 4096, "{range:?}");
     }
 }
+
+/// A device-mapper device, made with the kernel's DM ioctls (the guest has
+/// no dmsetup) and removed on drop: for block devices that fail where a
+/// test wants them to (the `error` target between two `linear` ones).
+mod dm {
+    use std::os::fd::AsRawFd;
+    use std::path::PathBuf;
+
+    /// `struct dm_ioctl` (linux/dm-ioctl.h), 312 bytes.
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct DmIoctl {
+        version: [u32; 3],
+        data_size: u32,
+        data_start: u32,
+        target_count: u32,
+        open_count: i32,
+        flags: u32,
+        event_nr: u32,
+        padding: u32,
+        dev: u64,
+        name: [u8; 128],
+        uuid: [u8; 129],
+        data: [u8; 7],
+    }
+
+    /// `struct dm_target_spec`, 40 bytes, each followed by its parameters.
+    #[repr(C)]
+    struct TargetSpec {
+        sector_start: u64,
+        length: u64,
+        status: i32,
+        next: u32,
+        target_type: [u8; 16],
+    }
+
+    const _: () = assert!(size_of::<DmIoctl>() == 312 && size_of::<TargetSpec>() == 40);
+
+    /// The header and room for a table.
+    #[repr(C, align(8))]
+    struct Buf {
+        header: DmIoctl,
+        data: [u8; 4096],
+    }
+
+    /// `_IOWR(0xfd, nr, struct dm_ioctl)`.
+    fn iowr(nr: u64) -> u64 {
+        (3 << 30) | ((size_of::<DmIoctl>() as u64) << 16) | (0xfd << 8) | nr
+    }
+    const DEV_CREATE: u64 = 3;
+    const DEV_REMOVE: u64 = 4;
+    const DEV_SUSPEND: u64 = 6;
+    const TABLE_LOAD: u64 = 9;
+
+    pub struct Device {
+        name: String,
+        /// The block device, `/dev/dm-N`.
+        pub path: PathBuf,
+    }
+
+    fn buf(name: &str) -> Box<Buf> {
+        let mut header = DmIoctl {
+            version: [4, 0, 0],
+            data_size: size_of::<Buf>() as u32,
+            data_start: size_of::<DmIoctl>() as u32,
+            target_count: 0,
+            open_count: 0,
+            flags: 0,
+            event_nr: 0,
+            padding: 0,
+            dev: 0,
+            name: [0; 128],
+            uuid: [0; 129],
+            data: [0; 7],
+        };
+        header.name[..name.len()].copy_from_slice(name.as_bytes());
+        Box::new(Buf { header, data: [0; 4096] })
+    }
+
+    fn call(nr: u64, b: &mut Buf, what: &str) {
+        let control = std::fs::File::open("/dev/mapper/control").expect("/dev/mapper/control (is dm-mod loaded?)");
+        // SAFETY: `b` is a `struct dm_ioctl` followed by `data_size` bytes in
+        // all, which the kernel reads and writes back within that size.
+        let rc = unsafe { libc::ioctl(control.as_raw_fd(), iowr(nr) as libc::c_ulong, b as *mut Buf) };
+        assert_eq!(rc, 0, "DM ioctl {what}: {}", std::io::Error::last_os_error());
+    }
+
+    /// Make device `name` with `table`: (start sector, sectors, target, parameters).
+    pub fn create(name: &str, table: &[(u64, u64, &str, String)]) -> Device {
+        let mut b = buf(name);
+        call(DEV_CREATE, &mut b, "DM_DEV_CREATE");
+        let minor = (b.header.dev & 0xff) | ((b.header.dev >> 12) & 0xfff00);
+        let mut b = buf(name);
+        b.header.target_count = table.len() as u32;
+        let mut at = 0;
+        for (start, len, target, params) in table {
+            let size = (size_of::<TargetSpec>() + params.len() + 1).next_multiple_of(8);
+            let mut spec = TargetSpec { sector_start: *start, length: *len, status: 0, next: size as u32, target_type: [0; 16] };
+            spec.target_type[..target.len()].copy_from_slice(target.as_bytes());
+            // SAFETY: `spec` is plain data of this size.
+            let bytes = unsafe { std::slice::from_raw_parts((&spec as *const TargetSpec).cast::<u8>(), size_of::<TargetSpec>()) };
+            b.data[at..at + bytes.len()].copy_from_slice(bytes);
+            b.data[at + bytes.len()..at + bytes.len() + params.len()].copy_from_slice(params.as_bytes());
+            at += size;
+        }
+        call(TABLE_LOAD, &mut b, "DM_TABLE_LOAD");
+        // DM_DEV_SUSPEND without the suspend flag resumes: the table goes live.
+        call(DEV_SUSPEND, &mut buf(name), "DM_DEV_SUSPEND (resume)");
+        let path = PathBuf::from(format!("/dev/dm-{minor}"));
+        for _ in 0..100 {
+            if path.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(path.exists(), "{} did not appear", path.display());
+        Device { name: name.to_owned(), path }
+    }
+
+    impl Drop for Device {
+        fn drop(&mut self) {
+            call(DEV_REMOVE, &mut buf(&self.name), "DM_DEV_REMOVE");
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs an NVMe namespace with the pattern image and dm-mod: cargo xtask nvme-vm runs these in a QEMU guest"]
+fn eio_from_a_block_device_mid_file_names_file_offset_and_slot_buffered_and_direct() {
+    let dev = open();
+    let block = dev.block_device.clone().unwrap();
+    let sectors = dev.capacity_bytes() / 512;
+    // 4 KiB that fail with EIO, 5 MiB + 12 KiB into the device.
+    let bad = (5u64 << 20) + (12 << 10);
+    let (from, len) = (bad / 512, 8);
+    let table = [
+        (0, from, "linear", format!("{} 0", block.display())),
+        (from, len, "error", String::new()),
+        (from + len, sectors - from - len, "linear", format!("{} {}", block.display(), from + len)),
+    ];
+    let dm = dm::create("gpuring-eio", &table);
+    let slot = 64 << 10;
+    let bad_segment = bad / slot as u64 * slot as u64;
+    for direct in [false, true] {
+        // One slot: segments complete in order, so what came before the
+        // failure is exactly the segments before the bad one.
+        let staging = Arc::new(HostStaging::new(SlotGeometry::new(1, slot).unwrap(), 1).unwrap());
+        let consumer = HostConsumer::start(staging.clone());
+        let mut segments = Vec::new();
+        let mut driver = Driver::new(staging, DriverOptions { direct, ..DriverOptions::default() }).unwrap();
+        let result = driver.ingest(&[Source::file(&dm.path)], |e| {
+            if let Event::Released { offset, bytes, checksum, .. } = e {
+                segments.push((offset, bytes, checksum));
+            }
+        });
+        driver.close_queue();
+        let t = *driver.telemetry();
+        drop(driver);
+        consumer.join().unwrap();
+        let e = result.unwrap_err();
+        println!("dm error target, direct {direct}: {e}");
+        let IngestError::Read { path, offset, slot: 0, errno } = &e else { panic!("a read error naming slot 0: {e:?}") };
+        assert_eq!((path, *errno), (&dm.path, rustix::io::Errno::IO));
+        assert!((bad_segment..=bad).contains(offset), "the error names byte {offset}, in the failing segment {bad_segment}..={bad}");
+        let want: Vec<_> = (0..bad_segment).step_by(slot).map(|o| (o, slot as u64, slot_checksum(&image_bytes(o, slot)))).collect();
+        assert_eq!(segments, want, "every segment before the failure, once, with the device's bytes");
+        assert_eq!((t.failed_completions, t.inflight_reads), (1, 0));
+        assert_eq!(t.released, t.published, "everything published was released");
+        assert_eq!(t.published, want.len() as u64 + 1, "the failed read is published (with its status) too");
+    }
+    // The command line says the same, with a fix.
+    let out = Command::new(gpuring_bin()).args(["ingest", "--direct"]).arg(&dm.path).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(&*dm.path.to_string_lossy()) && stderr.contains("into slot") && stderr.contains("Fix:"), "{stderr}");
+}

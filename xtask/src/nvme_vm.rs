@@ -15,7 +15,8 @@
 //! 4. writes a disk image with a known pattern (word `i` is
 //!    [`pattern_word`]`(i)`, which the tests check the bytes against);
 //! 5. packs a busybox initramfs whose `/init` loads `nvme-auth`,
-//!    `nvme-core` and `nvme`, waits for `/dev/ng0n1` and runs the test
+//!    `nvme-core`, `nvme` and `dm-mod` (a test makes a device-mapper
+//!    device that fails mid-file), waits for `/dev/ng0n1` and runs the test
 //!    binary's NVMe tests (`--ignored`), then powers off;
 //! 6. boots QEMU with that image as an NVMe namespace, echoes the guest's
 //!    console, and fails unless the guest reports that its tests passed.
@@ -33,8 +34,9 @@ use crate::{ensure_installed, ensure_package, run, step, under_ci};
 /// The guest kernel: Debian 12's 6.12 package (PLATFORM.md).
 const KERNEL_PACKAGE: &str = "linux-image-6.12.117+deb12-amd64";
 const KERNEL_RELEASE: &str = "6.12.117+deb12-amd64";
-/// NVMe modules, in load order.
-const MODULES: [&str; 3] = ["nvme-auth", "nvme-core", "nvme"];
+/// Modules, in load order: NVMe, and device-mapper for the test that
+/// makes a block device fail mid-file (the `error` target is in dm-mod).
+const MODULES: [&str; 4] = ["nvme-auth", "nvme-core", "nvme", "dm-mod"];
 /// The host triple the static binaries are built for.
 const TARGET: &str = "x86_64-unknown-linux-gnu";
 /// The emulated namespace's size.
@@ -143,7 +145,7 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 mount -t tmpfs tmp /tmp
-for m in nvme-auth nvme-core nvme; do
+for m in nvme-auth nvme-core nvme dm-mod; do
     insmod /lib/modules/$m.ko || echo "gpuring-vm: insmod $m failed"
 done
 i=0
