@@ -18,7 +18,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // 8 slots of 1 MiB, and an io_queue with room for every slot.
     let geometry = SlotGeometry::new(8, 1 << 20)?;
     let staging = Arc::new(HostStaging::new(geometry, 8)?);
-    let consumer = HostConsumer::start(staging.clone());
+    let consumer = HostConsumer::start(staging.clone())?;
     let mut driver = Driver::new(staging, DriverOptions { direct, ..DriverOptions::default() })?;
 
     let stats = driver.ingest(&[Source::file(&path)], |event| match event {

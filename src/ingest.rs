@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gpuring_core::checksum::{Lanes, StreamDigest};
-use gpuring_core::io_queue::Producer;
 use gpuring_core::{SlotGeometry, StagingMemory, Telemetry};
 use gpuring_uring::{Driver, DriverOptions, Event, Source, SourceKind};
 use serde::Serialize;
@@ -258,7 +257,7 @@ pub fn run(sources: &[Source], config: &IngestConfig, progress: &mut dyn FnMut(u
                 return Err(Error::NoDevices { backend: config.backend.clone() });
             }
             let staging = Arc::new(gpuring_host::HostStaging::new(geometry, queue_capacity)?);
-            let consumer = gpuring_host::HostConsumer::start(staging.clone());
+            let consumer = gpuring_host::HostConsumer::start(staging.clone())?;
             with_consumer(staging, None, || Ok(consumer.join().map(|_| ConsumerDone::default())?), sources, config, progress)
         }
         #[cfg(feature = "vulkan")]
@@ -315,7 +314,7 @@ fn with_consumer<S: StagingMemory>(
     let outcome = drive(staging.clone(), sources, config, progress);
     // The driver closes the queue when it drops; if it was never built,
     // close it here so the consumer stops.
-    Producer::new().close(&staging.queue());
+    staging.queue().close();
     // A consumer failure explains a stalled driver: report it first.
     let done = join()?;
     finish(outcome?, device, done, sources, config)

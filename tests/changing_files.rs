@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{make_file, test_dir};
-use gpuring::core::io_queue::{Consumer, CONSUMED};
+use gpuring::core::io_queue::CONSUMED;
 use gpuring::core::{slot_checksum, SlotGeometry, StagingMemory};
 use gpuring::host::HostStaging;
 use gpuring::uring::{Driver, DriverOptions, Event, IngestError, Source};
@@ -23,7 +23,7 @@ fn drive_with(source: Source, on_first: impl FnOnce() + Send + 'static, fail_con
         let staging = staging.clone();
         std::thread::spawn(move || {
             let q = staging.queue();
-            let mut c = Consumer::new();
+            let mut c = staging.take_consumer().unwrap();
             let mut on_first = Some(on_first);
             loop {
                 match c.peek(&q).unwrap() {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{make_file, test_dir};
-use gpuring::core::io_queue::{Consumer, CONSUMED, SKIPPED};
+use gpuring::core::io_queue::{CONSUMED, SKIPPED};
 use gpuring::core::{slot_checksum, SlotGeometry, StagingMemory, Telemetry};
 use gpuring::host::{HostConsumer, HostStaging};
 use gpuring::uring::fault::{Fault, FaultKind};
@@ -37,7 +37,7 @@ fn segments(bytes: &[u8]) -> Vec<(u64, u64, u64)> {
 /// Drive `file` through `slots` slots with the host consumer and `faults`.
 fn drive(file: &std::path::Path, slots: u32, faults: &[Fault], options: DriverOptions) -> (Result<(), IngestError>, Released, Telemetry) {
     let staging = Arc::new(HostStaging::new(SlotGeometry::new(slots, SLOT).unwrap(), slots).unwrap());
-    let consumer = HostConsumer::start(staging.clone());
+    let consumer = HostConsumer::start(staging.clone()).unwrap();
     let (result, released, telemetry) = drive_with(staging, file, faults, options);
     // A consumer fails only when told to; here it never is.
     consumer.join().unwrap();
@@ -153,7 +153,7 @@ fn a_read_that_never_completes_is_an_error_in_bounded_time() {
 fn slow_consumer(staging: Arc<HostStaging>, delay: Duration, stop_after: usize) -> std::thread::JoinHandle<usize> {
     std::thread::spawn(move || {
         let q = staging.queue();
-        let mut c = Consumer::attach(&q);
+        let mut c = staging.take_consumer().unwrap();
         let mut done = 0;
         loop {
             match c.peek(&q).unwrap() {

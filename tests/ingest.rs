@@ -160,7 +160,7 @@ fn a_failed_source_does_not_lose_the_completions_before_it() {
     let empty = make_file(dir.path(), "empty", 0, 0);
     let sources = [Source::file(&good), Source::file(&empty), Source::file(dir.path().join("missing"))];
     let staging = Arc::new(HostStaging::new(SlotGeometry::new(4, SLOT).unwrap(), 4).unwrap());
-    let consumer = HostConsumer::start(staging.clone());
+    let consumer = HostConsumer::start(staging.clone()).unwrap();
     let mut driver = Driver::new(staging, DriverOptions::default()).unwrap();
     let (mut released, mut done) = (Vec::new(), Vec::new());
     let e = driver
@@ -225,4 +225,30 @@ fn bounce_path_delivers_the_same_bytes_and_counts_every_copy() {
     let missing = dir.path().join("missing");
     let e = ingest(&[Source::file(&missing)], &IngestConfig { bounce: true, ..config(false) }).unwrap_err();
     assert!(matches!(e, Error::Ingest(IngestError::NotFound { .. })), "{e}");
+}
+
+#[test]
+fn one_driver_and_one_consumer_per_staging_region() {
+    use gpuring::core::{QueueError, SlotGeometry, StagingMemory};
+    use gpuring::host::{HostConsumer, HostError, HostStaging};
+    use gpuring::uring::{Driver, DriverOptions};
+    use std::sync::Arc;
+    let staging = Arc::new(HostStaging::new(SlotGeometry::new(2, SLOT).unwrap(), 2).unwrap());
+    let consumer = HostConsumer::start(staging.clone()).unwrap();
+    // A second consumer could release a slot the first still reads.
+    let second = HostConsumer::start(staging.clone()).unwrap_err();
+    assert!(matches!(second, HostError::Queue(QueueError::EndTaken { end: "consumer" })), "{second}");
+    assert!(staging.take_consumer().is_err());
+    let mut driver = Driver::new(staging.clone(), DriverOptions::default()).unwrap();
+    // A second producer would publish over entries the consumer reads.
+    let again = Driver::new(staging.clone(), DriverOptions::default()).unwrap_err();
+    assert!(matches!(again, IngestError::Queue(QueueError::EndTaken { end: "producer" })), "{again}");
+    assert!(again.to_string().contains("Fix: give each staging region one driver and one consumer"), "{again}");
+    assert!(gpuring::uring::bounce::ingest(&*staging, &[], &DriverOptions::default(), |_| {}).is_err());
+    // The first pair still works.
+    let dir = test_dir();
+    let path = make_file(dir.path(), "f", 3 * SLOT + 5, 4);
+    driver.ingest(&[Source::file(&path)], |_| {}).unwrap();
+    driver.close_queue();
+    assert_eq!(consumer.join().unwrap().bytes, 3 * SLOT as u64 + 5);
 }

@@ -50,7 +50,7 @@ struct Run {
 
 fn drive(sources: &[Source], slots: u32, slot_size: usize, options: DriverOptions) -> Result<Run, IngestError> {
     let staging = Arc::new(HostStaging::new(SlotGeometry::new(slots, slot_size).unwrap(), slots.next_power_of_two()).unwrap());
-    let consumer = HostConsumer::start(staging.clone());
+    let consumer = HostConsumer::start(staging.clone()).unwrap();
     let mut segments = Vec::new();
     let mut driver = Driver::new(staging, options)?;
     let result = driver.ingest(sources, |e| {
@@ -508,7 +508,7 @@ fn eio_from_a_block_device_mid_file_names_file_offset_and_slot_buffered_and_dire
         // One slot: segments complete in order, so what came before the
         // failure is exactly the segments before the bad one.
         let staging = Arc::new(HostStaging::new(SlotGeometry::new(1, slot).unwrap(), 1).unwrap());
-        let consumer = HostConsumer::start(staging.clone());
+        let consumer = HostConsumer::start(staging.clone()).unwrap();
         let mut segments = Vec::new();
         let mut driver = Driver::new(staging, DriverOptions { direct, ..DriverOptions::default() }).unwrap();
         let result = driver.ingest(&[Source::file(&dm.path)], |e| {

@@ -38,7 +38,7 @@ fn drive<S: StagingMemory + 'static>(
     result.unwrap();
     let t = driver.telemetry();
     assert_eq!((t.published, t.released, t.inflight_reads), (released.len() as u64, released.len() as u64, 0));
-    (released, staging.queue().header().consumer.load(std::sync::atomic::Ordering::Acquire), counted)
+    (released, staging.queue().header().consumer(), counted)
 }
 
 #[test]
@@ -54,7 +54,7 @@ fn an_ingest_across_the_queue_wrap_is_complete_and_in_order_on_every_backend() {
             "host" => {
                 let staging = Arc::new(gpuring::host::HostStaging::new(geometry, SLOTS).unwrap());
                 staging.queue().start_at(START).unwrap();
-                let consumer = gpuring::host::HostConsumer::start(staging.clone());
+                let consumer = gpuring::host::HostConsumer::start(staging.clone()).unwrap();
                 drive(staging, &file, || consumer.join().map(|s| (s.entries, s.bytes)).map_err(|e| e.to_string()))
             }
             #[cfg(feature = "vulkan")]

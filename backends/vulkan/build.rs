@@ -2,11 +2,10 @@
 //! gpuring-core (queue layout, checksum multipliers, consumer statuses),
 //! then `src/consumer.wgsl`, translated to SPIR-V by naga and validated.
 
-use std::mem::offset_of;
 use std::path::PathBuf;
 
 use gpuring_core::checksum::{FMIX_1, FMIX_2, INDEX_KEY, LEN_KEY, MUL_A, MUL_B};
-use gpuring_core::io_queue::{QueueEntry, QueueHeader, CONSUMED, ENTRY_SIZE, HEADER_SIZE, REJECTED, SKIPPED};
+use gpuring_core::io_queue::{offsets, CONSUMED, ENTRY_SIZE, HEADER_SIZE, REJECTED, SKIPPED};
 
 /// `consumer_failed` codes the shader writes; also emitted for the Rust side.
 const FAILED_REJECTED: u32 = 0x5652_0001;
@@ -17,14 +16,14 @@ fn prelude() -> String {
     let u32s: &[(&str, u32)] = &[
         ("HEADER_WORDS", word(HEADER_SIZE)),
         ("ENTRY_WORDS", word(ENTRY_SIZE)),
-        ("HEADER_CONSUMER", word(offset_of!(QueueHeader, consumer))),
-        ("HEADER_CONSUMER_FAILED", word(offset_of!(QueueHeader, consumer_failed))),
-        ("ENTRY_SEQ", word(offset_of!(QueueEntry, seq))),
-        ("ENTRY_SLOT", word(offset_of!(QueueEntry, slot))),
-        ("ENTRY_STATUS", word(offset_of!(QueueEntry, status))),
-        ("ENTRY_BYTES", word(offset_of!(QueueEntry, bytes))),
-        ("ENTRY_RESULT", word(offset_of!(QueueEntry, result))),
-        ("ENTRY_CONSUMER_STATUS", word(offset_of!(QueueEntry, consumer_status))),
+        ("HEADER_CONSUMER", word(offsets::HEADER_CONSUMER)),
+        ("HEADER_CONSUMER_FAILED", word(offsets::HEADER_CONSUMER_FAILED)),
+        ("ENTRY_SEQ", word(offsets::ENTRY_SEQ)),
+        ("ENTRY_SLOT", word(offsets::ENTRY_SLOT)),
+        ("ENTRY_STATUS", word(offsets::ENTRY_STATUS)),
+        ("ENTRY_BYTES", word(offsets::ENTRY_BYTES)),
+        ("ENTRY_RESULT", word(offsets::ENTRY_RESULT)),
+        ("ENTRY_CONSUMER_STATUS", word(offsets::ENTRY_CONSUMER_STATUS)),
         ("CONSUMED", CONSUMED),
         ("SKIPPED", SKIPPED),
         ("REJECTED", REJECTED),

@@ -120,27 +120,27 @@ pub const MAX_CAPACITY: u32 = 1 << 31;
 #[derive(Debug)]
 pub struct QueueHeader {
     /// [`MAGIC`].
-    pub magic: AtomicU32,
+    pub(crate) magic: AtomicU32,
     /// [`VERSION`].
-    pub version: AtomicU32,
+    pub(crate) version: AtomicU32,
     /// Number of entries (a power of two).
-    pub capacity: AtomicU32,
+    pub(crate) capacity: AtomicU32,
     /// [`ENTRY_SIZE`].
-    pub entry_size: AtomicU32,
+    pub(crate) entry_size: AtomicU32,
     /// 1 once the producer will publish no more entries.
-    pub closed: AtomicU32,
+    pub(crate) closed: AtomicU32,
     reserved0: [AtomicU32; 11],
     /// Entries published so far (wrapping).
-    pub producer: AtomicU32,
+    pub(crate) producer: AtomicU32,
     /// 1 while a host consumer sleeps waiting for `producer` to move.
-    pub consumer_sleeping: AtomicU32,
+    pub(crate) consumer_sleeping: AtomicU32,
     reserved1: [AtomicU32; 14],
     /// Entries released so far (wrapping).
-    pub consumer: AtomicU32,
+    pub(crate) consumer: AtomicU32,
     /// 1 while the host producer sleeps waiting for `consumer` to move.
-    pub producer_sleeping: AtomicU32,
+    pub(crate) producer_sleeping: AtomicU32,
     /// Non-zero once the consumer gave up; it will release nothing more.
-    pub consumer_failed: AtomicU32,
+    pub(crate) consumer_failed: AtomicU32,
     reserved2: [AtomicU32; 13],
 }
 
@@ -149,23 +149,23 @@ pub struct QueueHeader {
 #[derive(Debug)]
 pub struct QueueEntry {
     /// Position + 1 of the publication this entry holds.
-    pub seq: AtomicU32,
+    pub(crate) seq: AtomicU32,
     /// Slot index.
-    pub slot: AtomicU32,
+    pub(crate) slot: AtomicU32,
     /// 0, a negative errno, or a positive NVMe status.
-    pub status: AtomicI32,
+    pub(crate) status: AtomicI32,
     /// [`EntryKind`] as a number.
-    pub kind: AtomicU32,
+    pub(crate) kind: AtomicU32,
     /// Valid bytes in the slot.
-    pub bytes: AtomicU64,
+    pub(crate) bytes: AtomicU64,
     /// Byte offset or LBA the bytes came from.
-    pub offset: AtomicU64,
+    pub(crate) offset: AtomicU64,
     /// The caller's tag.
-    pub tag: AtomicU64,
+    pub(crate) tag: AtomicU64,
     /// The consumer's checksum.
-    pub result: AtomicU64,
+    pub(crate) result: AtomicU64,
     /// 0 checksummed, 1 skipped.
-    pub consumer_status: AtomicU32,
+    pub(crate) consumer_status: AtomicU32,
     reserved: [AtomicU32; 3],
 }
 
@@ -195,6 +195,121 @@ const _: () = {
     assert!(offset_of!(QueueEntry, result) == 40);
     assert!(offset_of!(QueueEntry, consumer_status) == 48);
 };
+
+/// Byte offsets of the header's and an entry's fields, for code in other
+/// languages: the GPU kernel's and the shader's constants are generated
+/// from these, so they cannot drift from the Rust layout.
+pub mod offsets {
+    use super::{QueueEntry, QueueHeader};
+    use core::mem::offset_of;
+
+    /// `magic`.
+    pub const HEADER_MAGIC: usize = offset_of!(QueueHeader, magic);
+    /// `version`.
+    pub const HEADER_VERSION: usize = offset_of!(QueueHeader, version);
+    /// `capacity`.
+    pub const HEADER_CAPACITY: usize = offset_of!(QueueHeader, capacity);
+    /// `entry_size`.
+    pub const HEADER_ENTRY_SIZE: usize = offset_of!(QueueHeader, entry_size);
+    /// `closed`.
+    pub const HEADER_CLOSED: usize = offset_of!(QueueHeader, closed);
+    /// `producer`.
+    pub const HEADER_PRODUCER: usize = offset_of!(QueueHeader, producer);
+    /// `consumer_sleeping`.
+    pub const HEADER_CONSUMER_SLEEPING: usize = offset_of!(QueueHeader, consumer_sleeping);
+    /// `consumer`.
+    pub const HEADER_CONSUMER: usize = offset_of!(QueueHeader, consumer);
+    /// `producer_sleeping`.
+    pub const HEADER_PRODUCER_SLEEPING: usize = offset_of!(QueueHeader, producer_sleeping);
+    /// `consumer_failed`.
+    pub const HEADER_CONSUMER_FAILED: usize = offset_of!(QueueHeader, consumer_failed);
+    /// `seq`.
+    pub const ENTRY_SEQ: usize = offset_of!(QueueEntry, seq);
+    /// `slot`.
+    pub const ENTRY_SLOT: usize = offset_of!(QueueEntry, slot);
+    /// `status`.
+    pub const ENTRY_STATUS: usize = offset_of!(QueueEntry, status);
+    /// `kind`.
+    pub const ENTRY_KIND: usize = offset_of!(QueueEntry, kind);
+    /// `bytes`.
+    pub const ENTRY_BYTES: usize = offset_of!(QueueEntry, bytes);
+    /// `offset`.
+    pub const ENTRY_OFFSET: usize = offset_of!(QueueEntry, offset);
+    /// `tag`.
+    pub const ENTRY_TAG: usize = offset_of!(QueueEntry, tag);
+    /// `result`.
+    pub const ENTRY_RESULT: usize = offset_of!(QueueEntry, result);
+    /// `consumer_status`.
+    pub const ENTRY_CONSUMER_STATUS: usize = offset_of!(QueueEntry, consumer_status);
+}
+
+impl QueueHeader {
+    /// Entries published so far (acquire: the entries below it are whole).
+    pub fn producer(&self) -> u32 {
+        self.producer.load(Ordering::Acquire)
+    }
+
+    /// Entries released so far (acquire: their results are there).
+    pub fn consumer(&self) -> u32 {
+        self.consumer.load(Ordering::Acquire)
+    }
+
+    /// The `producer` word itself, for a futex wait or wake on it.
+    ///
+    /// # Safety
+    /// Never store to it: only the queue's [`Producer`] moves it.
+    pub unsafe fn producer_word(&self) -> &AtomicU32 {
+        &self.producer
+    }
+
+    /// The `consumer` word itself, for a futex wait or wake on it.
+    ///
+    /// # Safety
+    /// Never store to it: only the queue's [`Consumer`] (or the device
+    /// code it hands batches to) moves it.
+    pub unsafe fn consumer_word(&self) -> &AtomicU32 {
+        &self.consumer
+    }
+}
+
+impl QueueEntry {
+    /// Position + 1 of the publication this entry holds (acquire).
+    pub fn seq(&self) -> u32 {
+        self.seq.load(Ordering::Acquire)
+    }
+
+    /// The completion it holds. Relaxed loads: read it only after an
+    /// acquire of `producer` past its position.
+    pub fn completion(&self) -> Completion {
+        read_completion(self)
+    }
+
+    /// Slot index (relaxed; see [`QueueEntry::completion`]).
+    pub fn slot(&self) -> u32 {
+        self.slot.load(Ordering::Relaxed)
+    }
+
+    /// 0, a negative errno or a positive NVMe status (relaxed).
+    pub fn status(&self) -> i32 {
+        self.status.load(Ordering::Relaxed)
+    }
+
+    /// Valid bytes in the slot (relaxed).
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// The consumer's checksum (relaxed: read it after an acquire of
+    /// `consumer` past its position).
+    pub fn result(&self) -> u64 {
+        self.result.load(Ordering::Relaxed)
+    }
+
+    /// [`CONSUMED`], [`SKIPPED`] or [`REJECTED`] (relaxed, as `result`).
+    pub fn consumer_status(&self) -> u32 {
+        self.consumer_status.load(Ordering::Relaxed)
+    }
+}
 
 /// What an entry's `offset` means.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -288,6 +403,11 @@ pub enum QueueError {
     },
     /// The queue's positions can only be moved while it is fresh.
     NotFresh,
+    /// That end of the queue was handed out already.
+    EndTaken {
+        /// `producer` or `consumer`.
+        end: &'static str,
+    },
 }
 
 impl fmt::Display for QueueError {
@@ -322,6 +442,10 @@ impl fmt::Display for QueueError {
                 f,
                 "io_queue entry at position {position} carries seq {seq}, not {}. Fix: only the producer may write entries, and a consumer must read past `producer` never",
                 position.wrapping_add(1)
+            ),
+            Self::EndTaken { end } => write!(
+                f,
+                "the io_queue's {end} end was taken already: a queue has one producer and one consumer. Fix: give each staging region one driver and one consumer (make another staging region for another)"
             ),
             Self::NotFresh => write!(
                 f,
@@ -466,6 +590,15 @@ impl<'a> IoQueue<'a> {
         &self.entries[(position & (self.capacity() - 1)) as usize]
     }
 
+    /// Announce that no more entries will be published, so the consumer
+    /// stops once it has released everything. The producer does this
+    /// ([`Producer::close`]); this is for whoever must stop a consumer when
+    /// no producer was ever made (a driver that failed to start). It moves
+    /// no position: it cannot make a slot anyone's.
+    pub fn close(&self) {
+        self.header.closed.store(1, Ordering::Release);
+    }
+
     /// True once the producer has closed the queue.
     pub fn is_closed(&self) -> bool {
         self.header.closed.load(Ordering::Acquire) != 0
@@ -509,26 +642,84 @@ pub fn positions(first: u32, count: u32) -> impl Iterator<Item = u32> + Clone {
     (0..count).map(move |i| first.wrapping_add(i))
 }
 
-/// The producer's side of the protocol. Only one producer may exist per queue.
+/// Which queue an end belongs to: its header's address. Every call checks
+/// it, so an end used on another queue panics instead of breaking that
+/// queue's protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Bound(usize);
+
+impl Bound {
+    fn of(q: &IoQueue<'_>) -> Self {
+        Bound(q.header as *const QueueHeader as usize)
+    }
+
+    fn check(self, q: &IoQueue<'_>) {
+        assert!(self == Bound::of(q), "an io_queue end was used on a queue it does not belong to");
+    }
+}
+
+/// The two ends of a staging region's io_queue, each handed out once:
+/// [`StagingMemory::take_producer`](crate::StagingMemory::take_producer)
+/// and [`StagingMemory::take_consumer`](crate::StagingMemory::take_consumer)
+/// set these flags, and a second take is an error. This is what makes one
+/// producer and one consumer per queue hold by construction: a second
+/// consumer could release a slot the first still reads, and the driver
+/// would read into it.
 #[derive(Debug, Default)]
+pub struct Ends {
+    producer: core::sync::atomic::AtomicBool,
+    consumer: core::sync::atomic::AtomicBool,
+}
+
+impl Ends {
+    /// Both ends still to take.
+    pub const fn new() -> Self {
+        Self { producer: core::sync::atomic::AtomicBool::new(false), consumer: core::sync::atomic::AtomicBool::new(false) }
+    }
+
+    /// Take the producer end of `q`, whose ends these are.
+    pub fn take_producer(&self, q: &IoQueue<'_>) -> Result<Producer, QueueError> {
+        if self.producer.swap(true, core::sync::atomic::Ordering::AcqRel) {
+            return Err(QueueError::EndTaken { end: "producer" });
+        }
+        // SAFETY: the flag was clear, and is set now for good: this is the
+        // queue's only producer taken through its ends.
+        Ok(unsafe { Producer::attach(q) })
+    }
+
+    /// Take the consumer end of `q`, whose ends these are.
+    pub fn take_consumer(&self, q: &IoQueue<'_>) -> Result<Consumer, QueueError> {
+        if self.consumer.swap(true, core::sync::atomic::Ordering::AcqRel) {
+            return Err(QueueError::EndTaken { end: "consumer" });
+        }
+        // SAFETY: as for the producer.
+        Ok(unsafe { Consumer::attach(q) })
+    }
+}
+
+/// The producer's side of the protocol. Only one producer may exist per
+/// queue: take it from the staging memory
+/// ([`StagingMemory::take_producer`](crate::StagingMemory::take_producer)),
+/// which hands it out once.
+#[derive(Debug)]
 pub struct Producer {
     next: u32,
     released: u32,
+    queue: Bound,
 }
 
 impl Producer {
-    /// The producer of a freshly initialised queue whose positions start at
-    /// 0 (see [`Producer::attach`] for any queue).
-    pub const fn new() -> Self {
-        Self { next: 0, released: 0 }
-    }
-
-    /// The producer of `q`, from the positions in its header: for a queue
-    /// that [`IoQueue::start_at`] moved, or one whose producer is taken
-    /// over with nothing outstanding.
-    pub fn attach(q: &IoQueue<'_>) -> Self {
+    /// The producer of `q`, from the positions in its header (a fresh queue
+    /// starts at 0, or where [`IoQueue::start_at`] put it).
+    ///
+    /// # Safety
+    /// No other producer of `q` may exist or be made while this one is
+    /// used: a second producer would publish over entries the consumer is
+    /// reading. Staging memory takes care of this through [`Ends`]; this is
+    /// for a queue in memory of the caller's own.
+    pub unsafe fn attach(q: &IoQueue<'_>) -> Self {
         let next = q.header.producer.load(Ordering::Acquire);
-        Self { next, released: q.header.consumer.load(Ordering::Acquire) }
+        Self { next, released: q.header.consumer.load(Ordering::Acquire), queue: Bound::of(q) }
     }
 
     /// Entries published and not yet taken back through [`Producer::poll_released`].
@@ -540,6 +731,7 @@ impl Producer {
     /// with one release store. Returns how many were published; the rest were
     /// not touched and may be published later.
     pub fn publish_batch(&mut self, q: &IoQueue<'_>, items: &[Completion]) -> usize {
+        self.queue.check(q);
         let free = (q.capacity() - self.outstanding()) as usize;
         let n = items.len().min(free);
         for (i, c) in items[..n].iter().enumerate() {
@@ -574,6 +766,7 @@ impl Producer {
     /// Take every entry the consumer has released since the last call, in
     /// order, passing each to `f`. Returns how many there were.
     pub fn poll_released(&mut self, q: &IoQueue<'_>, mut f: impl FnMut(Released)) -> Result<u32, QueueError> {
+        self.queue.check(q);
         let consumer = q.header.consumer.load(Ordering::Acquire);
         let count = consumer.wrapping_sub(self.released);
         if count > self.outstanding() {
@@ -596,6 +789,7 @@ impl Producer {
 
     /// Announce that no more entries will be published.
     pub fn close(&self, q: &IoQueue<'_>) {
+        self.queue.check(q);
         q.header.closed.store(1, Ordering::Release);
     }
 
@@ -603,12 +797,14 @@ impl Producer {
     /// on `header().consumer` while it equals [`Producer::released_position`];
     /// the caller must call [`Producer::end_sleep`] afterwards.
     pub fn prepare_sleep(&self, q: &IoQueue<'_>) -> bool {
+        self.queue.check(q);
         let h = q.header;
         prepare_sleep(&h.producer_sleeping, &h.consumer, self.released, &AtomicU32::new(0))
     }
 
     /// Clear the sleeping flag.
     pub fn end_sleep(&self, q: &IoQueue<'_>) {
+        self.queue.check(q);
         q.header.producer_sleeping.store(0, Ordering::Relaxed);
     }
 }
@@ -625,22 +821,28 @@ fn read_completion(e: &QueueEntry) -> Completion {
 }
 
 /// The consumer's side of the protocol, for CPU consumers (GPU consumers
-/// implement the same steps in their own language).
-#[derive(Debug, Default)]
+/// implement the same steps in their own language, driven by a host thread
+/// that holds this). Only one consumer may exist per queue: take it from
+/// the staging memory
+/// ([`StagingMemory::take_consumer`](crate::StagingMemory::take_consumer)),
+/// which hands it out once.
+#[derive(Debug)]
 pub struct Consumer {
     next: u32,
+    queue: Bound,
 }
 
 impl Consumer {
-    /// The consumer of a freshly initialised queue whose positions start at
-    /// 0 (see [`Consumer::attach`] for any queue).
-    pub const fn new() -> Self {
-        Self { next: 0 }
-    }
-
     /// The consumer of `q`, from the `consumer` position in its header.
-    pub fn attach(q: &IoQueue<'_>) -> Self {
-        Self { next: q.header.consumer.load(Ordering::Acquire) }
+    ///
+    /// # Safety
+    /// No other consumer of `q` may exist or be made while this one is
+    /// used: a second consumer could release a slot this one still reads,
+    /// and the producer would read into it. Staging memory takes care of
+    /// this through [`Ends`]; this is for a queue in memory of the caller's
+    /// own.
+    pub unsafe fn attach(q: &IoQueue<'_>) -> Self {
+        Self { next: q.header.consumer.load(Ordering::Acquire), queue: Bound::of(q) }
     }
 
     /// The next position to consume; sleep on `header().producer` while it equals this.
@@ -650,6 +852,7 @@ impl Consumer {
 
     /// How many published entries wait to be consumed.
     pub fn available(&self, q: &IoQueue<'_>) -> u32 {
+        self.queue.check(q);
         q.header.producer.load(Ordering::Acquire).wrapping_sub(self.next)
     }
 
@@ -657,6 +860,7 @@ impl Consumer {
     /// kernel that advances `consumer` itself): take the released position
     /// from the header and return how many entries it moved by.
     pub fn follow(&mut self, q: &IoQueue<'_>) -> u32 {
+        self.queue.check(q);
         let released = q.header.consumer.load(Ordering::Acquire);
         let moved = released.wrapping_sub(self.next);
         self.next = released;
@@ -670,6 +874,7 @@ impl Consumer {
     /// writes before the release for the producer. Fails, releasing
     /// nothing, when fewer than `count` entries are published.
     pub fn release_batch(&mut self, q: &IoQueue<'_>, count: u32) -> Result<(), QueueError> {
+        self.queue.check(q);
         let producer = q.header.producer.load(Ordering::Acquire);
         if count > producer.wrapping_sub(self.next) {
             return Err(QueueError::ConsumerAhead { consumer: self.next.wrapping_add(count), producer });
@@ -689,6 +894,7 @@ impl Consumer {
 
     /// The next published entry, if any, without consuming it.
     pub fn peek(&self, q: &IoQueue<'_>) -> Result<Option<Completion>, QueueError> {
+        self.queue.check(q);
         let producer = q.header.producer.load(Ordering::Acquire);
         if producer == self.next {
             return Ok(None);
@@ -704,6 +910,7 @@ impl Consumer {
     /// Release the entry [`Consumer::peek`] returned, with the consumer's
     /// checksum and status. The slot is the producer's again after this.
     pub fn release(&mut self, q: &IoQueue<'_>, result: u64, consumer_status: u32) {
+        self.queue.check(q);
         let e = q.entry(self.next);
         e.result.store(result, Ordering::Relaxed);
         e.consumer_status.store(consumer_status, Ordering::Relaxed);
@@ -713,6 +920,7 @@ impl Consumer {
 
     /// True when the producer closed the queue and everything was consumed.
     pub fn finished(&self, q: &IoQueue<'_>) -> bool {
+        self.queue.check(q);
         q.is_closed() && q.header.producer.load(Ordering::Acquire) == self.next
     }
 
@@ -720,6 +928,7 @@ impl Consumer {
     /// on `header().producer` while it equals [`Consumer::position`]; the
     /// caller must call [`Consumer::end_sleep`] afterwards.
     pub fn prepare_sleep(&self, q: &IoQueue<'_>) -> bool {
+        self.queue.check(q);
         let h = q.header;
         prepare_sleep(&h.consumer_sleeping, &h.producer, self.next, &h.closed)
     }
@@ -727,11 +936,13 @@ impl Consumer {
     /// Give up: tell the producer no more entries will be released.
     /// `code` must not be 0.
     pub fn fail(&self, q: &IoQueue<'_>, code: u32) {
+        self.queue.check(q);
         q.header.consumer_failed.store(code.max(1), Ordering::Release);
     }
 
     /// Clear the sleeping flag.
     pub fn end_sleep(&self, q: &IoQueue<'_>) {
+        self.queue.check(q);
         q.header.consumer_sleeping.store(0, Ordering::Relaxed);
     }
 }
@@ -747,6 +958,13 @@ mod tests {
     #[repr(C, align(64))]
     struct Mem([u8; IoQueue::bytes_for(4)]);
 
+    /// The two ends of a test queue, which has no staging memory to hand
+    /// them out: each test makes one producer and one consumer per queue.
+    fn ends(q: &IoQueue<'_>) -> (Producer, Consumer) {
+        // SAFETY: per the doc comment, the only ones of `q`.
+        unsafe { (Producer::attach(q), Consumer::attach(q)) }
+    }
+
     fn completion(slot: u32) -> Completion {
         Completion { slot, status: 0, kind: EntryKind::File, bytes: 4096, offset: slot as u64 * 4096, tag: 9 }
     }
@@ -755,7 +973,7 @@ mod tests {
     fn layout_bytes_match_the_docs() {
         let mut mem = Mem([0xAA; IoQueue::bytes_for(4)]);
         let q = IoQueue::init(&mut mem.0, 4).unwrap();
-        let mut p = Producer::new();
+        let mut p = ends(&q).0;
         p.publish(&q, &Completion { slot: 3, status: -5, kind: EntryKind::Lba, bytes: 0x1122, offset: 0x3344, tag: 0x5566 }).unwrap();
         let bytes = &mem.0;
         assert_eq!(&bytes[0..4], b"PGRQ");
@@ -779,7 +997,7 @@ mod tests {
     fn publish_consume_release_in_order() {
         let mut mem = Mem([0; IoQueue::bytes_for(4)]);
         let q = IoQueue::init(&mut mem.0, 4).unwrap();
-        let (mut p, mut c) = (Producer::new(), Consumer::new());
+        let (mut p, mut c) = ends(&q);
         assert_eq!(c.peek(&q).unwrap(), None);
         for round in 0..5u32 {
             let items: Vec<_> = (0..3).map(|i| completion(round * 3 + i)).collect();
@@ -800,6 +1018,26 @@ mod tests {
     }
 
     #[test]
+    fn each_end_is_handed_out_once_and_belongs_to_its_queue() {
+        let mut mem = Mem([0; IoQueue::bytes_for(4)]);
+        let q = IoQueue::init(&mut mem.0, 4).unwrap();
+        let handed = Ends::new();
+        let mut p = handed.take_producer(&q).unwrap();
+        let c = handed.take_consumer(&q).unwrap();
+        assert_eq!(handed.take_producer(&q).unwrap_err(), QueueError::EndTaken { end: "producer" });
+        assert_eq!(handed.take_consumer(&q).unwrap_err(), QueueError::EndTaken { end: "consumer" });
+        assert!(handed.take_consumer(&q).unwrap_err().to_string().contains("Fix: give each staging region one driver and one consumer"));
+        p.publish(&q, &completion(1)).unwrap();
+        assert_eq!(c.peek(&q).unwrap(), Some(completion(1)));
+        // An end used on another queue panics rather than break that queue.
+        let mut other = Mem([0; IoQueue::bytes_for(4)]);
+        let q2 = IoQueue::init(&mut other.0, 4).unwrap();
+        let stray = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| p.publish(&q2, &completion(2))));
+        assert!(stray.is_err());
+        assert_eq!(q2.header().producer(), 0, "nothing reached the other queue");
+    }
+
+    #[test]
     fn positions_cross_the_wrap_at_2_pow_32() {
         assert_eq!(positions(u32::MAX - 1, 4).collect::<Vec<_>>(), [u32::MAX - 1, u32::MAX, 0, 1]);
         assert_eq!(positions(7, 0).count(), 0);
@@ -807,7 +1045,7 @@ mod tests {
         let q = IoQueue::init(&mut mem.0, 4).unwrap();
         let start = u32::MAX - 2;
         q.start_at(start).unwrap();
-        let (mut p, mut c) = (Producer::attach(&q), Consumer::attach(&q));
+        let (mut p, mut c) = ends(&q);
         assert_eq!((p.outstanding(), c.position(), c.available(&q)), (0, start, 0));
         let mut seen = Vec::new();
         for round in 0..3u32 {
@@ -827,7 +1065,7 @@ mod tests {
         assert_eq!(q.start_at(0), Err(QueueError::NotFresh));
         let mut mem = Mem([0; IoQueue::bytes_for(4)]);
         let q = IoQueue::init(&mut mem.0, 4).unwrap();
-        Producer::new().close(&q);
+        q.close();
         assert_eq!(q.start_at(5), Err(QueueError::NotFresh));
     }
 
@@ -835,7 +1073,7 @@ mod tests {
     fn a_batch_release_moves_consumer_once_and_never_past_producer() {
         let mut mem = Mem([0; IoQueue::bytes_for(4)]);
         let q = IoQueue::init(&mut mem.0, 4).unwrap();
-        let (mut p, mut c) = (Producer::new(), Consumer::new());
+        let (mut p, mut c) = ends(&q);
         assert_eq!(p.publish_batch(&q, &[completion(0), completion(1), completion(2)]), 3);
         // A device wrote the results; the host releases the batch after its fence.
         q.entry(0).result.store(5, Ordering::Relaxed);
@@ -852,7 +1090,7 @@ mod tests {
     fn a_follower_takes_releases_stored_by_someone_else() {
         let mut mem = Mem([0; IoQueue::bytes_for(4)]);
         let q = IoQueue::init(&mut mem.0, 4).unwrap();
-        let (mut p, mut follower) = (Producer::new(), Consumer::new());
+        let (mut p, mut follower) = ends(&q);
         assert_eq!(follower.available(&q), 0);
         assert_eq!(p.publish_batch(&q, &[completion(0), completion(1), completion(2)]), 3);
         assert_eq!(follower.available(&q), 3);
@@ -872,7 +1110,7 @@ mod tests {
     fn a_batch_that_does_not_fit_publishes_a_prefix_exactly_once() {
         let mut mem = Mem([0; IoQueue::bytes_for(4)]);
         let q = IoQueue::init(&mut mem.0, 4).unwrap();
-        let (mut p, mut c) = (Producer::new(), Consumer::new());
+        let (mut p, mut c) = ends(&q);
         let items: Vec<_> = (0..6).map(completion).collect();
         let first = p.publish_batch(&q, &items);
         assert_eq!(first, 4);
@@ -897,10 +1135,8 @@ mod tests {
     fn positions_wrap() {
         let mut mem = Mem([0; IoQueue::bytes_for(4)]);
         let q = IoQueue::init(&mut mem.0, 2).unwrap();
-        q.header().producer.store(u32::MAX - 1, Ordering::Relaxed);
-        q.header().consumer.store(u32::MAX - 1, Ordering::Relaxed);
-        let mut p = Producer { next: u32::MAX - 1, released: u32::MAX - 1 };
-        let mut c = Consumer { next: u32::MAX - 1 };
+        q.start_at(u32::MAX - 1).unwrap();
+        let (mut p, mut c) = ends(&q);
         for i in 0..6 {
             p.publish(&q, &completion(i)).unwrap();
             assert_eq!(c.peek(&q).unwrap().unwrap().slot, i);
@@ -914,7 +1150,7 @@ mod tests {
     fn protocol_violations_are_reported() {
         let mut mem = Mem([0; IoQueue::bytes_for(4)]);
         let q = IoQueue::init(&mut mem.0, 4).unwrap();
-        let mut p = Producer::new();
+        let mut p = ends(&q).0;
         q.header().consumer.store(1, Ordering::Release);
         let err = p.poll_released(&q, |_| {}).unwrap_err();
         assert_eq!(err, QueueError::ConsumerAhead { consumer: 1, producer: 0 });
@@ -922,7 +1158,7 @@ mod tests {
         q.header().consumer.store(0, Ordering::Release);
         // A producer position moved by someone else, with no entry behind it.
         q.header().producer.store(1, Ordering::Release);
-        assert_eq!(Consumer::new().peek(&q), Err(QueueError::TornEntry { position: 0, seq: 0 }));
+        assert_eq!(ends(&q).1.peek(&q), Err(QueueError::TornEntry { position: 0, seq: 0 }));
     }
 
     #[test]
@@ -948,7 +1184,7 @@ mod tests {
     fn sleeping_protocol_backs_off_when_the_word_moved() {
         let mut mem = Mem([0; IoQueue::bytes_for(4)]);
         let q = IoQueue::init(&mut mem.0, 4).unwrap();
-        let (mut p, c) = (Producer::new(), Consumer::new());
+        let (mut p, c) = ends(&q);
         assert!(c.prepare_sleep(&q));
         assert!(q.consumer_needs_wake());
         c.end_sleep(&q);
@@ -960,7 +1196,7 @@ mod tests {
         assert!(q.producer_needs_wake());
         p.end_sleep(&q);
         p.close(&q);
-        let c3 = Consumer { next: 1 };
+        let c3 = Consumer { next: 1, queue: Bound::of(&q) };
         assert!(!c3.prepare_sleep(&q), "closed: do not sleep");
     }
 
@@ -973,7 +1209,7 @@ mod tests {
         const N: u32 = if cfg!(miri) { 400 } else { 20_000 };
         std::thread::scope(|s| {
             s.spawn(|| {
-                let mut c = Consumer::new();
+                let mut c = ends(&q).1;
                 let mut expect = 0;
                 while !c.finished(&q) {
                     if let Some(e) = c.peek(&q).unwrap() {
@@ -986,7 +1222,7 @@ mod tests {
                 }
                 assert_eq!(expect, N);
             });
-            let mut p = Producer::new();
+            let mut p = ends(&q).0;
             let (mut sent, mut back) = (0u32, 0u64);
             while back < N as u64 {
                 if sent < N {
@@ -1121,7 +1357,8 @@ mod loom_model {
             let shared = shared.clone();
             loom::thread::spawn(move || {
                 let q = shared.q();
-                let mut c = Consumer::attach(&q);
+                // SAFETY: the model's only consumer.
+                let mut c = unsafe { Consumer::attach(&q) };
                 let mut seen = 0u32;
                 loop {
                     match c.peek(&q).unwrap() {
@@ -1145,7 +1382,8 @@ mod loom_model {
             })
         };
         let q = shared.q();
-        let mut p = Producer::attach(&q);
+        // SAFETY: the model's only producer.
+        let mut p = unsafe { Producer::attach(&q) };
         let mut results = Vec::new();
         let mut take = |p: &mut Producer| p.poll_released(&q, |r| results.push((r.position, r.result, r.consumer_status))).unwrap();
         // Sleep until the consumer releases something.

@@ -8,7 +8,7 @@
 
 use core::ptr::NonNull;
 
-use crate::io_queue::IoQueue;
+use crate::io_queue::{Consumer, Ends, IoQueue, Producer, QueueError};
 use crate::slot::SlotGeometry;
 
 /// What kind of memory the slots are.
@@ -46,8 +46,11 @@ impl MemoryKind {
 ///   same guarantees, disjoint from the slot region, and always the same queue;
 /// - dropping the value is the only thing that frees either region.
 ///
+/// - `ends()` always returns the same [`Ends`], belonging to this queue.
+///
 /// Users promise in turn to let nothing write a slot except through the
-/// slot life cycle of [`crate::pending`].
+/// slot life cycle of [`crate::pending`]. One producer and one consumer per
+/// queue is not a promise but a fact: their ends are handed out once each.
 pub unsafe trait StagingMemory: Send + Sync {
     /// The slots' geometry.
     fn geometry(&self) -> SlotGeometry;
@@ -60,6 +63,22 @@ pub unsafe trait StagingMemory: Send + Sync {
 
     /// What kind of memory the slots are.
     fn kind(&self) -> MemoryKind;
+
+    /// The flags through which the queue's two ends are handed out once
+    /// each (a field of the implementor, `Ends::new()`).
+    fn ends(&self) -> &Ends;
+
+    /// The queue's producer end, for the driver: once; a second take is
+    /// [`QueueError::EndTaken`].
+    fn take_producer(&self) -> Result<Producer, QueueError> {
+        self.ends().take_producer(&self.queue())
+    }
+
+    /// The queue's consumer end, for the consumer: once; a second take is
+    /// [`QueueError::EndTaken`].
+    fn take_consumer(&self) -> Result<Consumer, QueueError> {
+        self.ends().take_consumer(&self.queue())
+    }
 
     /// The first byte of slot `index` (which must be below `slot_count`).
     fn slot_ptr(&self, index: u32) -> NonNull<u8> {

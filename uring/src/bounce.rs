@@ -148,7 +148,7 @@ impl<F: FnMut(Event)> State<'_, F> {
             return Err(IngestError::ConsumerStalled { outstanding, why: format!("nothing was released for {:?}", self.release_timeout) });
         }
         if self.producer.prepare_sleep(&self.q) {
-            wait::sleep_on(&self.q.header().consumer, self.producer.released_position(), RELEASE_POLL);
+            wait::sleep_on(wait::consumer_word(&self.q), self.producer.released_position(), RELEASE_POLL);
             self.producer.end_sleep(&self.q);
         }
         Ok(())
@@ -197,7 +197,7 @@ impl<F: FnMut(Event)> State<'_, F> {
             self.producer.publish(&self.q, &completion)?;
             self.telemetry.on_publish(1)?;
             if self.q.consumer_needs_wake() {
-                wait::wake(&self.q.header().producer);
+                wait::wake(wait::producer_word(&self.q));
             }
             offset += len as u64;
             index += 1;
@@ -214,9 +214,9 @@ impl<F: FnMut(Event)> State<'_, F> {
 }
 
 /// Read `sources` through `staging`'s slots by `pread()` and copy, calling
-/// `on_event` as the consumer releases segments. The io_queue must be
-/// freshly initialised, with this call its only producer; close it
-/// afterwards (`Producer::close`) so the consumer stops. After an error,
+/// `on_event` as the consumer releases segments. It takes the io_queue's
+/// producer end (once per staging region); close the queue afterwards
+/// (`IoQueue::close`) so the consumer stops. After an error,
 /// every segment already published is still released and reported before
 /// the error is returned.
 pub fn ingest<S: StagingMemory>(staging: &S, sources: &[Source], options: &DriverOptions, on_event: impl FnMut(Event)) -> Result<IngestStats, IngestError> {
@@ -224,7 +224,7 @@ pub fn ingest<S: StagingMemory>(staging: &S, sources: &[Source], options: &Drive
     let geometry = staging.geometry();
     let q = staging.queue();
     let mut state = State {
-        producer: Producer::attach(&q),
+        producer: staging.take_producer()?,
         q,
         telemetry: Telemetry::new(),
         free: (0..geometry.slot_count()).rev().collect(),

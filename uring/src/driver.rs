@@ -186,17 +186,19 @@ impl<S: StagingMemory> std::fmt::Debug for Driver<S> {
 }
 
 impl<S: StagingMemory> Driver<S> {
-    /// A driver over `staging`, whose io_queue must be freshly initialised
-    /// (this driver is its only producer). Registers every slot with io_uring.
+    /// A driver over `staging`: it takes the io_queue's producer end (a
+    /// second driver on one staging region is [`IngestError::Queue`] with
+    /// `EndTaken`) and registers every slot with io_uring.
     pub fn new(staging: Arc<S>, options: DriverOptions) -> Result<Self, IngestError> {
         let geometry = staging.geometry();
+        // The queue's one producer: a second driver on this staging is an error.
+        let producer = staging.take_producer()?;
         let mut ring = Ring::new(geometry.slot_count())?;
         let buffers: Vec<_> = (0..geometry.slot_count()).map(|i| (staging.slot_ptr(i).as_ptr(), geometry.slot_size())).collect();
         // SAFETY: the slots are valid for the life of `staging`, which this
         // driver keeps alive until after the ring is dropped (and leaks it if
         // the ring cannot be drained).
         unsafe { ring.register_buffers(&buffers)? };
-        let producer = Producer::attach(&staging.queue());
         Ok(Self {
             ring,
             staging,
@@ -300,7 +302,7 @@ impl<S: StagingMemory> Driver<S> {
     pub fn close_queue(&self) {
         let q = self.staging.queue();
         self.producer.close(&q);
-        wait::wake(&q.header().producer);
+        wait::wake(wait::producer_word(&q));
     }
 
     /// Hand out the next segment: (source index, offset, length).
@@ -565,7 +567,7 @@ impl<S: StagingMemory> Driver<S> {
         }
         self.telemetry.on_publish(n as u64)?;
         if n > 0 && q.consumer_needs_wake() {
-            wait::wake(&q.header().producer);
+            wait::wake(wait::producer_word(&q));
         }
         Ok(n as u32)
     }
@@ -662,7 +664,7 @@ impl<S: StagingMemory> Driver<S> {
             });
         }
         if self.producer.prepare_sleep(&q) {
-            wait::sleep_on(&q.header().consumer, self.producer.released_position(), RELEASE_POLL);
+            wait::sleep_on(wait::consumer_word(&q), self.producer.released_position(), RELEASE_POLL);
             self.producer.end_sleep(&q);
         }
         Ok(())

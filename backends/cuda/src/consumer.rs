@@ -144,7 +144,7 @@ impl CudaConsumer {
         let capacity = staging.queue().capacity() as usize;
         // Zeroed lanes (batched); for the persistent kernel, the claim counter
         // starts where the queue's consumer is and the counters at zero.
-        let start = staging.queue().header().consumer.load(Ordering::Acquire);
+        let start = staging.queue().header().consumer();
         let mut initial = vec![0u32; (2 * capacity).max(4)];
         initial[0] = if mode == Mode::Persistent { start } else { 0 };
         let scratch = stream.clone_htod(&initial).map_err(call("cuMemcpyHtoD (scratch)"))?;
@@ -163,6 +163,8 @@ impl CudaConsumer {
         let buffers = Buffers { scratch, done, mirror, copies };
         staging.abort_flag().store(0, Ordering::Release);
         let stop = Arc::new(AtomicBool::new(false));
+        // The queue's one consumer: a second consumer of this staging is an error.
+        let mut consumer = staging.take_consumer().map_err(gpuring_host::HostError::from)?;
         let handle = {
             let (staging, stop) = (staging.clone(), stop.clone());
             std::thread::Builder::new()
@@ -170,13 +172,13 @@ impl CudaConsumer {
                 .spawn(move || {
                     let result = staging.device.bind().and_then(|()| match mode {
                         Mode::Persistent => persistent(&staging, &kernels, &stream, &buffers, &stop),
-                        Mode::Batched | Mode::DeviceCopy => batched(&staging, &kernels, &stream, &buffers, &stop),
+                        Mode::Batched | Mode::DeviceCopy => batched(&staging, &kernels, &stream, &buffers, &stop, &mut consumer),
                     });
                     if result.is_err() {
                         let q = staging.queue();
                         // Keep the kernel's own failure code when it set one.
                         if q.consumer_failed() == 0 {
-                            Consumer::new().fail(&q, 1);
+                            consumer.fail(&q, 1);
                         }
                         wake_producer(&q);
                     }
@@ -241,10 +243,16 @@ fn finish_stream(stream: &CudaStream, what: &str) -> Result<(), CudaError> {
     }
 }
 
-fn batched(staging: &Arc<CudaStaging>, kernels: &Kernels, stream: &Arc<CudaStream>, buffers: &Buffers, stop: &AtomicBool) -> Result<CudaStats, CudaError> {
+fn batched(
+    staging: &Arc<CudaStaging>,
+    kernels: &Kernels,
+    stream: &Arc<CudaStream>,
+    buffers: &Buffers,
+    stop: &AtomicBool,
+    handed: &mut Consumer,
+) -> Result<CudaStats, CudaError> {
     let mut stats = CudaStats::default();
-    let mut handed = Consumer::attach(&staging.queue());
-    let queued = queue_batches(staging, kernels, stream, buffers, stop, &mut handed, &mut stats);
+    let queued = queue_batches(staging, kernels, stream, buffers, stop, handed, &mut stats);
     // Whatever happened, nothing may still run on the device when the
     // staging can be freed.
     let finished = finish_stream(stream, "the queued batches");
@@ -287,9 +295,9 @@ fn queue_batches(
         // Count, and copy for DeviceCopy, while the entries are still ours.
         for position in io_queue::positions(first, count) {
             let e = q.entry(position);
-            let (slot, bytes) = (e.slot.load(Ordering::Relaxed), e.bytes.load(Ordering::Relaxed));
+            let (slot, bytes) = (e.slot(), e.bytes());
             stats.entries += 1;
-            if e.status.load(Ordering::Relaxed) != 0 {
+            if e.status() != 0 {
                 stats.skipped += 1;
                 continue;
             }
@@ -349,7 +357,7 @@ fn persistent(staging: &CudaStaging, kernels: &Kernels, stream: &Arc<CudaStream>
     let launched = unsafe { launch.launch_cooperative(config) };
     launched.map_err(call("cuLaunchCooperativeKernel (gr_persistent)"))?;
 
-    let first = q.header().consumer.load(Ordering::Acquire);
+    let first = q.header().consumer();
     let mut released = first;
     let mut idle = 0;
     let watched = loop {
@@ -357,13 +365,13 @@ fn persistent(staging: &CudaStaging, kernels: &Kernels, stream: &Arc<CudaStream>
             staging.abort_flag().store(1, Ordering::Release);
             break Ok(());
         }
-        let now = q.header().consumer.load(Ordering::Acquire);
+        let now = q.header().consumer();
         if now != released {
             released = now;
             wake_producer(&q);
             idle = 0;
         }
-        if q.consumer_failed() != 0 || (q.is_closed() && q.header().producer.load(Ordering::Acquire) == released) {
+        if q.consumer_failed() != 0 || (q.is_closed() && q.header().producer() == released) {
             break Ok(());
         }
         // SAFETY: the stream is alive (borrowed).
@@ -391,10 +399,10 @@ fn persistent(staging: &CudaStaging, kernels: &Kernels, stream: &Arc<CudaStream>
     finished?;
     wake_producer(&q);
     if q.consumer_failed() != 0 {
-        return Err(rejection(staging, q.header().producer.load(Ordering::Acquire)));
+        return Err(rejection(staging, q.header().producer()));
     }
-    let released = q.header().consumer.load(Ordering::Acquire);
-    let producer = q.header().producer.load(Ordering::Acquire);
+    let released = q.header().consumer();
+    let producer = q.header().producer();
     if !stop.load(Ordering::Acquire) && released != producer {
         return Err(CudaError::Rejected {
             position: released,

@@ -13,7 +13,7 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 
 use cudarc::driver::sys;
-use gpuring_core::io_queue::IoQueue;
+use gpuring_core::io_queue::{Ends, IoQueue};
 use gpuring_core::{MemoryKind, SlotGeometry, StagingMemory, PAGE_SIZE};
 use gpuring_host::Mapping;
 
@@ -81,6 +81,7 @@ pub struct CudaStaging {
     queue_capacity: u32,
     geometry: SlotGeometry,
     pub(crate) device: Arc<Device>,
+    ends: Ends,
 }
 
 impl std::fmt::Debug for CudaStaging {
@@ -106,7 +107,7 @@ impl CudaStaging {
         // lives as long as `self`, which only hands out views borrowing it;
         // the device touches it only through the queue protocol.
         unsafe { IoQueue::init_raw(queue.ptr().as_ptr(), queue.len(), queue_capacity) }.map_err(|e| CudaError::Host(e.into()))?;
-        Ok(Self { slots, queue, control, queue_capacity, geometry, device })
+        Ok(Self { slots, queue, control, queue_capacity, geometry, device, ends: Ends::new() })
     }
 
     /// The device in use.
@@ -141,5 +142,9 @@ unsafe impl StagingMemory for CudaStaging {
 
     fn kind(&self) -> MemoryKind {
         MemoryKind::GpuMappedHost
+    }
+
+    fn ends(&self) -> &Ends {
+        &self.ends
     }
 }

@@ -50,6 +50,18 @@ pub(crate) fn futex_wake(word: &AtomicU32) {
     let _ = futex::wake(word, futex::Flags::PRIVATE, i32::MAX as u32);
 }
 
+/// The queue's `producer` word, to wait and wake on.
+fn producer_word<'a>(q: &IoQueue<'a>) -> &'a AtomicU32 {
+    // SAFETY: only waited and woken on here, never stored to.
+    unsafe { q.header().producer_word() }
+}
+
+/// The queue's `consumer` word, to wake on.
+fn consumer_word<'a>(q: &IoQueue<'a>) -> &'a AtomicU32 {
+    // SAFETY: only woken on here, never stored to.
+    unsafe { q.header().consumer_word() }
+}
+
 impl std::fmt::Debug for HostConsumer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HostConsumer").field("running", &self.handle.is_some()).finish()
@@ -57,29 +69,32 @@ impl std::fmt::Debug for HostConsumer {
 }
 
 impl HostConsumer {
-    /// Start consuming `staging`'s io_queue on a new thread.
-    pub fn start<S: StagingMemory + 'static>(staging: Arc<S>) -> Self {
+    /// Start consuming `staging`'s io_queue on a new thread. It takes the
+    /// queue's consumer end: a second consumer of one staging region is an
+    /// error ([`gpuring_core::QueueError::EndTaken`]).
+    pub fn start<S: StagingMemory + 'static>(staging: Arc<S>) -> Result<Self, HostError> {
+        let mut consumer = staging.take_consumer()?;
         let stop = Arc::new(AtomicBool::new(false));
         let wake = {
             let staging = staging.clone();
-            Arc::new(move || futex_wake(&staging.queue().header().producer)) as Arc<dyn Fn() + Send + Sync>
+            Arc::new(move || futex_wake(producer_word(&staging.queue()))) as Arc<dyn Fn() + Send + Sync>
         };
         let handle = {
             let stop = stop.clone();
             std::thread::Builder::new()
                 .name("gpuring-consumer".into())
                 .spawn(move || {
-                    let result = run(&*staging, &stop);
+                    let result = run(&*staging, &mut consumer, &stop);
                     if result.is_err() {
                         let q = staging.queue();
-                        Consumer::new().fail(&q, 1);
-                        futex_wake(&q.header().consumer);
+                        consumer.fail(&q, 1);
+                        futex_wake(consumer_word(&q));
                     }
                     result
                 })
                 .expect("spawning the consumer thread")
         };
-        Self { handle: Some(handle), stop, wake }
+        Ok(Self { handle: Some(handle), stop, wake })
     }
 
     /// Wait until the producer has closed the queue and every entry is
@@ -133,18 +148,17 @@ pub fn wait_for_entries(q: &IoQueue<'_>, consumer: &Consumer, stop: &AtomicBool)
         if idle < SPINS {
             std::hint::spin_loop();
         } else if consumer.prepare_sleep(q) {
-            futex_sleep(&q.header().producer, consumer.position());
+            futex_sleep(producer_word(q), consumer.position());
             consumer.end_sleep(q);
         }
     }
 }
 
-fn run<S: StagingMemory>(staging: &S, stop: &AtomicBool) -> Result<ConsumerStats, HostError> {
+fn run<S: StagingMemory>(staging: &S, consumer: &mut Consumer, stop: &AtomicBool) -> Result<ConsumerStats, HostError> {
     let q = staging.queue();
     let geometry = staging.geometry();
-    let mut consumer = Consumer::attach(&q);
     let mut stats = ConsumerStats::default();
-    while let Waited::Ready(available) = wait_for_entries(&q, &consumer, stop) {
+    while let Waited::Ready(available) = wait_for_entries(&q, consumer, stop) {
         for _ in 0..available {
             let entry = consumer.peek(&q)?.expect("published entries stay until released");
             let position = consumer.position();
@@ -182,12 +196,12 @@ fn run<S: StagingMemory>(staging: &S, stop: &AtomicBool) -> Result<ConsumerStats
 
 /// Wake a consumer sleeping on `producer` (to make it see a stop flag).
 pub fn wake_consumer(q: &IoQueue<'_>) {
-    futex_wake(&q.header().producer);
+    futex_wake(producer_word(q));
 }
 
 /// Wake the producer if it sleeps waiting for releases (after a release).
 pub fn wake_producer(q: &IoQueue<'_>) {
     if q.producer_needs_wake() {
-        futex_wake(&q.header().consumer);
+        futex_wake(consumer_word(q));
     }
 }

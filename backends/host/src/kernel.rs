@@ -16,11 +16,8 @@
 //!   one block that turns the lanes into results and releases the batch.
 //! - `gr_persistent`: one launch for the whole run, polling the io_queue.
 
-use std::mem::offset_of;
-use std::sync::atomic::Ordering;
-
 use gpuring_core::checksum::{FMIX_1, FMIX_2, INDEX_KEY, LEN_KEY, MUL_A, MUL_B};
-use gpuring_core::io_queue::{self, IoQueue, QueueEntry, QueueHeader, CONSUMED, ENTRY_SIZE, HEADER_SIZE, REJECTED, SKIPPED};
+use gpuring_core::io_queue::{self, offsets, IoQueue, CONSUMED, ENTRY_SIZE, HEADER_SIZE, REJECTED, SKIPPED};
 use gpuring_core::SlotGeometry;
 
 /// Threads per block of every kernel (`GR_THREADS`).
@@ -62,16 +59,16 @@ pub fn source(dialect: Dialect) -> String {
     let u32s: &[(&str, u32)] = &[
         ("GR_HEADER_BYTES", HEADER_SIZE as u32),
         ("GR_ENTRY_BYTES", ENTRY_SIZE as u32),
-        ("GR_H_CLOSED", offset_of!(QueueHeader, closed) as u32),
-        ("GR_H_PRODUCER", offset_of!(QueueHeader, producer) as u32),
-        ("GR_H_CONSUMER", offset_of!(QueueHeader, consumer) as u32),
-        ("GR_H_CONSUMER_FAILED", offset_of!(QueueHeader, consumer_failed) as u32),
-        ("GR_E_SEQ", offset_of!(QueueEntry, seq) as u32),
-        ("GR_E_SLOT", offset_of!(QueueEntry, slot) as u32),
-        ("GR_E_STATUS", offset_of!(QueueEntry, status) as u32),
-        ("GR_E_BYTES", offset_of!(QueueEntry, bytes) as u32),
-        ("GR_E_RESULT", offset_of!(QueueEntry, result) as u32),
-        ("GR_E_CONSUMER_STATUS", offset_of!(QueueEntry, consumer_status) as u32),
+        ("GR_H_CLOSED", offsets::HEADER_CLOSED as u32),
+        ("GR_H_PRODUCER", offsets::HEADER_PRODUCER as u32),
+        ("GR_H_CONSUMER", offsets::HEADER_CONSUMER as u32),
+        ("GR_H_CONSUMER_FAILED", offsets::HEADER_CONSUMER_FAILED as u32),
+        ("GR_E_SEQ", offsets::ENTRY_SEQ as u32),
+        ("GR_E_SLOT", offsets::ENTRY_SLOT as u32),
+        ("GR_E_STATUS", offsets::ENTRY_STATUS as u32),
+        ("GR_E_BYTES", offsets::ENTRY_BYTES as u32),
+        ("GR_E_RESULT", offsets::ENTRY_RESULT as u32),
+        ("GR_E_CONSUMER_STATUS", offsets::ENTRY_CONSUMER_STATUS as u32),
         ("GR_CONSUMED", CONSUMED),
         ("GR_SKIPPED", SKIPPED),
         ("GR_REJECTED", REJECTED),
@@ -101,14 +98,14 @@ pub fn chunks_per_slot(slot_bytes: u32) -> u32 {
 /// rejected and what was wrong with it, looking at the entries from the
 /// queue's `consumer` up to `end`.
 pub fn rejection(q: &IoQueue<'_>, geometry: SlotGeometry, end: u32) -> (u32, String) {
-    let consumer = q.header().consumer.load(Ordering::Acquire);
+    let consumer = q.header().consumer();
     if q.consumer_failed() == FAILED_OUT_OF_STEP {
         return (consumer, format!("the queue's consumer position was {consumer}, not the batch's first entry"));
     }
     for position in io_queue::positions(consumer, end.wrapping_sub(consumer)) {
         let e = q.entry(position);
-        if e.consumer_status.load(Ordering::Relaxed) == REJECTED {
-            let (seq, slot, bytes) = (e.seq.load(Ordering::Relaxed), e.slot.load(Ordering::Relaxed), e.bytes.load(Ordering::Relaxed));
+        if e.consumer_status() == REJECTED {
+            let (seq, slot, bytes) = (e.seq(), e.slot(), e.bytes());
             let what = if seq != position.wrapping_add(1) {
                 format!("its seq is {seq}, not {}", position.wrapping_add(1))
             } else {
@@ -128,7 +125,7 @@ pub fn batched_outcome(q: &IoQueue<'_>, geometry: SlotGeometry, handed: u32, sto
     if q.consumer_failed() != 0 {
         return Err(rejection(q, geometry, handed));
     }
-    let released = q.header().consumer.load(Ordering::Acquire);
+    let released = q.header().consumer();
     if !stopped && released != handed {
         return Err((released, format!("the kernels released up to {released}, not {handed}")));
     }

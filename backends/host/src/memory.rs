@@ -4,7 +4,7 @@
 use std::fmt;
 use std::ptr::NonNull;
 
-use gpuring_core::io_queue::{IoQueue, QueueError};
+use gpuring_core::io_queue::{Ends, IoQueue, QueueError};
 use gpuring_core::{Bytes, MemoryKind, SlotGeometry, StagingMemory, PAGE_SIZE};
 use rustix::io::Errno;
 use rustix::mm::{MapFlags, ProtFlags};
@@ -177,6 +177,7 @@ pub struct HostStaging {
     queue: Mapping,
     queue_capacity: u32,
     geometry: SlotGeometry,
+    ends: Ends,
 }
 
 impl HostStaging {
@@ -188,7 +189,7 @@ impl HostStaging {
         // SAFETY: the mapping is ours, aligned, large enough, and lives as
         // long as `HostStaging`, which only hands out queue views borrowing it.
         unsafe { IoQueue::init_raw(queue.as_ptr().as_ptr(), queue.len(), queue_capacity)? };
-        Ok(Self { slots, queue, queue_capacity, geometry })
+        Ok(Self { slots, queue, queue_capacity, geometry, ends: Ends::new() })
     }
 
     /// Bytes mapped in all (slots and queue).
@@ -216,6 +217,10 @@ unsafe impl StagingMemory for HostStaging {
 
     fn kind(&self) -> MemoryKind {
         MemoryKind::LockedHost
+    }
+
+    fn ends(&self) -> &Ends {
+        &self.ends
     }
 }
 

@@ -131,17 +131,19 @@ impl RocmConsumer {
         let kernels = Kernels::load(&device)?;
         let resources = Resources::new(device.hip, 2 * staging.queue().capacity() as usize)?;
         let stop = Arc::new(AtomicBool::new(false));
+        // The queue's one consumer: a second consumer of this staging is an error.
+        let mut consumer = staging.take_consumer().map_err(|e| RocmError::Host(e.to_string()))?;
         let handle = {
             let (staging, stop) = (staging.clone(), stop.clone());
             std::thread::Builder::new()
                 .name("gpuring-rocm".into())
                 .spawn(move || {
-                    let result = staging.device.bind().and_then(|()| batched(&staging, &kernels, &resources, &stop));
+                    let result = staging.device.bind().and_then(|()| batched(&staging, &kernels, &resources, &stop, &mut consumer));
                     if result.is_err() {
                         let q = staging.queue();
                         // Keep the kernel's own failure code when it set one.
                         if q.consumer_failed() == 0 {
-                            Consumer::new().fail(&q, 1);
+                            consumer.fail(&q, 1);
                         }
                         wake_producer(&q);
                     }
@@ -188,10 +190,9 @@ unsafe extern "C" fn after_release(_stream: hipStream_t, _status: std::ffi::c_in
     wake_producer(&staging.queue());
 }
 
-fn batched(staging: &Arc<RocmStaging>, kernels: &Kernels, resources: &Resources, stop: &AtomicBool) -> Result<RocmStats, RocmError> {
+fn batched(staging: &Arc<RocmStaging>, kernels: &Kernels, resources: &Resources, stop: &AtomicBool, handed: &mut Consumer) -> Result<RocmStats, RocmError> {
     let mut stats = RocmStats::default();
-    let mut handed = Consumer::attach(&staging.queue());
-    let queued = queue_batches(staging, kernels, resources, stop, &mut handed, &mut stats);
+    let queued = queue_batches(staging, kernels, resources, stop, handed, &mut stats);
     // Whatever happened, nothing may still run on the device when the
     // staging can be freed.
     let finished = resources.finish("the queued batches");
@@ -249,10 +250,10 @@ fn queue_batches(
         for position in io_queue::positions(first, count) {
             let e = q.entry(position);
             stats.entries += 1;
-            if e.status.load(Ordering::Relaxed) != 0 {
+            if e.status() != 0 {
                 stats.skipped += 1;
             } else {
-                stats.bytes += e.bytes.load(Ordering::Relaxed);
+                stats.bytes += e.bytes();
             }
         }
         // gr_partial(queue, slots, scratch, first, capacity, slot_count, slot_bytes, chunk_words)

@@ -13,7 +13,7 @@ use std::ffi::c_void;
 use std::ptr::NonNull;
 use std::sync::Arc;
 
-use gpuring_core::io_queue::IoQueue;
+use gpuring_core::io_queue::{Ends, IoQueue};
 use gpuring_core::{MemoryKind, SlotGeometry, StagingMemory, PAGE_SIZE};
 use gpuring_host::Mapping;
 use hip_sys::hiprt::{hipHostRegisterMapped, hipHostRegisterPortable};
@@ -89,6 +89,7 @@ pub struct RocmStaging {
     queue_capacity: u32,
     geometry: SlotGeometry,
     pub(crate) device: Arc<Device>,
+    ends: Ends,
 }
 
 impl std::fmt::Debug for RocmStaging {
@@ -113,7 +114,7 @@ impl RocmStaging {
         // lives as long as `self`, which only hands out views borrowing it;
         // the device touches it only through the queue protocol.
         unsafe { IoQueue::init_raw(queue.ptr().as_ptr(), queue.len(), queue_capacity) }.map_err(|e| RocmError::Host(e.to_string()))?;
-        Ok(Self { slots, queue, queue_capacity, geometry, device })
+        Ok(Self { slots, queue, queue_capacity, geometry, device, ends: Ends::new() })
     }
 
     /// The device in use.
@@ -141,5 +142,9 @@ unsafe impl StagingMemory for RocmStaging {
 
     fn kind(&self) -> MemoryKind {
         MemoryKind::GpuMappedHost
+    }
+
+    fn ends(&self) -> &Ends {
+        &self.ends
     }
 }

@@ -256,18 +256,20 @@ impl VulkanConsumer {
         }
         let pipelines = Pipelines::new(&staging)?;
         let stop = Arc::new(AtomicBool::new(false));
+        // The queue's one consumer: a second consumer of this staging is an error.
+        let mut consumer = staging.take_consumer().map_err(gpuring_host::HostError::from)?;
         let handle = {
             let (staging, stop) = (staging.clone(), stop.clone());
             std::thread::Builder::new()
                 .name("gpuring-vulkan".into())
                 .spawn(move || {
-                    let result = run(&staging, &pipelines, &stop);
+                    let result = run(&staging, &pipelines, &stop, &mut consumer);
                     drop(pipelines);
                     if result.is_err() {
                         let q = staging.queue();
                         // Keep the shader's own failure code when it set one.
                         if q.consumer_failed() == 0 {
-                            Consumer::new().fail(&q, 1);
+                            consumer.fail(&q, 1);
                         }
                         wake_producer(&q);
                     }
@@ -296,12 +298,11 @@ impl Drop for VulkanConsumer {
     }
 }
 
-fn run(staging: &VulkanStaging, pipelines: &Pipelines, stop: &AtomicBool) -> Result<ConsumerStats, VulkanError> {
+fn run(staging: &VulkanStaging, pipelines: &Pipelines, stop: &AtomicBool, consumer: &mut Consumer) -> Result<ConsumerStats, VulkanError> {
     let q = staging.queue();
     let geometry = staging.geometry();
-    let mut consumer = Consumer::attach(&q);
     let mut stats = ConsumerStats::default();
-    while let Waited::Ready(available) = wait_for_entries(&q, &consumer, stop) {
+    while let Waited::Ready(available) = wait_for_entries(&q, consumer, stop) {
         let first = consumer.position();
         // Vulkan guarantees at least 65535 workgroups per dispatch dimension.
         let count = available.min(65_535);
@@ -311,8 +312,8 @@ fn run(staging: &VulkanStaging, pipelines: &Pipelines, stop: &AtomicBool) -> Res
         let mut batch = ConsumerStats::default();
         for position in io_queue::positions(first, count) {
             let e = q.entry(position);
-            match e.status.load(Ordering::Relaxed) {
-                0 => batch.bytes += e.bytes.load(Ordering::Relaxed),
+            match e.status() {
+                0 => batch.bytes += e.bytes(),
                 _ => batch.skipped += 1,
             }
             batch.entries += 1;
@@ -323,7 +324,7 @@ fn run(staging: &VulkanStaging, pipelines: &Pipelines, stop: &AtomicBool) -> Res
         }
         // The fence has signalled: the shader's results are visible here.
         // `consumer` is this thread's to store; nothing else may have moved it.
-        let at = q.header().consumer.load(Ordering::Acquire);
+        let at = q.header().consumer();
         if at != first {
             return Err(VulkanError::Rejected { position: first, what: format!("the queue's consumer position moved to {at} during the batch") });
         }
@@ -339,13 +340,13 @@ fn run(staging: &VulkanStaging, pipelines: &Pipelines, stop: &AtomicBool) -> Res
 /// Describe why the shader failed the queue.
 fn rejection(q: &IoQueue<'_>, first: u32, count: u32, slot_count: u32, slot_size: usize) -> VulkanError {
     if q.consumer_failed() == codes::FAILED_OUT_OF_STEP {
-        let at = q.header().consumer.load(Ordering::Acquire);
+        let at = q.header().consumer();
         return VulkanError::Rejected { position: first, what: format!("the queue's consumer position was {at}, not the batch's first entry {first}") };
     }
     for position in io_queue::positions(first, count) {
         let e = q.entry(position);
-        if e.consumer_status.load(Ordering::Relaxed) == REJECTED {
-            let (seq, slot, bytes) = (e.seq.load(Ordering::Relaxed), e.slot.load(Ordering::Relaxed), e.bytes.load(Ordering::Relaxed));
+        if e.consumer_status() == REJECTED {
+            let (seq, slot, bytes) = (e.seq(), e.slot(), e.bytes());
             let what = if seq != position.wrapping_add(1) {
                 format!("its seq is {seq}, not {}", position.wrapping_add(1))
             } else {

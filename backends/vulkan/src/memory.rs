@@ -11,7 +11,7 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 
 use ash::vk;
-use gpuring_core::io_queue::IoQueue;
+use gpuring_core::io_queue::{Ends, IoQueue};
 use gpuring_core::{MemoryKind, SlotGeometry, StagingMemory, PAGE_SIZE};
 use gpuring_host::Mapping;
 
@@ -113,6 +113,7 @@ pub struct VulkanStaging {
     queue_capacity: u32,
     geometry: SlotGeometry,
     pub(crate) ctx: Arc<Context>,
+    ends: Ends,
 }
 
 impl std::fmt::Debug for VulkanStaging {
@@ -137,7 +138,7 @@ impl VulkanStaging {
         // lives as long as `self`, which only hands out views borrowing it;
         // the device touches it only through the queue protocol (atomics).
         unsafe { IoQueue::init_raw(queue.ptr().as_ptr(), queue.len(), queue_capacity) }.map_err(|e| VulkanError::Host(e.into()))?;
-        Ok(Self { slots, queue, queue_capacity, geometry, ctx })
+        Ok(Self { slots, queue, queue_capacity, geometry, ctx, ends: Ends::new() })
     }
 
     /// The device in use.
@@ -165,5 +166,9 @@ unsafe impl StagingMemory for VulkanStaging {
 
     fn kind(&self) -> MemoryKind {
         MemoryKind::GpuMappedHost
+    }
+
+    fn ends(&self) -> &Ends {
+        &self.ends
     }
 }

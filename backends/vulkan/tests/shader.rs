@@ -2,7 +2,6 @@
 //! Vulkan device is here (lavapipe in CI): exact results for many lengths,
 //! skipped and rejected entries, stale and torn slots, and device errors.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -72,7 +71,7 @@ fn shader_checksums_equal_the_cpu_for_every_length() {
     let geometry = SlotGeometry::new(8, slot_size).unwrap();
     let staging = Arc::new(VulkanStaging::on(ctx, geometry, 8).unwrap());
     let consumer = VulkanConsumer::start(staging.clone()).unwrap();
-    let mut producer = Producer::new();
+    let mut producer = staging.take_producer().unwrap();
     // Lengths around words, workgroup strides (256 words = 1 KiB) and the
     // slot; stale bytes follow every short length, so a shader that read
     // past `bytes` would give another checksum.
@@ -112,7 +111,7 @@ fn failed_reads_are_skipped_and_stale_or_torn_slots_change_the_checksum() {
     let slot_size = 16 << 10;
     let staging = Arc::new(VulkanStaging::on(ctx, SlotGeometry::new(4, slot_size).unwrap(), 4).unwrap());
     let consumer = VulkanConsumer::start(staging.clone()).unwrap();
-    let mut producer = Producer::new();
+    let mut producer = staging.take_producer().unwrap();
     let fresh = pattern(slot_size, 1);
     let want = slot_checksum(&fresh);
 
@@ -149,7 +148,7 @@ fn a_bad_entry_is_rejected_and_nothing_after_it_released() {
     let staging = Arc::new(VulkanStaging::on(ctx, SlotGeometry::new(4, 8192).unwrap(), 4).unwrap());
     let consumer = VulkanConsumer::start(staging.clone()).unwrap();
     let q = staging.queue();
-    let mut producer = Producer::new();
+    let mut producer = staging.take_producer().unwrap();
     // Slot 9 does not exist; the entry before it is fine but in the same batch.
     assert_eq!(producer.publish_batch(&q, &[completion(0, 100, 0), completion(9, 100, 0)]), 2);
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -158,7 +157,7 @@ fn a_bad_entry_is_rejected_and_nothing_after_it_released() {
         std::thread::sleep(Duration::from_millis(1));
     }
     assert_eq!(producer.poll_released(&q, |_| panic!("a batch with a rejected entry released something")).unwrap(), 0);
-    assert_eq!(q.entry(1).consumer_status.load(Ordering::Relaxed), REJECTED);
+    assert_eq!(q.entry(1).consumer_status(), REJECTED);
     producer.close(&q);
     let e = consumer.join().unwrap_err().to_string();
     assert!(e.contains("rejected io_queue entry 1: slot 9 with 100 bytes, but there are 4 slots of 8192 bytes"), "{e}");

@@ -11,7 +11,6 @@
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::atomic::Ordering;
 use std::sync::OnceLock;
 
 use gpuring_core::checksum::slot_checksum;
@@ -171,7 +170,8 @@ fn batched_kernels_match_the_core_checksum() {
     let s = Setup::new(16, 12, slot_bytes);
     let scratch = Pages::new(16 * 2 * 4);
     let q = s.q();
-    let mut producer = Producer::new();
+    // SAFETY: each setup's queue has this one producer.
+    let mut producer = unsafe { Producer::attach(&q) };
     // Lengths at every edge: empty, partial words, one page, a chunk and a
     // bit, a whole slot; one failed read, which is skipped.
     let lens: [(u64, i32); 12] =
@@ -183,7 +183,7 @@ fn batched_kernels_match_the_core_checksum() {
         }
         s.batch(&scratch, first, 12);
         assert_eq!(q.consumer_failed(), 0);
-        assert_eq!(q.header().consumer.load(Ordering::Acquire), first + 12, "the batch is released at once");
+        assert_eq!(q.header().consumer(), first + 12, "the batch is released at once");
         let geometry = gpuring_core::SlotGeometry::new(s.slot_count, s.slot_bytes as usize).unwrap();
         assert_eq!(batched_outcome(&q, geometry, first + 12, false), Ok(()));
         let short = batched_outcome(&q, geometry, first + 13, false).unwrap_err();
@@ -217,27 +217,30 @@ fn batched_kernels_reject_bad_entries_and_releases_out_of_step() {
     let s = Setup::new(4, 2, 4096);
     let scratch = Pages::new(4 * 2 * 4);
     let q = s.q();
-    let mut producer = Producer::new();
+    // SAFETY: each setup's queue has this one producer.
+    let mut producer = unsafe { Producer::attach(&q) };
     producer.publish(&q, &completion(0, 0, 10)).unwrap();
     producer.publish(&q, &completion(5, 0, 10)).unwrap();
     s.batch(&scratch, 0, 2);
     assert_eq!(q.consumer_failed(), FAILED_REJECTED);
-    assert_eq!(q.header().consumer.load(Ordering::Acquire), 0, "nothing released once an entry is rejected");
-    assert_eq!(q.entry(1).consumer_status.load(Ordering::Relaxed), REJECTED);
+    assert_eq!(q.header().consumer(), 0, "nothing released once an entry is rejected");
+    assert_eq!(q.entry(1).consumer_status(), REJECTED);
     let geometry = gpuring_core::SlotGeometry::new(2, 4096).unwrap();
     assert_eq!(rejection(&q, geometry, 2), (1, "slot 5 with 10 bytes, but there are 2 slots of 4096 bytes".to_owned()), "the host's account of it");
     assert_eq!(batched_outcome(&q, geometry, 2, false), Err(rejection(&q, geometry, 2)));
 
     let s = Setup::new(4, 2, 4096);
     let q = s.q();
-    let mut producer = Producer::new();
+    // SAFETY: each setup's queue has this one producer.
+    let mut producer = unsafe { Producer::attach(&q) };
     producer.publish(&q, &completion(0, 0, 4097)).unwrap();
     s.batch(&scratch, 0, 1);
     assert_eq!(q.consumer_failed(), FAILED_REJECTED, "more bytes than a slot");
 
     let s = Setup::new(4, 2, 4096);
     let q = s.q();
-    let mut producer = Producer::new();
+    // SAFETY: each setup's queue has this one producer.
+    let mut producer = unsafe { Producer::attach(&q) };
     producer.publish(&q, &completion(0, 0, 10)).unwrap();
     producer.publish(&q, &completion(1, 0, 10)).unwrap();
     s.batch(&scratch, 1, 1);
@@ -259,7 +262,7 @@ fn persistent_run(s: &Setup, workers: u32, items: &[(u32, i32, u64)]) -> Persist
     let q = s.q();
     // As the CUDA backend starts it: claims from the queue's consumer
     // position, and every done mark at that position.
-    let start = q.header().consumer.load(Ordering::Acquire);
+    let start = q.header().consumer();
     control.bytes_mut()[..4].copy_from_slice(&start.to_ne_bytes());
     for mark in done.bytes_mut().chunks_exact_mut(4) {
         mark.copy_from_slice(&start.to_ne_bytes());
@@ -273,7 +276,8 @@ fn persistent_run(s: &Setup, workers: u32, items: &[(u32, i32, u64)]) -> Persist
             // SAFETY: every pointer covers what the kernel indexes with these sizes.
             unsafe { f(s.queue.raw(), s.slots.raw(), control.words(), done.words(), abort.words(), workers, s.capacity, s.slot_count, s.slot_bytes) };
         });
-        let mut producer = Producer::attach(&q);
+        // SAFETY: the setup's queue has this one producer.
+        let mut producer = unsafe { Producer::attach(&q) };
         let mut take = |producer: &mut Producer| producer.poll_released(&q, |r| released.push((r.completion, r.result, r.consumer_status))).unwrap();
         for &(slot, status, bytes) in items {
             while producer.outstanding() == q.capacity() {
@@ -332,14 +336,15 @@ fn kernels_and_the_hosts_account_cross_the_wrap_at_2_pow_32() {
     let q = s.q();
     let first = u32::MAX - 4;
     q.start_at(first).unwrap();
-    let mut producer = Producer::attach(&q);
+    // SAFETY: the setup's queue has this one producer.
+    let mut producer = unsafe { Producer::attach(&q) };
     let lens: Vec<u64> = (0..12u64).map(|i| (i * 1999) % (slot_bytes as u64 + 1)).collect();
     for (i, len) in lens.iter().enumerate() {
         producer.publish(&q, &completion(i as u32, 0, *len)).unwrap();
     }
     s.batch(&scratch, first, 12);
     assert_eq!(q.consumer_failed(), 0);
-    assert_eq!(q.header().consumer.load(Ordering::Acquire), first.wrapping_add(12), "released past the wrap");
+    assert_eq!(q.header().consumer(), first.wrapping_add(12), "released past the wrap");
     let geometry = gpuring_core::SlotGeometry::new(s.slot_count, s.slot_bytes as usize).unwrap();
     assert_eq!(batched_outcome(&q, geometry, first.wrapping_add(12), false), Ok(()));
     let mut seen = Vec::new();
@@ -355,7 +360,8 @@ fn kernels_and_the_hosts_account_cross_the_wrap_at_2_pow_32() {
     let q = s.q();
     let first = u32::MAX - 1;
     q.start_at(first).unwrap();
-    let mut producer = Producer::attach(&q);
+    // SAFETY: the setup's queue has this one producer.
+    let mut producer = unsafe { Producer::attach(&q) };
     for slot in [0, 1, 0, 7] {
         producer.publish(&q, &completion(slot, 0, 10)).unwrap();
     }
