@@ -1,4 +1,4 @@
-//! The `gpuring` command: `ingest`, `bench` and `probe`.
+//! The `gpuring` command: `ingest`, `bench`, `probe` and `header`.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -116,6 +116,13 @@ enum Command {
         #[arg(long)]
         no_fio: bool,
     },
+    /// Print the io_queue contract your own consumer follows: a C header
+    /// (CUDA, HIP, C, C++) or a WGSL module, generated from gpuring-core.
+    Header {
+        /// The language.
+        #[arg(long, value_enum)]
+        lang: Lang,
+    },
     /// Report what this machine can do, with reasons.
     Probe {
         /// Print one JSON object on stdout.
@@ -133,6 +140,15 @@ enum Command {
         #[arg(long, default_value = ".")]
         dir: PathBuf,
     },
+}
+
+/// A language the io_queue contract is written in.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Lang {
+    /// A C header, for CUDA and HIP kernels and C or C++ host code.
+    C,
+    /// A WGSL module, for compute shaders.
+    Wgsl,
 }
 
 fn main() -> ExitCode {
@@ -213,6 +229,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 print!("{}", gpuring::bench::table(&report));
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Header { lang } => {
+            let mut text = String::new();
+            match lang {
+                Lang::C => gpuring::core::contract::write_c_header(&mut text),
+                Lang::Wgsl => gpuring::core::contract::write_wgsl(&mut text),
+            }
+            .context("writing the contract")?;
+            print!("{text}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Probe { json, slots, slot_size, dir } => {

@@ -377,3 +377,14 @@ fn rocm_from_the_command_line() {
         assert_eq!((v["checksum"]["match"].as_bool(), v["zero_bounce"].as_bool()), (Some(true), Some(true)), "{direct:?}: {v}");
     }
 }
+
+#[test]
+fn header_prints_the_contract_that_ships_with_core() {
+    for (lang, shipped) in [("c", include_str!("../core/contract/gpuring_io_queue.h")), ("wgsl", include_str!("../core/contract/gpuring_io_queue.wgsl"))] {
+        let out = gpuring(&["header", "--lang", lang]);
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stderr}");
+        assert_eq!(stdout, shipped, "gpuring header --lang {lang}");
+    }
+    assert!(!gpuring(&["header", "--lang", "rust"]).status.success());
+}

@@ -12,6 +12,8 @@
 //! - [`io_queue`]: the completion queue that GPU code reads, its byte layout
 //!   and its memory-ordering protocol;
 //! - [`checksum`]: the position-dependent checksum every consumer computes;
+//! - [`contract`]: the io_queue as a C header and a WGSL module for
+//!   consumers written in other languages;
 //! - [`memory`]: the trait through which a backend supplies staging memory.
 //! - [`units`]: byte sizes as people write and read them.
 //!
@@ -20,6 +22,7 @@
 #![no_std]
 
 pub mod checksum;
+pub mod contract;
 pub mod io_queue;
 pub mod memory;
 pub mod nvme;

@@ -17,7 +17,7 @@
 //! - `gr_persistent`: one launch for the whole run, polling the io_queue.
 
 use gpuring_core::checksum::{FMIX_1, FMIX_2, INDEX_KEY, LEN_KEY, MUL_A, MUL_B};
-use gpuring_core::io_queue::{self, offsets, IoQueue, CONSUMED, ENTRY_SIZE, HEADER_SIZE, REJECTED, SKIPPED};
+use gpuring_core::io_queue::{self, IoQueue, REJECTED};
 use gpuring_core::SlotGeometry;
 
 /// Threads per block of every kernel (`GR_THREADS`).
@@ -56,22 +56,11 @@ impl Dialect {
 /// `consumer.cu`.
 pub fn source(dialect: Dialect) -> String {
     let mut text = format!("// Generated from gpuring-core by gpuring-host's kernel.rs ({dialect:?}).\n");
+    // The io_queue's published contract first: one source of truth for
+    // users' kernels and this one.
+    // Writing into a String cannot fail.
+    let _ = gpuring_core::contract::write_c_header(&mut text);
     let u32s: &[(&str, u32)] = &[
-        ("GR_HEADER_BYTES", HEADER_SIZE as u32),
-        ("GR_ENTRY_BYTES", ENTRY_SIZE as u32),
-        ("GR_H_CLOSED", offsets::HEADER_CLOSED as u32),
-        ("GR_H_PRODUCER", offsets::HEADER_PRODUCER as u32),
-        ("GR_H_CONSUMER", offsets::HEADER_CONSUMER as u32),
-        ("GR_H_CONSUMER_FAILED", offsets::HEADER_CONSUMER_FAILED as u32),
-        ("GR_E_SEQ", offsets::ENTRY_SEQ as u32),
-        ("GR_E_SLOT", offsets::ENTRY_SLOT as u32),
-        ("GR_E_STATUS", offsets::ENTRY_STATUS as u32),
-        ("GR_E_BYTES", offsets::ENTRY_BYTES as u32),
-        ("GR_E_RESULT", offsets::ENTRY_RESULT as u32),
-        ("GR_E_CONSUMER_STATUS", offsets::ENTRY_CONSUMER_STATUS as u32),
-        ("GR_CONSUMED", CONSUMED),
-        ("GR_SKIPPED", SKIPPED),
-        ("GR_REJECTED", REJECTED),
         ("GR_FAILED_REJECTED", FAILED_REJECTED),
         ("GR_FAILED_OUT_OF_STEP", FAILED_OUT_OF_STEP),
         ("GR_INDEX_KEY", INDEX_KEY),

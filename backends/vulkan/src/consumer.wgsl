@@ -16,8 +16,10 @@
 // (a device store to host memory may become visible to the host before
 // the device's other stores do).
 //
-// The constants (queue layout word offsets, checksum multipliers, consumer
-// statuses) come from a prelude that build.rs generates from gpuring-core,
+// A prelude that build.rs generates from gpuring-core comes first: the
+// published io_queue contract (the WGSL module `gpuring header --lang wgsl`
+// prints: GPURING_* word offsets, consumer statuses, gpuring_entry_word),
+// then this shader's own constants (checksum multipliers, failure codes),
 // so this file cannot drift from the Rust definitions.
 
 struct Params {
@@ -43,7 +45,7 @@ var<workgroup> part_a: array<u32, WORKGROUP>;
 var<workgroup> part_b: array<u32, WORKGROUP>;
 
 fn entry_word(position: u32, field: u32) -> u32 {
-    return HEADER_WORDS + (position & (params.capacity - 1u)) * ENTRY_WORDS + field;
+    return gpuring_entry_word(position, params.capacity, field);
 }
 
 // The full 64-bit product of two u32s, as (low, high), from 16-bit halves.
@@ -85,11 +87,11 @@ fn fmix64(h0: vec2<u32>) -> vec2<u32> {
 @compute @workgroup_size(256)
 fn checksum(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let position = params.first + group.x;
-    let seq = atomicLoad(&queue[entry_word(position, ENTRY_SEQ)]);
-    let slot = atomicLoad(&queue[entry_word(position, ENTRY_SLOT)]);
-    let status = atomicLoad(&queue[entry_word(position, ENTRY_STATUS)]);
-    let len = atomicLoad(&queue[entry_word(position, ENTRY_BYTES)]);
-    let len_high = atomicLoad(&queue[entry_word(position, ENTRY_BYTES + 1u)]);
+    let seq = atomicLoad(&queue[entry_word(position, GPURING_E_SEQ)]);
+    let slot = atomicLoad(&queue[entry_word(position, GPURING_E_SLOT)]);
+    let status = atomicLoad(&queue[entry_word(position, GPURING_E_STATUS)]);
+    let len = atomicLoad(&queue[entry_word(position, GPURING_E_BYTES)]);
+    let len_high = atomicLoad(&queue[entry_word(position, GPURING_E_BYTES + 1u)]);
     let valid = seq == position + 1u && slot < params.slot_count && len_high == 0u && len <= params.slot_bytes;
     let checked = valid && status == 0u;
 
@@ -129,33 +131,33 @@ fn checksum(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_i
     }
     if lid == 0u {
         var result = vec2<u32>(0u, 0u);
-        var consumer_status = SKIPPED;
+        var consumer_status = GPURING_SKIPPED;
         if !valid {
-            consumer_status = REJECTED;
+            consumer_status = GPURING_REJECTED;
         } else if checked {
             let lanes = vec2<u32>(part_a[0], part_b[0]);
             let keyed_len = mul64(vec2<u32>(len, 0u), vec2<u32>(LEN_KEY_LO, LEN_KEY_HI));
             result = fmix64(lanes ^ keyed_len);
-            consumer_status = CONSUMED;
+            consumer_status = GPURING_CONSUMED;
         }
-        atomicStore(&queue[entry_word(position, ENTRY_RESULT)], result.x);
-        atomicStore(&queue[entry_word(position, ENTRY_RESULT + 1u)], result.y);
-        atomicStore(&queue[entry_word(position, ENTRY_CONSUMER_STATUS)], consumer_status);
+        atomicStore(&queue[entry_word(position, GPURING_E_RESULT)], result.x);
+        atomicStore(&queue[entry_word(position, GPURING_E_RESULT + 1u)], result.y);
+        atomicStore(&queue[entry_word(position, GPURING_E_CONSUMER_STATUS)], consumer_status);
     }
 }
 
 @compute @workgroup_size(1)
 fn release() {
     var failed = 0u;
-    if atomicLoad(&queue[HEADER_CONSUMER]) != params.first {
+    if atomicLoad(&queue[GPURING_H_CONSUMER]) != params.first {
         failed = FAILED_OUT_OF_STEP;
     }
     for (var i = 0u; i < params.count && failed == 0u; i++) {
-        if atomicLoad(&queue[entry_word(params.first + i, ENTRY_CONSUMER_STATUS)]) == REJECTED {
+        if atomicLoad(&queue[entry_word(params.first + i, GPURING_E_CONSUMER_STATUS)]) == GPURING_REJECTED {
             failed = FAILED_REJECTED;
         }
     }
     if failed != 0u {
-        atomicStore(&queue[HEADER_CONSUMER_FAILED], failed);
+        atomicStore(&queue[GPURING_H_CONSUMER_FAILED], failed);
     }
 }

@@ -2,8 +2,10 @@
 // by hiprtc (gpuring-rocm): the source is in the dialect the two share.
 //
 // A prelude generated from gpuring-core (gpuring-host's kernel.rs) comes
-// first: the io_queue layout as byte offsets (GR_*), the checksum's
-// multipliers, the consumer statuses, GR_THREADS, the block size every
+// first: the published io_queue contract (the C header `gpuring header
+// --lang c` prints: layout as GPURING_* byte offsets, consumer statuses),
+// then this kernel's own constants: the checksum's multipliers, its
+// failure codes, GR_THREADS, the block size every
 // kernel here is launched with, and GR_SLEEP(), a short back-off in a
 // polling loop (__nanosleep on CUDA, s_sleep on AMD GPUs).
 // The same text is compiled by the host C++ compiler in the crate's tests,
@@ -62,7 +64,7 @@ __device__ __forceinline__ void gr_store_release(u8* queue, u64 byte, u32 value)
 }
 
 __device__ __forceinline__ u64 gr_entry(u32 position, u32 capacity) {
-    return (u64)GR_HEADER_BYTES + (u64)(position & (capacity - 1u)) * (u64)GR_ENTRY_BYTES;
+    return (u64)GPURING_HEADER_BYTES + (u64)(position & (capacity - 1u)) * (u64)GPURING_ENTRY_BYTES;
 }
 
 // What the consumer needs of one published entry.
@@ -76,11 +78,11 @@ struct GrEntry {
 __device__ GrEntry gr_read_entry(u8* queue, u32 position, u32 capacity, u32 slot_count, u32 slot_bytes) {
     u64 e = gr_entry(position, capacity);
     GrEntry out;
-    u32 seq = gr_load_acquire(queue, e + GR_E_SEQ);
-    out.slot = *gr_word(queue, e + GR_E_SLOT);
-    out.status = *gr_word(queue, e + GR_E_STATUS);
-    out.len = *gr_word(queue, e + GR_E_BYTES);
-    u32 len_high = *gr_word(queue, e + GR_E_BYTES + 4u);
+    u32 seq = gr_load_acquire(queue, e + GPURING_E_SEQ);
+    out.slot = *gr_word(queue, e + GPURING_E_SLOT);
+    out.status = *gr_word(queue, e + GPURING_E_STATUS);
+    out.len = *gr_word(queue, e + GPURING_E_BYTES);
+    u32 len_high = *gr_word(queue, e + GPURING_E_BYTES + 4u);
     out.valid = seq == position + 1u && out.slot < slot_count && len_high == 0u && out.len <= slot_bytes;
     return out;
 }
@@ -174,9 +176,9 @@ __device__ __forceinline__ u64 gr_finish_lanes(u32 a, u32 b, u32 len) {
 }
 
 __device__ __forceinline__ void gr_write_result(u8* queue, u64 e, u64 result, u32 consumer_status) {
-    *gr_word(queue, e + GR_E_RESULT) = (u32)result;
-    *gr_word(queue, e + GR_E_RESULT + 4u) = (u32)(result >> 32);
-    *gr_word(queue, e + GR_E_CONSUMER_STATUS) = consumer_status;
+    *gr_word(queue, e + GPURING_E_RESULT) = (u32)result;
+    *gr_word(queue, e + GPURING_E_RESULT + 4u) = (u32)(result >> 32);
+    *gr_word(queue, e + GPURING_E_CONSUMER_STATUS) = consumer_status;
 }
 
 extern "C" __global__ void gr_partial(u8* queue, const u8* slots, u32* scratch, u32 first, u32 capacity, u32 slot_count, u32 slot_bytes,
@@ -208,13 +210,13 @@ extern "C" __global__ void gr_finish(u8* queue, u32* scratch, u32 first, u32 cou
         scratch[at] = 0u;
         scratch[at + 1u] = 0u;
         u64 result = 0u;
-        u32 consumer_status = GR_SKIPPED;
+        u32 consumer_status = GPURING_SKIPPED;
         if (!entry.valid) {
-            consumer_status = GR_REJECTED;
+            consumer_status = GPURING_REJECTED;
             atomicAdd(&rejected[0], 1u);
         } else if (entry.status == 0u) {
             result = gr_finish_lanes(a, b, entry.len);
-            consumer_status = GR_CONSUMED;
+            consumer_status = GPURING_CONSUMED;
         }
         gr_write_result(queue, gr_entry(position, capacity), result, consumer_status);
     }
@@ -223,15 +225,15 @@ extern "C" __global__ void gr_finish(u8* queue, u32* scratch, u32 first, u32 cou
     __syncthreads();
     if (threadIdx.x == 0u) {
         u32 failed = 0u;
-        if (gr_load_acquire(queue, GR_H_CONSUMER) != first) {
+        if (gr_load_acquire(queue, GPURING_H_CONSUMER) != first) {
             failed = GR_FAILED_OUT_OF_STEP;
         } else if (rejected[0] != 0u) {
             failed = GR_FAILED_REJECTED;
         }
         if (failed == 0u) {
-            gr_store_release(queue, GR_H_CONSUMER, first + count);
+            gr_store_release(queue, GPURING_H_CONSUMER, first + count);
         } else {
-            gr_store_release(queue, GR_H_CONSUMER_FAILED, failed);
+            gr_store_release(queue, GPURING_H_CONSUMER_FAILED, failed);
         }
     }
 }
@@ -239,18 +241,18 @@ extern "C" __global__ void gr_finish(u8* queue, u32* scratch, u32 first, u32 cou
 // Nonzero once the persistent consumer must stop: the host asked it to, or
 // the queue failed.
 __device__ __forceinline__ u32 gr_stopping(u8* queue, volatile u32* abort_flag) {
-    return *abort_flag != 0u || gr_load_acquire(queue, GR_H_CONSUMER_FAILED) != 0u;
+    return *abort_flag != 0u || gr_load_acquire(queue, GPURING_H_CONSUMER_FAILED) != 0u;
 }
 
 __device__ void gr_release_loop(u8* queue, volatile u32* done, volatile u32* abort_flag, u32 capacity) {
-    u32 released = gr_load_acquire(queue, GR_H_CONSUMER);
+    u32 released = gr_load_acquire(queue, GPURING_H_CONSUMER);
     for (;;) {
         u32 next = released;
         u32 failed = 0u;
         while (done[next & (capacity - 1u)] == next + 1u) {
             // The worker's result writes are ordered before its done mark.
             __threadfence_system();
-            if (*gr_word(queue, gr_entry(next, capacity) + GR_E_CONSUMER_STATUS) == GR_REJECTED) {
+            if (*gr_word(queue, gr_entry(next, capacity) + GPURING_E_CONSUMER_STATUS) == GPURING_REJECTED) {
                 failed = GR_FAILED_REJECTED;
                 break;
             }
@@ -258,13 +260,13 @@ __device__ void gr_release_loop(u8* queue, volatile u32* done, volatile u32* abo
         }
         if (next != released) {
             released = next;
-            gr_store_release(queue, GR_H_CONSUMER, released);
+            gr_store_release(queue, GPURING_H_CONSUMER, released);
         }
         if (failed != 0u) {
-            gr_store_release(queue, GR_H_CONSUMER_FAILED, failed);
+            gr_store_release(queue, GPURING_H_CONSUMER_FAILED, failed);
             return;
         }
-        if (gr_load_acquire(queue, GR_H_CLOSED) != 0u && gr_load_acquire(queue, GR_H_PRODUCER) == released) return;
+        if (gr_load_acquire(queue, GPURING_H_CLOSED) != 0u && gr_load_acquire(queue, GPURING_H_PRODUCER) == released) return;
         if (gr_stopping(queue, abort_flag)) return;
         GR_SLEEP();
     }
@@ -282,13 +284,13 @@ extern "C" __global__ void gr_persistent(u8* queue, const u8* slots, u32* contro
             u32 position = atomicAdd(&control[0], 1u);
             u32 go = 0u;
             for (;;) {
-                if ((int)(gr_load_acquire(queue, GR_H_PRODUCER) - position) > 0) {
+                if ((int)(gr_load_acquire(queue, GPURING_H_PRODUCER) - position) > 0) {
                     go = 1u;
                     break;
                 }
-                if (gr_load_acquire(queue, GR_H_CLOSED) != 0u) {
+                if (gr_load_acquire(queue, GPURING_H_CLOSED) != 0u) {
                     // `producer` is final once `closed` is seen.
-                    go = (int)(gr_load_acquire(queue, GR_H_PRODUCER) - position) > 0 ? 1u : 0u;
+                    go = (int)(gr_load_acquire(queue, GPURING_H_PRODUCER) - position) > 0 ? 1u : 0u;
                     break;
                 }
                 if (gr_stopping(queue, abort_flag)) break;
@@ -307,12 +309,12 @@ extern "C" __global__ void gr_persistent(u8* queue, const u8* slots, u32* contro
         gr_block_sum(a, b);
         if (threadIdx.x == 0u) {
             u64 result = 0u;
-            u32 consumer_status = GR_SKIPPED;
+            u32 consumer_status = GPURING_SKIPPED;
             if (!entry.valid) {
-                consumer_status = GR_REJECTED;
+                consumer_status = GPURING_REJECTED;
             } else if (entry.status == 0u) {
                 result = gr_finish_lanes(a, b, entry.len);
-                consumer_status = GR_CONSUMED;
+                consumer_status = GPURING_CONSUMED;
                 atomicAdd((u64*)&control[2], (u64)entry.len);
             } else {
                 atomicAdd(&control[1], 1u);
