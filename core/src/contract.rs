@@ -128,9 +128,16 @@ impl fmt::Display for Number {
     }
 }
 
-/// The protocol text with the sizes filled in, one line at a time.
-fn protocol_lines() -> impl Iterator<Item = ProtocolLine> {
-    PROTOCOL.lines().map(ProtocolLine)
+/// The protocol text with the sizes filled in, each line after the
+/// language's comment `marker`.
+fn write_protocol(w: &mut dyn Write, marker: &str) -> fmt::Result {
+    for line in PROTOCOL.lines() {
+        match line {
+            "" => writeln!(w, "{marker}")?,
+            line => writeln!(w, "{marker} {}", ProtocolLine(line))?,
+        }
+    }
+    Ok(())
 }
 
 struct ProtocolLine(&'static str);
@@ -160,13 +167,7 @@ impl fmt::Display for ProtocolLine {
 /// consumer statuses, and `GPURING_ENTRY_OFFSET(position, capacity)`.
 pub fn write_c_header(w: &mut dyn Write) -> fmt::Result {
     writeln!(w, "/*")?;
-    for line in protocol_lines() {
-        if line.0.is_empty() {
-            writeln!(w, " *")?;
-        } else {
-            writeln!(w, " * {line}")?;
-        }
-    }
+    write_protocol(w, " *")?;
     writeln!(w, " */")?;
     writeln!(w, "#ifndef GPURING_IO_QUEUE_H\n#define GPURING_IO_QUEUE_H\n")?;
     for (name, value, what) in values() {
@@ -208,13 +209,7 @@ pub fn write_c_header(w: &mut dyn Write) -> fmt::Result {
 /// an entry (64-bit fields: the low word), the statuses, and
 /// `gpuring_entry_word(position, capacity, field)`.
 pub fn write_wgsl(w: &mut dyn Write) -> fmt::Result {
-    for line in protocol_lines() {
-        if line.0.is_empty() {
-            writeln!(w, "//")?;
-        } else {
-            writeln!(w, "// {line}")?;
-        }
-    }
+    write_protocol(w, "//")?;
     writeln!(w, "//\n// Bind the queue as a storage buffer of `array<atomic<u32>>`: the offsets\n// below are in 32-bit words; a 64-bit field is two words, low word first.\n")?;
     for (name, value, what) in values() {
         let (name, value) = match name {
