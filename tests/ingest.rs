@@ -252,3 +252,40 @@ fn one_driver_and_one_consumer_per_staging_region() {
     driver.close_queue();
     assert_eq!(consumer.join().unwrap().bytes, 3 * SLOT as u64 + 5);
 }
+
+#[test]
+fn a_closure_consumer_sees_every_slot_once_and_its_results_reach_the_driver() {
+    use gpuring::core::io_queue::Completion;
+    use gpuring::core::SlotGeometry;
+    use gpuring::host::{HostConsumer, HostStaging};
+    use gpuring::uring::{Driver, DriverOptions, Event};
+    use std::sync::Arc;
+    let dir = test_dir();
+    let path = make_file(dir.path(), "f", 5 * SLOT + 17, 8);
+    let bytes = std::fs::read(&path).unwrap();
+    let staging = Arc::new(HostStaging::new(SlotGeometry::new(3, SLOT).unwrap(), 4).unwrap());
+    // State: (offset, length) of every slot seen; result: the slot's byte sum.
+    let consumer = HostConsumer::with(staging.clone(), Vec::new(), |seen: &mut Vec<(u64, usize)>, c: &Completion, slot: &[u8]| {
+        seen.push((c.offset, slot.len()));
+        slot.iter().map(|&b| b as u64).sum()
+    })
+    .unwrap();
+    let mut driver = Driver::new(staging, DriverOptions::default()).unwrap();
+    let mut results = Vec::new();
+    driver
+        .ingest(&[Source::file(&path)], |e| {
+            if let Event::Released { offset, checksum, .. } = e {
+                results.push((offset, checksum));
+            }
+        })
+        .unwrap();
+    driver.close_queue();
+    let (stats, mut seen) = consumer.finish().unwrap();
+    seen.sort();
+    results.sort();
+    let want: Vec<(u64, usize)> = bytes.chunks(SLOT).enumerate().map(|(i, c)| ((i * SLOT) as u64, c.len())).collect();
+    assert_eq!(seen, want, "every slot once, with its bytes");
+    let sums: Vec<(u64, u64)> = bytes.chunks(SLOT).enumerate().map(|(i, c)| ((i * SLOT) as u64, c.iter().map(|&b| b as u64).sum())).collect();
+    assert_eq!(results, sums, "the closure's results are what the driver reports");
+    assert_eq!((stats.entries, stats.bytes), (6, bytes.len() as u64));
+}

@@ -17,6 +17,9 @@
 //!   script that runs them; `--run-here` also runs it here and checks the
 //!   result (see `device_kit.rs`).
 //!
+//! - `examples`: run the consumer examples on a 100 MiB file and a small
+//!   one and check their histograms against an independent read.
+//!
 //! - `nvme-vm`: the NVMe passthrough suite inside a QEMU guest with an
 //!   emulated NVMe controller (see `nvme_vm.rs`).
 //!
@@ -47,10 +50,11 @@ fn main() -> Result<()> {
         Some("ci") => ci(),
         Some("hwtest") => hwtest::run(&args[1..], cargo),
         Some("nvme-vm") => nvme_vm::run_task(cargo),
+        Some("examples") => examples(cargo),
         Some("device-kit") => device_kit::build(&args[1..], cargo).map(|_| ()),
         task => {
             eprintln!(
-                "usage: cargo xtask ci | cargo xtask nvme-vm | cargo xtask hwtest [--require BACKEND]... [--json] [--gpuring PATH] [--out DIR] | cargo xtask device-kit [--out DIR] [--run-here]"
+                "usage: cargo xtask ci | cargo xtask examples | cargo xtask nvme-vm | cargo xtask hwtest [--require BACKEND]... [--json] [--gpuring PATH] [--out DIR] | cargo xtask device-kit [--out DIR] [--run-here]"
             );
             bail!("unknown task {task:?}")
         }
@@ -206,6 +210,7 @@ fn ci() -> Result<()> {
     run(cargo().args(["build", "-p", "gpuring-core", "--target", NO_STD_TARGET]))?;
     step("tests");
     let (passed, failed) = run_tests(nvrtc.as_deref())?;
+    examples(cargo)?;
     miri()?;
     step("loom model check of the io_queue protocol");
     // Its own target directory: `--cfg loom` rebuilds everything it touches.
@@ -221,6 +226,64 @@ fn ci() -> Result<()> {
     device_kit::check_run(&kit)?;
     println!("\nci: all checks passed");
     println!("tests: {passed} passed, {failed} failed");
+    Ok(())
+}
+
+/// The examples that print a byte histogram of their files (one per kind
+/// of consumer a user writes).
+const HISTOGRAM_EXAMPLES: &[&str] = &["byte_histogram"];
+
+/// The consumer examples on files nobody else checks: a 100 MiB file and a
+/// small one. Each prints, last, `{"files": N, "bytes": N, "histogram":
+/// [256 counts]}`, which must equal a histogram of an independent read.
+/// Built with the tests' features, so the test build serves.
+fn examples(cargo: fn() -> Command) -> Result<()> {
+    step("examples: byte_histogram against an independent histogram");
+    let dir = std::path::PathBuf::from("target/examples-data");
+    std::fs::create_dir_all(&dir)?;
+    let (large, small) = (dir.join("large.bin"), dir.join("small.bin"));
+    if std::fs::metadata(&large).map(|m| m.len()).ok() != Some(100 << 20) {
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let bytes: Vec<u8> = (0..100u64 << 20)
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                // Skewed, so that a histogram off by a slot shows.
+                if i % 7 == 0 {
+                    0
+                } else {
+                    x as u8
+                }
+            })
+            .collect();
+        std::fs::write(&large, bytes)?;
+    }
+    std::fs::write(&small, b"gpuring: a small file of 43 bytes, odd size")?;
+    let mut want = [0u64; 256];
+    for path in [&large, &small] {
+        for b in std::fs::read(path)? {
+            want[b as usize] += 1;
+        }
+    }
+    for example in HISTOGRAM_EXAMPLES {
+        let mut cmd = cargo();
+        cmd.args(["run", "--quiet", "--example", example, "--features", FEATURES, "--"]).arg(&large).arg(&small);
+        println!("$ {cmd:?}");
+        let out = cmd.output().with_context(|| format!("running the {example} example"))?;
+        if !out.status.success() {
+            bail!("the {example} example failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let last = stdout.lines().last().context("the example printed nothing")?;
+        let v: serde_json::Value = serde_json::from_str(last).with_context(|| format!("{example}'s last line is not JSON: {last}"))?;
+        let got: Vec<u64> = v["histogram"].as_array().context("no histogram")?.iter().filter_map(serde_json::Value::as_u64).collect();
+        let total: u64 = want.iter().sum();
+        if v["files"] != 2 || v["bytes"] != total || got != want {
+            bail!("{example}: {last} differs from the independent histogram ({total} bytes)");
+        }
+        println!("{example}: 2 files, {total} bytes, histogram equal to an independent read");
+    }
     Ok(())
 }
 
