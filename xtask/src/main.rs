@@ -231,14 +231,14 @@ fn ci() -> Result<()> {
 
 /// The examples that print a byte histogram of their files (one per kind
 /// of consumer a user writes).
-const HISTOGRAM_EXAMPLES: &[&str] = &["byte_histogram"];
+const HISTOGRAM_EXAMPLES: &[&str] = &["byte_histogram", "vulkan_histogram"];
 
 /// The consumer examples on files nobody else checks: a 100 MiB file and a
 /// small one. Each prints, last, `{"files": N, "bytes": N, "histogram":
 /// [256 counts]}`, which must equal a histogram of an independent read.
 /// Built with the tests' features, so the test build serves.
 fn examples(cargo: fn() -> Command) -> Result<()> {
-    step("examples: byte_histogram against an independent histogram");
+    step("examples: byte_histogram and vulkan_histogram (lavapipe here) against an independent histogram");
     let dir = std::path::PathBuf::from("target/examples-data");
     std::fs::create_dir_all(&dir)?;
     let (large, small) = (dir.join("large.bin"), dir.join("small.bin"));

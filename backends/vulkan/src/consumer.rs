@@ -39,7 +39,8 @@ use gpuring_host::{wait_for_entries, wake_producer, ConsumerStats, Waited};
 
 use crate::context::Context;
 use crate::error::{call, VulkanError};
-use crate::memory::VulkanStaging;
+use crate::memory::{Imported, VulkanStaging};
+use crate::shader::Shader;
 
 mod codes {
     include!(concat!(env!("OUT_DIR"), "/codes.rs"));
@@ -73,13 +74,17 @@ impl Params {
 }
 
 /// The shader's pipelines and everything a batch needs, destroyed on drop.
+/// gpuring's own shader has two (`checksum`, then `release`, which checks
+/// the batch); a user's has one, `main`, and an output buffer.
 struct Pipelines {
     ctx: Arc<Context>,
     module: vk::ShaderModule,
     set_layout: vk::DescriptorSetLayout,
     layout: vk::PipelineLayout,
-    checksum: vk::Pipeline,
+    main: vk::Pipeline,
     release: vk::Pipeline,
+    /// A user's shader's output buffer (binding 2).
+    output: Option<Imported>,
     pool: vk::DescriptorPool,
     set: vk::DescriptorSet,
     commands: vk::CommandPool,
@@ -88,15 +93,21 @@ struct Pipelines {
 }
 
 impl Pipelines {
-    fn new(staging: &VulkanStaging) -> Result<Self, VulkanError> {
+    /// gpuring's checksum shader, or `user`'s.
+    fn new(staging: &VulkanStaging, user: Option<&Shader>) -> Result<Self, VulkanError> {
         let ctx = staging.ctx.clone();
+        let output = match user {
+            Some(shader) => Some(Imported::new(&ctx, shader.output_bytes, "shader's output buffer")?),
+            None => None,
+        };
         let null = Self {
             ctx: ctx.clone(),
             module: vk::ShaderModule::null(),
             set_layout: vk::DescriptorSetLayout::null(),
             layout: vk::PipelineLayout::null(),
-            checksum: vk::Pipeline::null(),
+            main: vk::Pipeline::null(),
             release: vk::Pipeline::null(),
+            output,
             pool: vk::DescriptorPool::null(),
             set: vk::DescriptorSet::null(),
             commands: vk::CommandPool::null(),
@@ -107,19 +118,30 @@ impl Pipelines {
         // way out destroys what was made (`Drop` skips null handles).
         let mut p = null;
         let d = &ctx.device;
-        let words: Vec<u32> = SPIRV.chunks_exact(4).map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]])).collect();
+        let builtin: Vec<u32>;
+        let words: &[u32] = match user {
+            Some(shader) => &shader.spirv,
+            None => {
+                builtin = SPIRV.chunks_exact(4).map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]])).collect();
+                &builtin
+            }
+        };
+        let bound: &[u32] = if user.is_some() { &[0, 1, 2] } else { &[0, 1] };
         // SAFETY: for every creation below, the create infos and what they
         // point to are valid for the call, every handle they name is this
         // device's and alive, and `Drop` destroys each object once.
         unsafe {
-            p.module = d.create_shader_module(&vk::ShaderModuleCreateInfo::default().code(&words), None).map_err(call("vkCreateShaderModule"))?;
-            let bindings = [0, 1].map(|binding| {
-                vk::DescriptorSetLayoutBinding::default()
-                    .binding(binding)
-                    .descriptor_type(vk::DescriptorType::STORAGE_BUFFER)
-                    .descriptor_count(1)
-                    .stage_flags(vk::ShaderStageFlags::COMPUTE)
-            });
+            p.module = d.create_shader_module(&vk::ShaderModuleCreateInfo::default().code(words), None).map_err(call("vkCreateShaderModule"))?;
+            let bindings: Vec<_> = bound
+                .iter()
+                .map(|&binding| {
+                    vk::DescriptorSetLayoutBinding::default()
+                        .binding(binding)
+                        .descriptor_type(vk::DescriptorType::STORAGE_BUFFER)
+                        .descriptor_count(1)
+                        .stage_flags(vk::ShaderStageFlags::COMPUTE)
+                })
+                .collect();
             p.set_layout = d
                 .create_descriptor_set_layout(&vk::DescriptorSetLayoutCreateInfo::default().bindings(&bindings), None)
                 .map_err(call("vkCreateDescriptorSetLayout"))?;
@@ -129,18 +151,20 @@ impl Pipelines {
                 .create_pipeline_layout(&vk::PipelineLayoutCreateInfo::default().set_layouts(&set_layouts).push_constant_ranges(&ranges), None)
                 .map_err(call("vkCreatePipelineLayout"))?;
             let stage = |name| vk::PipelineShaderStageCreateInfo::default().stage(vk::ShaderStageFlags::COMPUTE).module(p.module).name(name);
-            let infos = [
-                vk::ComputePipelineCreateInfo::default().stage(stage(c"checksum")).layout(p.layout),
-                vk::ComputePipelineCreateInfo::default().stage(stage(c"release")).layout(p.layout),
-            ];
+            let names = match user {
+                Some(shader) => vec![shader.entry.as_c_str()],
+                None => vec![c"checksum", c"release"],
+            };
+            let infos: Vec<_> = names.iter().map(|&name| vk::ComputePipelineCreateInfo::default().stage(stage(name)).layout(p.layout)).collect();
             let pipelines = d.create_compute_pipelines(vk::PipelineCache::null(), &infos, None).map_err(|(made, result)| {
                 for pipeline in made {
                     d.destroy_pipeline(pipeline, None);
                 }
                 VulkanError::Call { call: "vkCreateComputePipelines", result }
             })?;
-            (p.checksum, p.release) = (pipelines[0], pipelines[1]);
-            let sizes = [vk::DescriptorPoolSize::default().ty(vk::DescriptorType::STORAGE_BUFFER).descriptor_count(2)];
+            p.main = pipelines[0];
+            p.release = pipelines.get(1).copied().unwrap_or(vk::Pipeline::null());
+            let sizes = [vk::DescriptorPoolSize::default().ty(vk::DescriptorType::STORAGE_BUFFER).descriptor_count(bound.len() as u32)];
             p.pool = d
                 .create_descriptor_pool(&vk::DescriptorPoolCreateInfo::default().max_sets(1).pool_sizes(&sizes), None)
                 .map_err(call("vkCreateDescriptorPool"))?;
@@ -149,10 +173,14 @@ impl Pipelines {
                 .map_err(call("vkAllocateDescriptorSets"))?[0];
             let queue_info = [vk::DescriptorBufferInfo::default().buffer(staging.queue.buffer).range(vk::WHOLE_SIZE)];
             let slots_info = [vk::DescriptorBufferInfo::default().buffer(staging.slots.buffer).range(vk::WHOLE_SIZE)];
-            let writes = [
-                vk::WriteDescriptorSet::default().dst_set(p.set).dst_binding(0).descriptor_type(vk::DescriptorType::STORAGE_BUFFER).buffer_info(&queue_info),
-                vk::WriteDescriptorSet::default().dst_set(p.set).dst_binding(1).descriptor_type(vk::DescriptorType::STORAGE_BUFFER).buffer_info(&slots_info),
-            ];
+            let output_info = p.output.as_ref().map(|o| [vk::DescriptorBufferInfo::default().buffer(o.buffer).range(vk::WHOLE_SIZE)]);
+            let write = |binding, info| {
+                vk::WriteDescriptorSet::default().dst_set(p.set).dst_binding(binding).descriptor_type(vk::DescriptorType::STORAGE_BUFFER).buffer_info(info)
+            };
+            let mut writes = vec![write(0, &queue_info), write(1, &slots_info)];
+            if let Some(info) = &output_info {
+                writes.push(write(2, info));
+            }
             d.update_descriptor_sets(&writes, &[]);
             p.commands = d
                 .create_command_pool(
@@ -186,12 +214,14 @@ impl Pipelines {
                 .map_err(call("vkBeginCommandBuffer"))?;
             d.cmd_bind_descriptor_sets(self.cmd, vk::PipelineBindPoint::COMPUTE, self.layout, 0, &[self.set], &[]);
             d.cmd_push_constants(self.cmd, self.layout, vk::ShaderStageFlags::COMPUTE, 0, &params.bytes());
-            d.cmd_bind_pipeline(self.cmd, vk::PipelineBindPoint::COMPUTE, self.checksum);
+            d.cmd_bind_pipeline(self.cmd, vk::PipelineBindPoint::COMPUTE, self.main);
             d.cmd_dispatch(self.cmd, params.count, 1, 1);
-            let between = barrier(vk::AccessFlags::SHADER_WRITE, vk::AccessFlags::SHADER_READ | vk::AccessFlags::SHADER_WRITE);
-            d.cmd_pipeline_barrier(self.cmd, compute, compute, vk::DependencyFlags::empty(), &between, &[], &[]);
-            d.cmd_bind_pipeline(self.cmd, vk::PipelineBindPoint::COMPUTE, self.release);
-            d.cmd_dispatch(self.cmd, 1, 1, 1);
+            if self.release != vk::Pipeline::null() {
+                let between = barrier(vk::AccessFlags::SHADER_WRITE, vk::AccessFlags::SHADER_READ | vk::AccessFlags::SHADER_WRITE);
+                d.cmd_pipeline_barrier(self.cmd, compute, compute, vk::DependencyFlags::empty(), &between, &[], &[]);
+                d.cmd_bind_pipeline(self.cmd, vk::PipelineBindPoint::COMPUTE, self.release);
+                d.cmd_dispatch(self.cmd, 1, 1, 1);
+            }
             let to_host = barrier(vk::AccessFlags::SHADER_WRITE, vk::AccessFlags::HOST_READ);
             d.cmd_pipeline_barrier(self.cmd, compute, vk::PipelineStageFlags::HOST, vk::DependencyFlags::empty(), &to_host, &[], &[]);
             d.end_command_buffer(self.cmd).map_err(call("vkEndCommandBuffer"))?;
@@ -223,7 +253,7 @@ impl Drop for Pipelines {
             d.destroy_fence(self.fence, None);
             d.destroy_command_pool(self.commands, None);
             d.destroy_descriptor_pool(self.pool, None);
-            d.destroy_pipeline(self.checksum, None);
+            d.destroy_pipeline(self.main, None);
             d.destroy_pipeline(self.release, None);
             d.destroy_pipeline_layout(self.layout, None);
             d.destroy_descriptor_set_layout(self.set_layout, None);
@@ -232,10 +262,15 @@ impl Drop for Pipelines {
     }
 }
 
-/// A running Vulkan consumer. Stop it with [`VulkanConsumer::join`] after
-/// the producer closed the queue; dropping it stops it early.
+/// What the consumer thread ends with: its counts and a user shader's output.
+type Finished = Result<(ConsumerStats, Vec<u8>), VulkanError>;
+
+/// A running Vulkan consumer: gpuring's checksum shader
+/// ([`VulkanConsumer::start`]) or one of yours ([`VulkanConsumer::with_shader`]).
+/// Stop it with [`VulkanConsumer::join`] (or `finish`, for a shader's
+/// output) after the producer closed the queue; dropping it stops it early.
 pub struct VulkanConsumer {
-    handle: Option<JoinHandle<Result<ConsumerStats, VulkanError>>>,
+    handle: Option<JoinHandle<Finished>>,
     stop: Arc<AtomicBool>,
     staging: Arc<VulkanStaging>,
 }
@@ -247,14 +282,28 @@ impl std::fmt::Debug for VulkanConsumer {
 }
 
 impl VulkanConsumer {
-    /// Build the shader's pipelines on `staging`'s device and start
-    /// dispatching on a new thread.
+    /// Build gpuring's checksum shader's pipelines on `staging`'s device and
+    /// start dispatching on a new thread. Takes the queue's consumer end: a
+    /// second consumer of one staging region is an error.
     pub fn start(staging: Arc<VulkanStaging>) -> Result<Self, VulkanError> {
+        Self::launch(staging, None)
+    }
+
+    /// As [`VulkanConsumer::start`], with a compute shader of yours in
+    /// place of gpuring's: one dispatch of a workgroup per published entry
+    /// and batch, bound as the [`shader`](crate::shader) module documents.
+    /// The host thread releases each batch once its fence has signalled,
+    /// and fails the queue if the shader marked an entry `GPURING_REJECTED`.
+    pub fn with_shader(staging: Arc<VulkanStaging>, shader: &Shader) -> Result<Self, VulkanError> {
+        Self::launch(staging, Some(shader))
+    }
+
+    fn launch(staging: Arc<VulkanStaging>, shader: Option<&Shader>) -> Result<Self, VulkanError> {
         let geometry = staging.geometry();
         if geometry.slot_size() as u64 > u32::MAX as u64 {
             return Err(VulkanError::TooLarge { what: "slot", len: geometry.slot_size() as u64, max: u32::MAX as u64 });
         }
-        let pipelines = Pipelines::new(&staging)?;
+        let pipelines = Pipelines::new(&staging, shader)?;
         let stop = Arc::new(AtomicBool::new(false));
         // The queue's one consumer: a second consumer of this staging is an error.
         let mut consumer = staging.take_consumer().map_err(gpuring_host::HostError::from)?;
@@ -264,6 +313,13 @@ impl VulkanConsumer {
                 .name("gpuring-vulkan".into())
                 .spawn(move || {
                     let result = run(&staging, &pipelines, &stop, &mut consumer);
+                    // `run` returns only with the device idle (after the last
+                    // fence, or after waiting it out): the output is final.
+                    let output = pipelines.output.as_ref().map_or_else(Vec::new, |o| {
+                        // SAFETY: the output buffer's host pages are ours, `len`
+                        // bytes, and no batch is running.
+                        unsafe { std::slice::from_raw_parts(o.ptr().as_ptr(), o.len()) }.to_vec()
+                    });
                     drop(pipelines);
                     if result.is_err() {
                         let q = staging.queue();
@@ -273,7 +329,7 @@ impl VulkanConsumer {
                         }
                         wake_producer(&q);
                     }
-                    result
+                    result.map(|stats| (stats, output))
                 })
                 .expect("spawning the Vulkan consumer thread")
         };
@@ -282,7 +338,15 @@ impl VulkanConsumer {
 
     /// Wait until the producer has closed the queue and every entry is
     /// released, then return what the consumer did.
-    pub fn join(mut self) -> Result<ConsumerStats, VulkanError> {
+    pub fn join(self) -> Result<ConsumerStats, VulkanError> {
+        self.finish().map(|(stats, _)| stats)
+    }
+
+    /// As [`VulkanConsumer::join`], and return the contents of a user
+    /// shader's output buffer (empty for gpuring's own shader; the mapping
+    /// may be longer than [`Shader::with_output`] asked for, rounded up to
+    /// the device's import alignment).
+    pub fn finish(mut self) -> Result<(ConsumerStats, Vec<u8>), VulkanError> {
         let handle = self.handle.take().expect("joined once");
         handle.join().map_err(|_| VulkanError::ConsumerPanicked)?
     }
@@ -319,6 +383,10 @@ fn run(staging: &VulkanStaging, pipelines: &Pipelines, stop: &AtomicBool, consum
             batch.entries += 1;
         }
         pipelines.run(params)?;
+        // A user's shader has no `release` step: the host checks its verdicts.
+        if pipelines.release == vk::Pipeline::null() && io_queue::positions(first, count).any(|p| q.entry(p).consumer_status() == REJECTED) {
+            consumer.fail(&q, codes::FAILED_REJECTED);
+        }
         if q.consumer_failed() != 0 {
             return Err(rejection(&q, first, count, geometry.slot_count(), geometry.slot_size()));
         }
@@ -349,8 +417,10 @@ fn rejection(q: &IoQueue<'_>, first: u32, count: u32, slot_count: u32, slot_size
             let (seq, slot, bytes) = (e.seq(), e.slot(), e.bytes());
             let what = if seq != position.wrapping_add(1) {
                 format!("its seq is {seq}, not {}", position.wrapping_add(1))
-            } else {
+            } else if slot >= slot_count || bytes > slot_size as u64 {
                 format!("slot {slot} with {bytes} bytes, but there are {slot_count} slots of {slot_size} bytes")
+            } else {
+                format!("the shader marked it rejected (slot {slot}, {bytes} bytes)")
             };
             return VulkanError::Rejected { position, what };
         }

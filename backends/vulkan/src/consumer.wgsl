@@ -22,23 +22,8 @@
 // then this shader's own constants (checksum multipliers, failure codes),
 // so this file cannot drift from the Rust definitions.
 
-struct Params {
-    // Position of the batch's first entry.
-    first: u32,
-    // Entries in the batch (the checksum dispatch's workgroup count).
-    count: u32,
-    // io_queue capacity (a power of two).
-    capacity: u32,
-    // Number of slots.
-    slot_count: u32,
-    // Bytes per slot (a multiple of the page size, below 2^32).
-    slot_bytes: u32,
-}
-
-var<immediate> params: Params;
-
-@group(0) @binding(0) @coherent var<storage, read_write> queue: array<atomic<u32>>;
-@group(0) @binding(1) var<storage, read> slots: array<u32>;
+// `params`, `queue` and `slots` are declared in bindings.wgsl, which the
+// prelude includes: the layout users' shaders see too.
 
 const WORKGROUP: u32 = 256u;
 var<workgroup> part_a: array<u32, WORKGROUP>;

@@ -62,6 +62,11 @@ pub enum VulkanError {
         /// What was wrong with it.
         what: String,
     },
+    /// A shader of the user's could not be compiled or is not usable.
+    Shader {
+        /// What is wrong, with the compiler's message.
+        what: String,
+    },
     /// The consumer thread panicked.
     ConsumerPanicked,
 }
@@ -101,6 +106,10 @@ impl fmt::Display for VulkanError {
             Self::Rejected { position, what } => write!(
                 f,
                 "the Vulkan consumer rejected io_queue entry {position}: {what}. Fix: only gpuring's driver may publish to this queue; this is a bug if it did"
+            ),
+            Self::Shader { what } => write!(
+                f,
+                "the compute shader cannot run: {what}. Fix: compile it against the bindings and push constants gpuring-vulkan's shader module documents (Shader::wgsl declares them for you), with a compute entry point of the name given"
             ),
             Self::ConsumerPanicked => write!(f, "the Vulkan consumer thread panicked. Fix: this is a bug; please report it with the panic message above"),
         }

@@ -13,6 +13,9 @@
 //!   entry and checks the batch; a host thread waits for entries, dispatches
 //!   batches, and releases each (stores the queue's `consumer` position)
 //!   once its fence has signalled.
+//! - [`Shader`]: a compute shader of the user's (WGSL, compiled by naga, or
+//!   SPIR-V) that [`VulkanConsumer::with_shader`] runs in place of the
+//!   checksum shader, bound as the [`shader`] module documents.
 //! - [`devices`]: every device with what gpuring needs of it, and
 //!   [`BarWindow`]: device-local memory mapped by the host, for `gpuring
 //!   probe` to test whether io_uring can register it.
@@ -25,9 +28,11 @@ mod consumer;
 mod context;
 mod error;
 mod memory;
+pub mod shader;
 
 pub use bar::BarWindow;
 pub use consumer::VulkanConsumer;
 pub use context::{devices, Context, DeviceInfo};
 pub use error::VulkanError;
 pub use memory::VulkanStaging;
+pub use shader::Shader;

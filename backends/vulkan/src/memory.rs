@@ -30,7 +30,7 @@ pub(crate) struct Imported {
 }
 
 impl Imported {
-    fn new(ctx: &Arc<Context>, len: usize, what: &'static str) -> Result<Self, VulkanError> {
+    pub(crate) fn new(ctx: &Arc<Context>, len: usize, what: &'static str) -> Result<Self, VulkanError> {
         // The import covers whole alignment units, and the storage buffer
         // is bound whole, so the rounded size must fit the device's range.
         let align = (ctx.info.import_alignment as usize).max(PAGE_SIZE).next_power_of_two();

@@ -187,3 +187,61 @@ fn dropping_a_running_consumer_stops_it() {
     drop(consumer);
     assert!(started.elapsed() < Duration::from_secs(10), "drop waited {:?}", started.elapsed());
 }
+
+/// A user's shader: each entry's result is its slot's first word plus its
+/// byte count, it counts entries in its output, and it rejects an entry
+/// whose tag is 13.
+const USER: &str = r#"
+@compute @workgroup_size(1)
+fn mine(@builtin(workgroup_id) group: vec3<u32>) {
+    let position = params.first + group.x;
+    let slot = gpuring_load(position, GPURING_E_SLOT);
+    var verdict = GPURING_CONSUMED;
+    if gpuring_load(position, GPURING_E_TAG) == 13u {
+        verdict = GPURING_REJECTED;
+    }
+    gpuring_store(position, GPURING_E_RESULT, slots[slot * (params.slot_bytes / 4u)] + gpuring_load(position, GPURING_E_BYTES));
+    gpuring_store(position, GPURING_E_CONSUMER_STATUS, verdict);
+    atomicAdd(&output[0], 1u);
+}
+"#;
+
+#[test]
+fn a_users_shader_runs_on_the_staging_and_its_output_and_rejections_come_back() {
+    let Some(ctx) = context() else { return };
+    let shader = gpuring_vulkan::Shader::wgsl(USER, "mine").unwrap().with_output(4);
+    let staging = Arc::new(VulkanStaging::on(ctx.clone(), SlotGeometry::new(4, 8192).unwrap(), 4).unwrap());
+    let consumer = VulkanConsumer::with_shader(staging.clone(), &shader).unwrap();
+    assert!(VulkanConsumer::start(staging.clone()).is_err(), "one consumer per staging region");
+    let mut producer = staging.take_producer().unwrap();
+    for slot in 0..4u32 {
+        fill(&staging, slot, &(1000 * slot + 7).to_le_bytes());
+    }
+    let items: Vec<Completion> = (0..4).map(|slot| completion(slot, 100 + slot as u64, 0)).collect();
+    let released = publish_and_wait(&staging, &mut producer, &items);
+    for (r, slot) in released.iter().zip(0..4u32) {
+        assert_eq!((r.consumer_status, r.result), (CONSUMED, (1000 * slot + 7 + 100 + slot) as u64), "slot {slot}");
+    }
+    producer.close(&staging.queue());
+    let (stats, output) = consumer.finish().unwrap();
+    assert_eq!(stats.entries, 4);
+    assert_eq!(u32::from_le_bytes(output[..4].try_into().unwrap()), 4, "the output buffer comes back");
+
+    // A rejection fails the queue and names the entry.
+    let staging = Arc::new(VulkanStaging::on(ctx, SlotGeometry::new(4, 8192).unwrap(), 4).unwrap());
+    let consumer = VulkanConsumer::with_shader(staging.clone(), &shader).unwrap();
+    let q = staging.queue();
+    let mut producer = staging.take_producer().unwrap();
+    let mut bad = completion(1, 10, 0);
+    bad.tag = 13;
+    assert_eq!(producer.publish_batch(&q, &[completion(0, 10, 0), bad]), 2);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while q.consumer_failed() == 0 {
+        assert!(Instant::now() < deadline, "the consumer never failed");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(producer.poll_released(&q, |_| panic!("a batch with a rejected entry released something")).unwrap(), 0);
+    producer.close(&q);
+    let e = consumer.join().unwrap_err().to_string();
+    assert!(e.contains("rejected io_queue entry 1: the shader marked it rejected"), "{e}");
+}
