@@ -289,3 +289,59 @@ fn a_closure_consumer_sees_every_slot_once_and_its_results_reach_the_driver() {
     assert_eq!(results, sums, "the closure's results are what the driver reports");
     assert_eq!((stats.entries, stats.bytes), (6, bytes.len() as u64));
 }
+
+#[test]
+fn one_thread_drives_the_ring_and_consumes_it_in_turns() {
+    use gpuring::core::io_queue::CONSUMED;
+    use gpuring::core::{slot_checksum, SlotGeometry, StagingMemory};
+    use gpuring::host::HostStaging;
+    use gpuring::uring::{Driver, DriverOptions, Event, Poll};
+    use std::sync::Arc;
+    let dir = test_dir();
+    let path = make_file(dir.path(), "f", 20 * SLOT + 3, 12);
+    let bytes = std::fs::read(&path).unwrap();
+    // Two slots for twenty segments: the driver must wait for releases,
+    // which only this same thread makes.
+    let staging = Arc::new(HostStaging::new(SlotGeometry::new(2, SLOT).unwrap(), 2).unwrap());
+    let mut consumer = staging.take_consumer().unwrap();
+    let q = staging.queue();
+    let mut driver = Driver::new(staging.clone(), DriverOptions::default()).unwrap();
+    let sources = [Source::file(&path)];
+    let mut job = driver.begin(&sources).unwrap();
+    let mut released = Vec::new();
+    let (mut polls, mut idle) = (0, 0);
+    let stats = loop {
+        polls += 1;
+        assert!(polls < 1_000_000, "the ingest does not finish");
+        match job.poll(|e| {
+            if let Event::Released { offset, checksum, .. } = e {
+                released.push((offset, checksum));
+            }
+        }) {
+            Ok(Poll::Done(stats)) => break stats,
+            Ok(Poll::Moved) => {}
+            Ok(Poll::Idle) => idle += 1,
+            Err(e) => panic!("{e}"),
+        }
+        // This thread is the consumer too: release whatever is published.
+        while let Some(entry) = consumer.peek(&q).unwrap() {
+            // SAFETY: the slot is the consumer's from publish to release.
+            let slot = unsafe { std::slice::from_raw_parts(staging.slot_ptr(entry.slot).as_ptr(), entry.bytes as usize) };
+            consumer.release(&q, slot_checksum(slot), CONSUMED);
+        }
+    };
+    drop(job);
+    released.sort();
+    let want: Vec<(u64, u64)> = bytes.chunks(SLOT).enumerate().map(|(i, c)| ((i * SLOT) as u64, slot_checksum(c))).collect();
+    assert_eq!(released, want);
+    assert_eq!(stats.telemetry.released, 21);
+    // Twenty segments through two slots: the driver went on only because
+    // this thread released between polls.
+    assert!(polls >= 10, "{polls} polls ({idle} idle)");
+    // Polling a finished ingest says so; dropping an unfinished one cancels
+    // and leaves the driver refusing further use.
+    let mut job = driver.begin(&sources).unwrap();
+    assert!(matches!(job.poll(|_| {}), Ok(Poll::Moved)));
+    drop(job);
+    assert!(driver.begin(&sources).is_err(), "an abandoned ingest leaves the driver unusable");
+}

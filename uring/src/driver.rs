@@ -243,59 +243,48 @@ impl<S: StagingMemory> Driver<S> {
     /// consumer releases segments. Returns when every byte was read,
     /// published and released, or, after an error, when everything in
     /// flight has landed and been released: the first error is returned and
-    /// no completion that happened is lost.
+    /// no completion that happened is lost. It blocks (without spinning)
+    /// while nothing can move; [`Driver::begin`] is the same work in steps
+    /// the caller drives.
     pub fn ingest(&mut self, sources: &[Source], mut on_event: impl FnMut(Event)) -> Result<IngestStats, IngestError> {
+        let mut job = self.begin(sources)?;
+        loop {
+            match job.poll(&mut on_event)? {
+                Poll::Done(stats) => return Ok(stats),
+                Poll::Moved => {}
+                Poll::Idle => job.wait()?,
+            }
+        }
+    }
+
+    /// Start reading `sources`, to be driven by the caller: each
+    /// [`Ingest::poll`] submits what it can, reaps completions, publishes
+    /// them and takes the consumer's releases, and returns without
+    /// blocking. A program that is its own consumer (one thread, polling
+    /// the driver and draining the io_queue in turns) cannot stall itself
+    /// this way, as it would inside [`Driver::ingest`].
+    pub fn begin<'d, 's>(&'d mut self, sources: &'s [Source]) -> Result<Ingest<'d, 's, S>, IngestError> {
         if self.broken {
             return Err(IngestError::ConsumerStalled {
                 outstanding: self.producer.outstanding(),
                 why: "an earlier ingest on this driver was abandoned".into(),
             });
         }
-        let started = Instant::now();
-        let mut run = Run { sources, next_source: 0, current: None, active: BTreeMap::new(), completed: VecDeque::new(), done: Vec::new(), failure: None };
-        let mut last_release = Instant::now();
-        let mut last_completion = Instant::now();
-        let result = loop {
-            let mut progressed = match self.fill(&mut run) {
-                Ok(p) => p,
-                Err(e) => break Err(e),
-            };
-            let step = self.ring.submit().and_then(|()| self.reap(&mut run)).and_then(|reaped| {
-                let published = self.publish(&mut run)?;
-                let released = self.take_releases(&mut run, &mut on_event)?;
-                Ok((reaped, published, released))
-            });
-            let (reaped, published, released) = match step {
-                Ok(counts) => counts,
-                Err(e) => break Err(e),
-            };
-            progressed |= reaped + published + released > 0;
-            if released > 0 {
-                last_release = Instant::now();
-            }
-            if reaped > 0 {
-                last_completion = Instant::now();
-            }
-            if run.exhausted() && run.completed.is_empty() && self.pending.all_free() {
-                break Ok(());
-            }
-            if !progressed {
-                if let Err(e) = self.block(&mut last_release, last_completion) {
-                    break Err(e);
-                }
-            }
-        };
-        if let Err(e) = result {
-            // Internal or consumer failure: stop the kernel from writing into
-            // slots this call no longer tracks, and refuse further use.
-            self.broken = true;
-            let _ = self.ring.cancel_all();
-            return Err(e);
-        }
-        match run.failure {
-            Some(e) => Err(e),
-            None => Ok(IngestStats { telemetry: self.telemetry, elapsed: started.elapsed() }),
-        }
+        let now = Instant::now();
+        let run = Run { sources, next_source: 0, current: None, active: BTreeMap::new(), completed: VecDeque::new(), done: Vec::new(), failure: None };
+        Ok(Ingest { driver: self, run, started: now, last_release: now, last_completion: now, finished: false })
+    }
+
+    /// One step of an ingest: whether anything moved, or the outcome.
+    fn step(&mut self, run: &mut Run<'_>, on_event: &mut impl FnMut(Event)) -> Result<(bool, bool, bool), IngestError> {
+        let mut progressed = self.fill(run)?;
+        self.ring.submit()?;
+        let reaped = self.reap(run)?;
+        let published = self.publish(run)?;
+        let released = self.take_releases(run, on_event)?;
+        progressed |= reaped + published + released > 0;
+        let done = run.exhausted() && run.completed.is_empty() && self.pending.all_free();
+        Ok((progressed || done, reaped > 0, released > 0))
     }
 
     /// Announce to the consumer that nothing more will be published.
@@ -668,6 +657,98 @@ impl<S: StagingMemory> Driver<S> {
             self.producer.end_sleep(&q);
         }
         Ok(())
+    }
+}
+
+/// What one [`Ingest::poll`] did.
+#[derive(Debug)]
+pub enum Poll {
+    /// Something moved (a read submitted or completed, an entry published
+    /// or released): poll again.
+    Moved,
+    /// Nothing could move now: reads are in flight or the consumer holds
+    /// every slot. Poll again later (after consuming, if this thread is the
+    /// consumer), or [`Ingest::wait`].
+    Idle,
+    /// Every source was read, published and released.
+    Done(IngestStats),
+}
+
+/// An ingest the caller drives: from [`Driver::begin`]. Dropped before it
+/// is done, it cancels the reads in flight and leaves the driver refusing
+/// further use, as an ingest that failed does.
+pub struct Ingest<'d, 's, S: StagingMemory> {
+    driver: &'d mut Driver<S>,
+    run: Run<'s>,
+    started: Instant,
+    last_release: Instant,
+    last_completion: Instant,
+    finished: bool,
+}
+
+impl<S: StagingMemory> std::fmt::Debug for Ingest<'_, '_, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ingest").field("sources", &self.run.sources.len()).field("finished", &self.finished).finish()
+    }
+}
+
+impl<S: StagingMemory> Ingest<'_, '_, S> {
+    /// Move the ingest on without blocking, calling `on_event` for each
+    /// segment the consumer released since the last poll. After an error,
+    /// or once done, it does nothing more (a later poll says so).
+    pub fn poll(&mut self, mut on_event: impl FnMut(Event)) -> Result<Poll, IngestError> {
+        if self.finished {
+            return Err(IngestError::ConsumerStalled { outstanding: self.driver.producer.outstanding(), why: "this ingest has finished already".into() });
+        }
+        let (moved, reaped, released) = match self.driver.step(&mut self.run, &mut on_event) {
+            Ok(step) => step,
+            Err(e) => return Err(self.abandon(e)),
+        };
+        let now = Instant::now();
+        if reaped {
+            self.last_completion = now;
+        }
+        if released {
+            self.last_release = now;
+        }
+        if self.run.exhausted() && self.run.completed.is_empty() && self.driver.pending.all_free() {
+            self.finished = true;
+            return match self.run.failure.take() {
+                Some(e) => Err(e),
+                None => Ok(Poll::Done(IngestStats { telemetry: self.driver.telemetry, elapsed: self.started.elapsed() })),
+            };
+        }
+        Ok(if moved { Poll::Moved } else { Poll::Idle })
+    }
+
+    /// Block, without spinning, until a read completes or the consumer
+    /// releases something (or a short poll interval passes), within the
+    /// driver's read and release timeouts. For a caller that has nothing
+    /// else to do after [`Poll::Idle`]; never call it from the consumer's
+    /// own thread while it holds published entries.
+    pub fn wait(&mut self) -> Result<(), IngestError> {
+        let last_completion = self.last_completion;
+        match self.driver.block(&mut self.last_release, last_completion) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.abandon(e)),
+        }
+    }
+
+    /// An internal or consumer failure: stop the kernel from writing into
+    /// slots this ingest no longer tracks, and refuse further use.
+    fn abandon(&mut self, e: IngestError) -> IngestError {
+        self.finished = true;
+        self.driver.broken = true;
+        let _ = self.driver.ring.cancel_all();
+        e
+    }
+}
+
+impl<S: StagingMemory> Drop for Ingest<'_, '_, S> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.abandon(IngestError::ConsumerStalled { outstanding: 0, why: "the ingest was dropped before it was done".into() });
+        }
     }
 }
 

@@ -38,7 +38,7 @@ pub mod ring;
 pub mod source;
 mod wait;
 
-pub use driver::{Driver, DriverOptions, Event, IngestStats};
+pub use driver::{Driver, DriverOptions, Event, Ingest, IngestStats, Poll};
 pub use error::IngestError;
 pub use ring::Ring;
 pub use source::{Source, SourceKind};
