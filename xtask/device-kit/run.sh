@@ -211,6 +211,15 @@ else
     fi
 fi
 
+# A CUDA kernel of a user's (examples/cuda_histogram.rs) on the hardware
+# suite's files, checked against an independent histogram. Without a GPU it
+# says why (the driver's error) and the row is skipped.
+if [ -n "$CUDA_WHY" ]; then
+    skip cuda-example "$CUDA_WHY"
+else
+    step cuda-example 120 python3 "$KIT/histogram_check.py" "$KIT/bin/cuda_histogram" "$WORK/hwtest/data/large.bin" "$WORK/hwtest/data/aligned.bin"
+fi
+
 # KvikIO and read()+copy on the same file, in Python with CuPy.
 if [ -z "$GPU" ]; then
     skip kvikio "no NVIDIA GPU here (nvidia-smi -L failed and there is no /dev/nvidia0)"

@@ -113,6 +113,16 @@ def main():
         )
         row(case, "pass" if ok else "fail", v.get("gib_per_s"), detail)
 
+    # A CUDA kernel of a user's (the cuda_histogram example).
+    ex = load(os.path.join(logs, "cuda-example.out"))
+    if isinstance(ex, dict) and "match" in ex:
+        row("cuda user kernel (cuda_histogram)", "pass" if ex["match"] else "fail", ex.get("gib_per_s"), f"{ex.get('bytes')} bytes against an independent histogram; {ex.get('note', '')}")
+    elif isinstance(ex, dict):
+        row("cuda user kernel (cuda_histogram)", "fail", None, ex.get("error", "no histogram"))
+    else:
+        verdict, why = why_failed("cuda-example")
+        row("cuda user kernel (cuda_histogram)", verdict, None, why)
+
     # KvikIO and read()+copy.
     kv = load(os.path.join(logs, "kvikio.out"))
     if isinstance(kv, dict) and "cases" in kv:

@@ -8,6 +8,8 @@
 //!
 //! - `bin/gpuring`: built with every GPU backend (vulkan, cuda, rocm),
 //!   stripped; `bin/xtask`: this program, for `hwtest --gpuring`;
+//!   `bin/cuda_histogram`: the example of a CUDA kernel of a user's, which
+//!   `histogram_check.py` runs and checks against an independent read;
 //! - `lib/`: the Vulkan loader and the GL dispatch libraries from Debian
 //!   (`libvulkan1`, `libglvnd0`, ...), which `run.sh` puts on
 //!   `LD_LIBRARY_PATH` only where the machine lacks them;
@@ -61,7 +63,7 @@ const PIP_TARGET: [&str; 14] = [
 ];
 
 /// The scripts, copied from `xtask/device-kit/`.
-const SCRIPTS: [&str; 3] = ["run.sh", "baselines.py", "summarize.py"];
+const SCRIPTS: [&str; 4] = ["run.sh", "baselines.py", "summarize.py", "histogram_check.py"];
 
 /// Build the kit; returns its folder.
 pub fn build(args: &[String], cargo: fn() -> Command) -> Result<PathBuf> {
@@ -80,16 +82,19 @@ pub fn build(args: &[String], cargo: fn() -> Command) -> Result<PathBuf> {
     ensure_hip()?;
     run(cargo().args(["build", "--release", "-p", "gpuring", "--bin", "gpuring", "--features", "vulkan,cuda,rocm"]))?;
     run(cargo().args(["build", "--release", "-p", "xtask"]))?;
+    // The CUDA example: a kernel of a user's, on the GPU (its source is
+    // compiled in; NVRTC compiles the kernel there).
+    run(cargo().args(["build", "--release", "-p", "gpuring", "--example", "cuda_histogram", "--features", "vulkan,cuda,rocm"]))?;
     if out.exists() {
         std::fs::remove_dir_all(&out).with_context(|| format!("emptying {}", out.display()))?;
     }
     for dir in ["bin", "lib", "wheels"] {
         std::fs::create_dir_all(out.join(dir)).with_context(|| format!("creating {}", out.join(dir).display()))?;
     }
-    for bin in ["gpuring", "xtask"] {
+    for (bin, from) in [("gpuring", "target/release/gpuring"), ("xtask", "target/release/xtask"), ("cuda_histogram", "target/release/examples/cuda_histogram")]
+    {
         let dest = out.join("bin").join(bin);
-        run(Command::new("strip").arg("-o").arg(&dest).arg(Path::new("target/release").join(bin)))
-            .context("stripping the binaries needs `strip` (Debian: apt-get install binutils)")?;
+        run(Command::new("strip").arg("-o").arg(&dest).arg(from)).context("stripping the binaries needs `strip` (Debian: apt-get install binutils)")?;
     }
     let cache = PathBuf::from("target/device-kit-cache");
     step("device kit: the Vulkan loader and GL dispatch libraries (Debian packages)");
@@ -228,7 +233,9 @@ fn write_manifest(out: &Path) -> Result<u64> {
 pub fn check_contents(out: &Path) -> Result<()> {
     let listed = files(out)?;
     let has = |p: &str| listed.iter().any(|(path, _)| path == Path::new(p));
-    for required in ["bin/gpuring", "bin/xtask", "lib/libvulkan.so.1", "run.sh", "baselines.py", "summarize.py", "MANIFEST.txt"] {
+    for required in
+        ["bin/gpuring", "bin/xtask", "bin/cuda_histogram", "lib/libvulkan.so.1", "run.sh", "baselines.py", "summarize.py", "histogram_check.py", "MANIFEST.txt"]
+    {
         ensure!(has(required), "the device kit lacks {required}");
     }
     for spec in WHEELS {

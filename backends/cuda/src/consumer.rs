@@ -26,16 +26,17 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use cudarc::driver::{sys, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{sys, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
 use gpuring_core::io_queue::{self, Consumer};
 use gpuring_core::StagingMemory;
 use gpuring_host::kernel::{chunks_per_slot, CHUNK_WORDS, THREADS};
-use gpuring_host::{wait_for_entries, wake_consumer, wake_producer, Waited};
+use gpuring_host::{spawn_consumer, wait_for_entries, wake_consumer, wake_producer, Waited};
 
 use crate::device::check;
 use crate::error::{call, CudaError};
 use crate::kernel::Kernels;
 use crate::memory::CudaStaging;
+use crate::user::UserKernel;
 
 /// How long the device may take to finish what was queued (batched), or
 /// to return once the queue is finished (persistent).
@@ -57,6 +58,9 @@ pub enum Mode {
     Persistent,
     /// As batched, after the copy engine moved each slot into device memory.
     DeviceCopy,
+    /// A kernel of the caller's, one launch per batch
+    /// ([`CudaConsumer::with_kernel`]); not one `--cuda-mode` offers.
+    User,
 }
 
 impl Mode {
@@ -69,6 +73,7 @@ impl Mode {
             Mode::Batched => "batched",
             Mode::Persistent => "persistent",
             Mode::DeviceCopy => "device-copy",
+            Mode::User => "user",
         }
     }
 
@@ -107,10 +112,15 @@ struct Buffers {
     copies: Option<Arc<CudaStream>>,
 }
 
-/// A running CUDA consumer. Stop it with [`CudaConsumer::join`] after the
-/// producer closed the queue; dropping it stops it early.
+/// What the consumer thread ends with: its counts and a user kernel's output.
+type Finished = Result<(CudaStats, Vec<u8>), CudaError>;
+
+/// A running CUDA consumer: gpuring's checksum kernels
+/// ([`CudaConsumer::start`]) or one of yours ([`CudaConsumer::with_kernel`]).
+/// Stop it with [`CudaConsumer::join`] (or `finish`, for a kernel's output)
+/// after the producer closed the queue; dropping it stops it early.
 pub struct CudaConsumer {
-    handle: Option<JoinHandle<Result<CudaStats, CudaError>>>,
+    handle: Option<JoinHandle<Finished>>,
     stop: Arc<AtomicBool>,
     staging: Arc<CudaStaging>,
     mode: Mode,
@@ -131,6 +141,10 @@ impl CudaConsumer {
         let geometry = staging.geometry();
         if geometry.slot_size() as u64 > u32::MAX as u64 {
             return Err(CudaError::Unsupported { device: device.info.name.clone(), what: "a slot of 4 GiB or more".into() });
+        }
+        if mode == Mode::User {
+            let what = "a kernel to run: the user mode runs a kernel of the caller's, through CudaConsumer::with_kernel".into();
+            return Err(CudaError::Unsupported { device: device.info.name.clone(), what });
         }
         if mode == Mode::Persistent && !device.info.cooperative_launch {
             // Its blocks wait on each other: launched plainly, a block that is
@@ -163,37 +177,72 @@ impl CudaConsumer {
         let buffers = Buffers { scratch, done, mirror, copies };
         staging.abort_flag().store(0, Ordering::Release);
         let stop = Arc::new(AtomicBool::new(false));
-        // The queue's one consumer: a second consumer of this staging is an error.
-        let mut consumer = staging.take_consumer().map_err(gpuring_host::HostError::from)?;
         let handle = {
-            let (staging, stop) = (staging.clone(), stop.clone());
-            std::thread::Builder::new()
-                .name("gpuring-cuda".into())
-                .spawn(move || {
-                    let result = staging.device.bind().and_then(|()| match mode {
-                        Mode::Persistent => persistent(&staging, &kernels, &stream, &buffers, &stop),
-                        Mode::Batched | Mode::DeviceCopy => batched(&staging, &kernels, &stream, &buffers, &stop, &mut consumer),
-                    });
-                    if result.is_err() {
-                        let q = staging.queue();
-                        // Keep the kernel's own failure code when it set one.
-                        if q.consumer_failed() == 0 {
-                            consumer.fail(&q, 1);
-                        }
-                        wake_producer(&q);
-                    }
-                    if let Err(e @ CudaError::Timeout { .. }) = &result {
-                        // The device may still run a kernel or a copy on this
-                        // memory: never free it under the device.
-                        gpuring_host::abandon_to_device("cuda", e, (staging.clone(), buffers, stream, kernels));
-                    } else {
-                        drop(buffers);
-                    }
-                    result
-                })
-                .expect("spawning the CUDA consumer thread")
+            let stop = stop.clone();
+            // Takes the queue's one consumer end: a second consumer is an error.
+            spawn_consumer("gpuring-cuda", &staging, move |staging, consumer| {
+                let result = staging.device.bind().and_then(|()| match mode {
+                    Mode::Persistent => persistent(staging, &kernels, &stream, &buffers, &stop),
+                    // `Mode::User` was refused above.
+                    Mode::Batched | Mode::DeviceCopy | Mode::User => batched(staging, &kernels, &stream, &buffers, &stop, consumer),
+                });
+                if let Err(e @ CudaError::Timeout { .. }) = &result {
+                    // The device may still run a kernel or a copy on this
+                    // memory: never free it under the device.
+                    gpuring_host::abandon_to_device("cuda", e, (staging.clone(), buffers, stream, kernels));
+                }
+                result.map(|stats| (stats, Vec::new()))
+            })?
         };
         Ok(Self { handle: Some(handle), stop, staging, mode })
+    }
+
+    /// Run a kernel of yours as the consumer, one launch per batch of
+    /// published entries, on `stream` (yours; `None`: a new one on the
+    /// staging's context), as the [`user`](crate::user) module documents.
+    /// The host thread waits for each launch, fails the queue on a rejected
+    /// entry, and releases the batch; [`CudaConsumer::finish`] returns the
+    /// kernel's output. Takes the queue's consumer end.
+    ///
+    /// # Safety
+    /// The kernel has the documented signature, reads the queue and the
+    /// slots only within their sizes, writes only its entries' `result` and
+    /// `consumer_status` and its output buffer, and returns: the device
+    /// writes into this process's mapped pages, which Rust cannot check.
+    pub unsafe fn with_kernel(staging: Arc<CudaStaging>, kernel: &UserKernel, stream: Option<Arc<CudaStream>>) -> Result<Self, CudaError> {
+        let device = staging.device.clone();
+        if staging.geometry().slot_size() as u64 > u32::MAX as u64 {
+            return Err(CudaError::Unsupported { device: device.info.name.clone(), what: "a slot of 4 GiB or more".into() });
+        }
+        device.bind()?;
+        let (major, minor) = device.info.compute_capability;
+        let ptx = kernel.compile(major, minor)?;
+        let module = device.ctx.load_module(ptx).map_err(call("cuModuleLoadData (a driver older than NVRTC refuses its PTX)"))?;
+        let function = module.load_function(&kernel.name).map_err(call("cuModuleGetFunction (the kernel's name)"))?;
+        let stream = match stream {
+            Some(stream) => stream,
+            None => device.ctx.new_stream().map_err(call("cuStreamCreate"))?,
+        };
+        let output = stream.alloc_zeros::<u8>(kernel.output_bytes).map_err(call("cuMemAlloc (the kernel's output)"))?;
+        stream.synchronize().map_err(call("cuStreamSynchronize"))?;
+        let block = kernel.block;
+        let stop = Arc::new(AtomicBool::new(false));
+        let handle = {
+            let stop = stop.clone();
+            // Takes the queue's one consumer end: a second consumer is an error.
+            spawn_consumer("gpuring-cuda-user", &staging, move |staging, consumer| {
+                let result = staging.device.bind().and_then(|()| user_batches(staging, &function, block, &stream, &output, &stop, consumer));
+                if let Err(e @ CudaError::Timeout { .. }) = &result {
+                    // As in `start`: never free what the device may still use.
+                    gpuring_host::abandon_to_device("cuda", e, (staging.clone(), output, stream, function, module));
+                    return result.map(|stats| (stats, Vec::new()));
+                }
+                let stats = result?;
+                let bytes = stream.clone_dtoh(&output).map_err(call("cuMemcpyDtoH (the kernel's output)"))?;
+                Ok((stats, bytes))
+            })?
+        };
+        Ok(Self { handle: Some(handle), stop, staging, mode: Mode::User })
     }
 
     /// The mode it runs in.
@@ -203,7 +252,13 @@ impl CudaConsumer {
 
     /// Wait until the producer has closed the queue and every entry is
     /// released, then return what the consumer did.
-    pub fn join(mut self) -> Result<CudaStats, CudaError> {
+    pub fn join(self) -> Result<CudaStats, CudaError> {
+        self.finish().map(|(stats, _)| stats)
+    }
+
+    /// As [`CudaConsumer::join`], and return a user kernel's output buffer
+    /// (empty for gpuring's own kernels).
+    pub fn finish(mut self) -> Result<(CudaStats, Vec<u8>), CudaError> {
         let handle = self.handle.take().expect("joined once");
         handle.join().map_err(|_| CudaError::ConsumerPanicked)?
     }
@@ -336,6 +391,52 @@ fn queue_batches(
         handed.hand_over(count);
     }
     Ok(())
+}
+
+/// One launch of the user's kernel per batch; the host waits for it,
+/// checks the entries' verdicts and releases the batch.
+fn user_batches(
+    staging: &Arc<CudaStaging>,
+    function: &CudaFunction,
+    block: u32,
+    stream: &Arc<CudaStream>,
+    output: &CudaSlice<u8>,
+    stop: &AtomicBool,
+    consumer: &mut Consumer,
+) -> Result<CudaStats, CudaError> {
+    let q = staging.queue();
+    let geometry = staging.geometry();
+    let (capacity, slot_count, slot_bytes) = (q.capacity(), geometry.slot_count(), geometry.slot_size() as u32);
+    let (queue_ptr, slots_ptr) = (staging.queue.device_ptr(), staging.slots.device_ptr());
+    let mut stats = CudaStats::default();
+    while let Waited::Ready(available) = wait_for_entries(&q, consumer, stop) {
+        let first = consumer.position();
+        let count = available.min(MAX_BATCH);
+        for position in io_queue::positions(first, count) {
+            let e = q.entry(position);
+            stats.entries += 1;
+            match e.status() {
+                0 => stats.bytes += e.bytes(),
+                _ => stats.skipped += 1,
+            }
+        }
+        let config = LaunchConfig { grid_dim: (count, 1, 1), block_dim: (block, 1, 1), shared_mem_bytes: 0 };
+        let mut launch = stream.launch_builder(function);
+        launch.arg(&queue_ptr).arg(&slots_ptr).arg(&first).arg(&count).arg(&capacity).arg(&slot_count).arg(&slot_bytes).arg(output);
+        // SAFETY: the arguments are those of the documented signature, which
+        // `with_kernel`'s caller promised the kernel has; every pointer covers
+        // what the contract lets the kernel touch.
+        unsafe { launch.launch(config) }.map_err(call("cuLaunchKernel (the user's kernel)"))?;
+        stats.launches += 1;
+        finish_stream(stream, "the user's kernel")?;
+        if io_queue::positions(first, count).any(|p| q.entry(p).consumer_status() == io_queue::REJECTED) {
+            consumer.fail(&q, gpuring_host::kernel::FAILED_REJECTED);
+            return Err(rejection(staging, first.wrapping_add(count)));
+        }
+        consumer.release_batch(&q, count).map_err(|e| CudaError::Rejected { position: first, what: e.to_string() })?;
+        wake_producer(&q);
+    }
+    Ok(stats)
 }
 
 fn persistent(staging: &CudaStaging, kernels: &Kernels, stream: &Arc<CudaStream>, buffers: &Buffers, stop: &AtomicBool) -> Result<CudaStats, CudaError> {

@@ -177,6 +177,24 @@ impl Device {
         Ok(Arc::new(Self { ctx, info: devices[index].clone() }))
     }
 
+    /// The device of a context of yours (cudarc's), so that gpuring's
+    /// staging and consumers work on it: your kernels, buffers and streams
+    /// and gpuring's then share one context.
+    pub fn from_context(ctx: Arc<CudaContext>) -> Result<Arc<Self>, CudaError> {
+        let devices = devices()?;
+        let info = devices.get(ctx.ordinal()).cloned().ok_or(CudaError::NoDevice { why: format!("the driver lists no device {}", ctx.ordinal()) })?;
+        if let Some(why) = &info.unusable {
+            return Err(CudaError::Unsupported { device: info.name.clone(), what: why.clone() });
+        }
+        Ok(Arc::new(Self { ctx, info }))
+    }
+
+    /// The context gpuring works in (cudarc's), for your own kernels,
+    /// buffers and streams next to gpuring's.
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
     /// The chosen device.
     pub fn info(&self) -> &DeviceInfo {
         &self.info

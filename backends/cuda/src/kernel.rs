@@ -73,12 +73,17 @@ fn nvrtc() -> Result<(), CudaError> {
 /// Compile the consumer to PTX for compute capability `major.minor` (no
 /// device needed, only NVRTC).
 pub(crate) fn compile(major: i32, minor: i32) -> Result<cudarc::nvrtc::Ptx, CudaError> {
+    compile_source(source(Dialect::Cuda), major, minor)
+}
+
+/// Compile CUDA C++ `text` to PTX for compute capability `major.minor`.
+pub(crate) fn compile_source(text: String, major: i32, minor: i32) -> Result<cudarc::nvrtc::Ptx, CudaError> {
     nvrtc()?;
     // A virtual architecture (compute_XY) makes NVRTC emit PTX, which the
     // driver compiles for the device on load; a real one (sm_XY) would make
     // a cubin instead.
     let options = CompileOptions { options: vec![format!("--gpu-architecture=compute_{major}{minor}")], ..Default::default() };
-    compile_ptx_with_opts(source(Dialect::Cuda), options).map_err(|e| CudaError::Compile {
+    compile_ptx_with_opts(text, options).map_err(|e| CudaError::Compile {
         log: match e {
             CompileError::CompileError { log, .. } => log.to_string_lossy().into_owned(),
             other => other.to_string(),

@@ -27,8 +27,10 @@ mod error;
 mod kernel;
 mod memory;
 pub mod peer;
+pub mod user;
 
 pub use consumer::{CudaConsumer, CudaStats, Mode};
 pub use device::{devices, Device, DeviceInfo};
 pub use error::CudaError;
 pub use memory::CudaStaging;
+pub use user::UserKernel;

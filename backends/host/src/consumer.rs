@@ -98,7 +98,6 @@ impl<T: Send + 'static> HostConsumer<T> {
         S: StagingMemory + 'static,
         F: FnMut(&mut T, &Completion, &[u8]) -> u64 + Send + 'static,
     {
-        let mut consumer = staging.take_consumer()?;
         let stop = Arc::new(AtomicBool::new(false));
         let wake = {
             let staging = staging.clone();
@@ -106,18 +105,9 @@ impl<T: Send + 'static> HostConsumer<T> {
         };
         let handle = {
             let stop = stop.clone();
-            std::thread::Builder::new()
-                .name("gpuring-consumer".into())
-                .spawn(move || {
-                    let result = run(&*staging, &mut consumer, &stop, &mut |c, bytes| f(&mut state, c, bytes));
-                    if result.is_err() {
-                        let q = staging.queue();
-                        consumer.fail(&q, 1);
-                        futex_wake(consumer_word(&q));
-                    }
-                    result.map(|stats| (stats, state))
-                })
-                .expect("spawning the consumer thread")
+            spawn_consumer("gpuring-consumer", &staging, move |staging, consumer| {
+                run(&**staging, consumer, &stop, &mut |c, bytes| f(&mut state, c, bytes)).map(|stats| (stats, state))
+            })?
         };
         Ok(Self { handle: Some(handle), stop, wake })
     }
@@ -230,6 +220,42 @@ fn run<S: StagingMemory>(
         }
     }
     Ok(stats)
+}
+
+/// Start a consumer thread called `name` for `staging`: take the queue's
+/// consumer end (a second consumer is an error, before any thread starts),
+/// then run `body` with it. If `body` fails, the queue is failed (keeping a
+/// non-zero code the device already stored) and the producer woken, so the
+/// driver stops with the consumer's error. What `body` must do before it
+/// returns (wait for the device, or leak what the device may still use) is
+/// its own business. Every GPU backend starts its consumers this way.
+pub fn spawn_consumer<S, T, E>(
+    name: &str,
+    staging: &Arc<S>,
+    body: impl FnOnce(&Arc<S>, &mut Consumer) -> Result<T, E> + Send + 'static,
+) -> Result<JoinHandle<Result<T, E>>, HostError>
+where
+    S: StagingMemory + 'static,
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    let mut consumer = staging.take_consumer()?;
+    let staging = staging.clone();
+    let handle = std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let result = body(&staging, &mut consumer);
+            if result.is_err() {
+                let q = staging.queue();
+                if q.consumer_failed() == 0 {
+                    consumer.fail(&q, 1);
+                }
+                futex_wake(consumer_word(&q));
+            }
+            result
+        })
+        .map_err(|e| HostError::Thread { why: e.to_string() })?;
+    Ok(handle)
 }
 
 /// Wake a consumer sleeping on `producer` (to make it see a stop flag).

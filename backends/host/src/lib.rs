@@ -23,7 +23,7 @@ pub mod kernel;
 mod memory;
 mod select;
 
-pub use consumer::{wait_for_entries, wake_consumer, wake_producer, ConsumerStats, HostConsumer, Waited};
+pub use consumer::{spawn_consumer, wait_for_entries, wake_consumer, wake_producer, ConsumerStats, HostConsumer, Waited};
 pub use memory::{abandon_to_device, HostError, HostStaging, Mapping};
 pub use select::{choose_device, select_device, Unchosen};
 

@@ -30,6 +30,11 @@ pub enum HostError {
     },
     /// The consumer thread panicked.
     ConsumerPanicked,
+    /// A consumer thread could not be started.
+    Thread {
+        /// The system's reason.
+        why: String,
+    },
 }
 
 impl fmt::Display for HostError {
@@ -45,6 +50,7 @@ impl fmt::Display for HostError {
                 write!(f, "io_queue entry at position {position} is invalid: {what}. Fix: only gpuring's driver may publish to this queue")
             }
             Self::ConsumerPanicked => write!(f, "the host consumer thread panicked. Fix: this is a bug; please report it with the panic message above"),
+            Self::Thread { why } => write!(f, "could not start a consumer thread: {why}. Fix: raise the process's thread limit (ulimit -u) or free memory"),
         }
     }
 }

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use gpuring_core::io_queue::{self, Consumer};
 use gpuring_core::StagingMemory;
 use gpuring_host::kernel::{chunks_per_slot, CHUNK_WORDS, THREADS};
-use gpuring_host::{wait_for_entries, wake_consumer, wake_producer, Waited};
+use gpuring_host::{spawn_consumer, wait_for_entries, wake_consumer, wake_producer, Waited};
 use hip_sys::hiprt::{hipStreamNonBlocking, hipStream_t};
 
 use crate::api::{Hip, NOT_READY};
@@ -131,33 +131,19 @@ impl RocmConsumer {
         let kernels = Kernels::load(&device)?;
         let resources = Resources::new(device.hip, 2 * staging.queue().capacity() as usize)?;
         let stop = Arc::new(AtomicBool::new(false));
-        // The queue's one consumer: a second consumer of this staging is an error.
-        let mut consumer = staging.take_consumer().map_err(|e| RocmError::Host(e.to_string()))?;
         let handle = {
-            let (staging, stop) = (staging.clone(), stop.clone());
-            std::thread::Builder::new()
-                .name("gpuring-rocm".into())
-                .spawn(move || {
-                    let result = staging.device.bind().and_then(|()| batched(&staging, &kernels, &resources, &stop, &mut consumer));
-                    if result.is_err() {
-                        let q = staging.queue();
-                        // Keep the kernel's own failure code when it set one.
-                        if q.consumer_failed() == 0 {
-                            consumer.fail(&q, 1);
-                        }
-                        wake_producer(&q);
-                    }
-                    if let Err(e @ RocmError::Timeout { .. }) = &result {
-                        // The device may still run a kernel on this memory:
-                        // never free it (or unload the module) under the device.
-                        gpuring_host::abandon_to_device("rocm", e, (staging.clone(), resources, kernels));
-                    } else {
-                        drop(resources);
-                        drop(kernels);
-                    }
-                    result
-                })
-                .expect("spawning the ROCm consumer thread")
+            let stop = stop.clone();
+            // Takes the queue's one consumer end: a second consumer is an error.
+            spawn_consumer("gpuring-rocm", &staging, move |staging, consumer| {
+                let result = staging.device.bind().and_then(|()| batched(staging, &kernels, &resources, &stop, consumer));
+                if let Err(e @ RocmError::Timeout { .. }) = &result {
+                    // The device may still run a kernel on this memory:
+                    // never free it (or unload the module) under the device.
+                    gpuring_host::abandon_to_device("rocm", e, (staging.clone(), resources, kernels));
+                }
+                result
+            })
+            .map_err(RocmError::from)?
         };
         Ok(Self { handle: Some(handle), stop, staging })
     }

@@ -35,7 +35,7 @@ use std::time::Duration;
 use ash::vk;
 use gpuring_core::io_queue::{self, Consumer, IoQueue, REJECTED};
 use gpuring_core::StagingMemory;
-use gpuring_host::{wait_for_entries, wake_producer, ConsumerStats, Waited};
+use gpuring_host::{spawn_consumer, wait_for_entries, wake_producer, ConsumerStats, Waited};
 
 use crate::context::Context;
 use crate::error::{call, VulkanError};
@@ -305,33 +305,21 @@ impl VulkanConsumer {
         }
         let pipelines = Pipelines::new(&staging, shader)?;
         let stop = Arc::new(AtomicBool::new(false));
-        // The queue's one consumer: a second consumer of this staging is an error.
-        let mut consumer = staging.take_consumer().map_err(gpuring_host::HostError::from)?;
         let handle = {
-            let (staging, stop) = (staging.clone(), stop.clone());
-            std::thread::Builder::new()
-                .name("gpuring-vulkan".into())
-                .spawn(move || {
-                    let result = run(&staging, &pipelines, &stop, &mut consumer);
-                    // `run` returns only with the device idle (after the last
-                    // fence, or after waiting it out): the output is final.
-                    let output = pipelines.output.as_ref().map_or_else(Vec::new, |o| {
-                        // SAFETY: the output buffer's host pages are ours, `len`
-                        // bytes, and no batch is running.
-                        unsafe { std::slice::from_raw_parts(o.ptr().as_ptr(), o.len()) }.to_vec()
-                    });
-                    drop(pipelines);
-                    if result.is_err() {
-                        let q = staging.queue();
-                        // Keep the shader's own failure code when it set one.
-                        if q.consumer_failed() == 0 {
-                            consumer.fail(&q, 1);
-                        }
-                        wake_producer(&q);
-                    }
-                    result.map(|stats| (stats, output))
-                })
-                .expect("spawning the Vulkan consumer thread")
+            let stop = stop.clone();
+            // Takes the queue's one consumer end: a second consumer is an error.
+            spawn_consumer("gpuring-vulkan", &staging, move |staging, consumer| {
+                let result = run(staging, &pipelines, &stop, consumer);
+                // `run` returns only with the device idle (after the last
+                // fence, or after waiting it out): the output is final.
+                let output = pipelines.output.as_ref().map_or_else(Vec::new, |o| {
+                    // SAFETY: the output buffer's host pages are ours, `len`
+                    // bytes, and no batch is running.
+                    unsafe { std::slice::from_raw_parts(o.ptr().as_ptr(), o.len()) }.to_vec()
+                });
+                drop(pipelines);
+                result.map(|stats| (stats, output))
+            })?
         };
         Ok(Self { handle: Some(handle), stop, staging })
     }
