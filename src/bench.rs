@@ -1,5 +1,6 @@
 //! `gpuring bench`: gpuring against fio, the bounce path and memcpy, on the
-//! same bytes, in one run.
+//! same bytes, in one run. Part of the command, not of the library: it uses
+//! only the library's public API.
 //!
 //! The bench makes its own data under a directory (one large file, and a
 //! directory of many small files named the way fio names its own, so fio
@@ -25,8 +26,8 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::error::Error;
-use crate::ingest::{self, IngestConfig};
+use gpuring::ingest::{self, IngestConfig};
+use gpuring::Error;
 use gpuring_uring::bounce::HeapBuffer;
 use gpuring_uring::Source;
 
@@ -207,7 +208,7 @@ pub fn run(config: &BenchConfig, say: &mut dyn FnMut(&str)) -> Result<BenchRepor
             add(&format!("fio-{mode}"), Kind::Fio, group);
         }
     }
-    if config.ingest.backend == "cuda" {
+    if config.ingest.backend == ingest::Backend::Cuda {
         add("read-htod", Kind::ReadHtod, "large-buffered");
         add("pinned-htod", Kind::PinnedHtod, "large-buffered");
     }
@@ -243,7 +244,7 @@ fn prepare(config: &BenchConfig, say: &mut dyn FnMut(&str)) -> Result<Data, Erro
     std::fs::create_dir_all(dir).map_err(io_error(dir, "creating the bench directory"))?;
     let large = dir.join("large.bin");
     if std::fs::metadata(&large).map(|m| m.len()).ok() != Some(config.size) {
-        say(&format!("writing {} to {}", crate::core::Bytes(config.size), large.display()));
+        say(&format!("writing {} to {}", gpuring::core::Bytes(config.size), large.display()));
         write_pattern(&large, config.size, 1)?;
     }
     let small_dir = dir.join(format!("small-{}x{}", config.small_files, config.small_size));
@@ -255,7 +256,7 @@ fn prepare(config: &BenchConfig, say: &mut dyn FnMut(&str)) -> Result<Data, Erro
         let path = small_dir.join(format!("small.0.{i}"));
         if std::fs::metadata(&path).map(|m| m.len()).ok() != Some(config.small_size) {
             if !wrote {
-                say(&format!("writing {} files of {} to {}", config.small_files, crate::core::Bytes(config.small_size), small_dir.display()));
+                say(&format!("writing {} files of {} to {}", config.small_files, gpuring::core::Bytes(config.small_size), small_dir.display()));
                 wrote = true;
             }
             write_pattern(&path, config.small_size, i as u64 + 2)?;
@@ -488,7 +489,7 @@ fn report(config: &BenchConfig, data: &Data, fio: FioStatus, cases: &[Case]) -> 
         date: utc_date(),
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
         kernel: rustix::system::uname().release().to_string_lossy().into_owned(),
-        backend: config.ingest.backend.clone(),
+        backend: config.ingest.backend.name().to_owned(),
         dir: data.large.parent().unwrap_or(Path::new(".")).display().to_string(),
         size: config.size,
         small_files: config.small_files,
@@ -525,10 +526,10 @@ pub fn table(r: &BenchReport) -> String {
         r.kernel,
         r.backend,
         r.slots,
-        crate::core::Bytes(r.slot_size as u64),
-        crate::core::Bytes(r.size),
+        gpuring::core::Bytes(r.slot_size as u64),
+        gpuring::core::Bytes(r.size),
         r.small_files,
-        crate::core::Bytes(r.small_size),
+        gpuring::core::Bytes(r.small_size),
         r.runs
     );
     s += "| case | GiB/s | spread | CPU s/GiB | vs gpuring | files/s | IOPS |\n|---|---:|---:|---:|---:|---:|---:|\n";

@@ -40,15 +40,6 @@ pub enum Error {
         /// The backend.
         backend: String,
     },
-    /// An option's value is not one of its modes.
-    UnknownMode {
-        /// The option.
-        option: &'static str,
-        /// The value given.
-        value: String,
-        /// The values it takes.
-        modes: &'static [&'static str],
-    },
     /// `--device` was given for a backend that has no devices.
     NoDevices {
         /// The backend.
@@ -103,13 +94,12 @@ impl fmt::Display for Error {
             Self::OptionNotForBackend { option, backend } => {
                 write!(f, "{option} applies to --backend cuda, not to backend `{backend}`. Fix: leave out {option}, or use --backend cuda")
             }
-            Self::UnknownMode { option, value, modes } => write!(f, "{option} `{value}` is not one of: {}. Fix: pass one of those", modes.join(", ")),
             Self::NoDevices { backend } => write!(f, "backend `{backend}` has no devices to choose from. Fix: leave out --device, or use a GPU backend"),
             Self::BackendNotBuilt { name } => write!(
                 f,
                 "backend `{name}` is not compiled into this gpuring (compiled in: {}). Fix: use --backend {}",
-                crate::ingest::BACKENDS.join(", "),
-                crate::ingest::BACKENDS.first().copied().unwrap_or("host")
+                crate::ingest::BACKENDS.iter().map(|b| b.name()).collect::<Vec<_>>().join(", "),
+                crate::ingest::BACKENDS.first().map_or("host", |b| b.name())
             ),
             Self::NothingToIngest { why } => write!(f, "nothing to ingest: {why}. Fix: pass at least one non-empty regular file (or a directory holding one)"),
             Self::BenchFailed { case, why } => {

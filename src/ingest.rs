@@ -12,21 +12,95 @@ use serde::Serialize;
 
 use crate::error::Error;
 
+/// What supplies the slot memory and the consumer. Every backend has a
+/// name here; [`BACKENDS`] lists those this build was compiled with (Cargo
+/// features).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// Page-aligned host memory and a CPU consumer thread; no GPU.
+    #[default]
+    Host,
+    /// Host pages imported into a Vulkan device, a compute-shader consumer.
+    Vulkan,
+    /// Host pages mapped into a CUDA device, NVRTC-compiled kernels.
+    Cuda,
+    /// Host pages mapped into a ROCm device, hiprtc-compiled kernels.
+    Rocm,
+}
+
+impl Backend {
+    /// Every backend, default first.
+    pub const ALL: [Backend; 4] = [Backend::Host, Backend::Vulkan, Backend::Cuda, Backend::Rocm];
+
+    /// The name `--backend` takes and reports show.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Host => "host",
+            Backend::Vulkan => "vulkan",
+            Backend::Cuda => "cuda",
+            Backend::Rocm => "rocm",
+        }
+    }
+
+    /// The backend called `name`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|b| b.name() == name)
+    }
+
+    /// Whether this build has it (its Cargo feature).
+    pub fn compiled(self) -> bool {
+        BACKENDS.contains(&self)
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// The backends compiled into this build, default first.
-pub const BACKENDS: &[&str] = &[
+pub const BACKENDS: &[Backend] = &[
     #[cfg(feature = "host")]
-    "host",
+    Backend::Host,
     #[cfg(feature = "vulkan")]
-    "vulkan",
+    Backend::Vulkan,
     #[cfg(feature = "cuda")]
-    "cuda",
+    Backend::Cuda,
     #[cfg(feature = "rocm")]
-    "rocm",
+    Backend::Rocm,
 ];
 
-/// The CUDA consumer's modes, default first (`--cuda-mode`; see
-/// `gpuring_cuda::Mode`).
-pub const CUDA_MODES: &[&str] = &["batched", "persistent", "device-copy"];
+/// How the CUDA consumer runs (`--cuda-mode`; see `gpuring_cuda::Mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum CudaMode {
+    /// One launch per batch of published slots, reading them in place.
+    #[default]
+    Batched,
+    /// One kernel polling the io_queue for the whole run.
+    Persistent,
+    /// Batched, after the copy engine moved each slot into device memory.
+    DeviceCopy,
+}
+
+impl CudaMode {
+    /// Every mode, default first.
+    pub const ALL: [CudaMode; 3] = [CudaMode::Batched, CudaMode::Persistent, CudaMode::DeviceCopy];
+
+    /// The name `--cuda-mode` takes and reports show.
+    pub fn name(self) -> &'static str {
+        match self {
+            CudaMode::Batched => "batched",
+            CudaMode::Persistent => "persistent",
+            CudaMode::DeviceCopy => "device-copy",
+        }
+    }
+
+    /// The mode called `name`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.name() == name)
+    }
+}
 
 /// Slots in the default ring, where RLIMIT_MEMLOCK allows (see [`default_ring`]).
 pub const DEFAULT_SLOTS: u32 = 32;
@@ -71,8 +145,8 @@ pub fn default_ring(slots: Option<u32>, slot_size: Option<usize>) -> (u32, usize
 /// How to ingest.
 #[derive(Clone, Debug)]
 pub struct IngestConfig {
-    /// Backend name (see [`BACKENDS`]).
-    pub backend: String,
+    /// The backend (one of [`BACKENDS`]).
+    pub backend: Backend,
     /// The GPU backend's device: an index or part of a name (`None`: the
     /// backend's choice, GPUs first).
     pub device: Option<String>,
@@ -92,16 +166,16 @@ pub struct IngestConfig {
     /// NVMe Reads into the registered slots (`Some(true)`), by plain address
     /// (`Some(false)`), or as the kernel allows (`None`, probed).
     pub nvme_fixed: Option<bool>,
-    /// How the CUDA consumer runs, one of [`CUDA_MODES`] (`None`: batched).
-    /// Only the cuda backend takes it.
-    pub cuda_mode: Option<String>,
+    /// How the CUDA consumer runs (`None`: batched). Only the cuda backend
+    /// takes it.
+    pub cuda_mode: Option<CudaMode>,
 }
 
 impl Default for IngestConfig {
     fn default() -> Self {
         let (slots, slot_size) = default_ring(None, None);
         Self {
-            backend: "host".into(),
+            backend: Backend::Host,
             device: None,
             slots,
             slot_size,
@@ -247,31 +321,33 @@ pub fn run(sources: &[Source], config: &IngestConfig, progress: &mut dyn FnMut(u
     }
     // At most 2^14 slots: the power of two cannot overflow.
     let queue_capacity = config.slots.next_power_of_two();
-    if config.cuda_mode.is_some() && config.backend != "cuda" {
-        return Err(Error::OptionNotForBackend { option: "--cuda-mode", backend: config.backend.clone() });
+    if config.cuda_mode.is_some() && config.backend != Backend::Cuda {
+        return Err(Error::OptionNotForBackend { option: "--cuda-mode", backend: config.backend.name().to_owned() });
     }
-    match config.backend.as_str() {
+    match config.backend {
         #[cfg(feature = "host")]
-        "host" => {
+        Backend::Host => {
             if config.device.is_some() {
-                return Err(Error::NoDevices { backend: config.backend.clone() });
+                return Err(Error::NoDevices { backend: config.backend.name().to_owned() });
             }
             let staging = Arc::new(gpuring_host::HostStaging::new(geometry, queue_capacity)?);
             let consumer = gpuring_host::HostConsumer::start(staging.clone())?;
             with_consumer(staging, None, || Ok(consumer.join().map(|_| ConsumerDone::default())?), sources, config, progress)
         }
         #[cfg(feature = "vulkan")]
-        "vulkan" => {
+        Backend::Vulkan => {
             let staging = Arc::new(gpuring_vulkan::VulkanStaging::new(config.device.as_deref(), geometry, queue_capacity)?);
             let device = Some(staging.context().info().name.clone());
             let consumer = gpuring_vulkan::VulkanConsumer::start(staging.clone())?;
             with_consumer(staging, device, || Ok(consumer.join().map(|_| ConsumerDone::default())?), sources, config, progress)
         }
         #[cfg(feature = "cuda")]
-        "cuda" => {
-            let name = config.cuda_mode.as_deref().unwrap_or(CUDA_MODES[0]);
-            let mode =
-                gpuring_cuda::Mode::from_name(name).ok_or_else(|| Error::UnknownMode { option: "--cuda-mode", value: name.to_owned(), modes: CUDA_MODES })?;
+        Backend::Cuda => {
+            let mode = match config.cuda_mode.unwrap_or_default() {
+                CudaMode::Batched => gpuring_cuda::Mode::Batched,
+                CudaMode::Persistent => gpuring_cuda::Mode::Persistent,
+                CudaMode::DeviceCopy => gpuring_cuda::Mode::DeviceCopy,
+            };
             let staging = Arc::new(gpuring_cuda::CudaStaging::new(config.device.as_deref(), geometry, queue_capacity)?);
             let device = Some(staging.device().info().name.clone());
             let consumer = gpuring_cuda::CudaConsumer::start(staging.clone(), mode)?;
@@ -282,13 +358,14 @@ pub fn run(sources: &[Source], config: &IngestConfig, progress: &mut dyn FnMut(u
             with_consumer(staging, device, join, sources, config, progress)
         }
         #[cfg(feature = "rocm")]
-        "rocm" => {
+        Backend::Rocm => {
             let staging = Arc::new(gpuring_rocm::RocmStaging::new(config.device.as_deref(), geometry, queue_capacity)?);
             let device = Some(staging.device().info().name.clone());
             let consumer = gpuring_rocm::RocmConsumer::start(staging.clone())?;
             with_consumer(staging, device, || Ok(consumer.join().map(|_| ConsumerDone::default())?), sources, config, progress)
         }
-        other => Err(Error::BackendNotBuilt { name: other.to_owned() }),
+        #[allow(unreachable_patterns)] // every backend compiled in
+        other => Err(Error::BackendNotBuilt { name: other.name().to_owned() }),
     }
 }
 
@@ -379,7 +456,7 @@ fn finish(driven: Driven, device: Option<String>, done: ConsumerDone, sources: &
         checksum.matched = checksum.mismatched.is_empty();
     }
     Ok(IngestReport {
-        backend: config.backend.clone(),
+        backend: config.backend.name().to_owned(),
         device,
         memory_kind: driven.memory_kind,
         files: sources.len(),

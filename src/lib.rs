@@ -21,7 +21,6 @@
 //! It deliberately holds no I/O or GPU logic of its own: that lives in
 //! `gpuring-uring` and the backend crates.
 
-pub mod bench;
 pub mod error;
 pub mod ingest;
 pub mod inputs;

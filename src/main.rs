@@ -10,6 +10,8 @@ use gpuring::ingest::{self, IngestConfig, IngestReport};
 use gpuring::{core::Bytes, Error};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+mod bench;
+
 #[derive(Parser)]
 #[command(name = "gpuring", version, about = "Move bytes from files into GPU-visible memory through io_uring")]
 struct Cli {
@@ -21,12 +23,27 @@ fn size(text: &str) -> Result<usize, String> {
     gpuring::core::parse_size(text).and_then(|n| usize::try_from(n).ok()).ok_or_else(|| format!("`{text}` is not a size (try 4096, 64K, 1M or 1G)"))
 }
 
+fn backend(text: &str) -> Result<ingest::Backend, String> {
+    ingest::Backend::from_name(text).ok_or_else(|| {
+        let names: Vec<&str> = ingest::Backend::ALL.iter().map(|b| b.name()).collect();
+        format!("`{text}` is not a backend (one of: {}). Fix: pass one of those", names.join(", "))
+    })
+}
+
+fn cuda_mode(text: &str) -> Result<ingest::CudaMode, String> {
+    ingest::CudaMode::from_name(text).ok_or_else(|| {
+        let names: Vec<&str> = ingest::CudaMode::ALL.iter().map(|m| m.name()).collect();
+        format!("`{text}` is not a CUDA mode (one of: {}). Fix: pass one of those", names.join(", "))
+    })
+}
+
 /// The ring an ingest runs with.
 #[derive(Args)]
 struct RingArgs {
-    /// Backend that supplies the slot memory and the consumer.
-    #[arg(long, default_value = "host")]
-    backend: String,
+    /// Backend that supplies the slot memory and the consumer: host, vulkan,
+    /// cuda or rocm (those compiled in).
+    #[arg(long, default_value = "host", value_parser = backend)]
+    backend: ingest::Backend,
     /// The GPU backend's device: an index or part of its name, as `gpuring
     /// probe` lists them (default: the first usable, GPUs before CPUs).
     #[arg(long)]
@@ -44,8 +61,8 @@ struct RingArgs {
     /// per batch of published slots, one `persistent` kernel polling the
     /// queue, or `device-copy` (batched, after the copy engine moved each
     /// slot into device memory). Default: batched.
-    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(ingest::CUDA_MODES))]
-    cuda_mode: Option<String>,
+    #[arg(long, value_parser = cuda_mode)]
+    cuda_mode: Option<ingest::CudaMode>,
 }
 
 #[derive(Subcommand)]
@@ -214,7 +231,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Bench { json, dir, size, small_files, small_size, runs, ring: RingArgs { backend, device, slots, slot_size, cuda_mode }, no_fio } => {
             let (slots, slot_size) = ingest::default_ring(slots, slot_size);
-            let config = gpuring::bench::BenchConfig {
+            let config = bench::BenchConfig {
                 dir,
                 size: size as u64,
                 small_files,
@@ -223,11 +240,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ingest: IngestConfig { backend, device, slots, slot_size, verify: false, cuda_mode, ..IngestConfig::default() },
                 fio: !no_fio,
             };
-            let report = gpuring::bench::run(&config, &mut |line| eprintln!("{line}"))?;
+            let report = bench::run(&config, &mut |line| eprintln!("{line}"))?;
             if json {
                 println!("{}", serde_json::to_string(&report).context("encoding the report")?);
             } else {
-                print!("{}", gpuring::bench::table(&report));
+                print!("{}", bench::table(&report));
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -1,5 +1,6 @@
 //! The capability report behind `gpuring probe`.
 
+use crate::ingest::{Backend, CudaMode};
 use std::path::Path;
 
 use gpuring_uring::probe::{self, Check};
@@ -42,29 +43,29 @@ pub fn report(slots: u32, slot_size: usize, dir: &Path) -> Report {
     checks.push(item("direct_io", probe::direct_io_check(dir)));
     checks.extend(nvme_checks());
     let mut peer_dma = Vec::new();
-    for name in crate::ingest::BACKENDS {
-        let (rows, devices) = backend_checks(name);
+    for backend in crate::ingest::BACKENDS {
+        let (rows, devices) = backend_checks(backend.name());
         checks.extend(rows);
         peer_dma.extend(devices);
     }
-    for name in ["cuda", "vulkan", "rocm"] {
-        if !crate::ingest::BACKENDS.contains(&name) {
-            checks.push(Item { group: "backend", name: name.into(), ok: false, detail: "not compiled into this build".into() });
+    for backend in [Backend::Cuda, Backend::Vulkan, Backend::Rocm] {
+        if !backend.compiled() {
+            checks.push(Item { group: "backend", name: backend.name().into(), ok: false, detail: "not compiled into this build".into() });
         }
     }
     let detail = if !peer_dma.is_empty() {
         format!("io_uring registered mapped device memory (a BAR window) of: {}", peer_dma.join(", "))
-    } else if crate::ingest::BACKENDS.iter().all(|b| *b == "host") {
+    } else if crate::ingest::BACKENDS.iter().all(|b| *b == Backend::Host) {
         "no GPU backend is compiled in, so no GPU memory can be exposed for peer DMA (BAR1)".to_owned()
     } else {
         "no GPU's device memory could be registered with io_uring (see the gpu rows above)".to_owned()
     };
     checks.push(Item { group: "gpu", name: "peer_dma".into(), ok: !peer_dma.is_empty(), detail });
     let mut modes = std::collections::BTreeMap::new();
-    if crate::ingest::BACKENDS.contains(&"cuda") {
-        modes.insert("cuda", crate::ingest::CUDA_MODES.to_vec());
+    if Backend::Cuda.compiled() {
+        modes.insert("cuda", CudaMode::ALL.iter().map(|m| m.name()).collect());
     }
-    Report { backends: crate::ingest::BACKENDS.to_vec(), modes, checks }
+    Report { backends: crate::ingest::BACKENDS.iter().map(|b| b.name()).collect(), modes, checks }
 }
 
 /// One row per NVMe namespace character device: its geometry, from the

@@ -14,7 +14,7 @@ fn config(direct: bool) -> IngestConfig {
 }
 
 fn on(backend: &str, config: IngestConfig) -> IngestConfig {
-    IngestConfig { backend: backend.into(), ..config }
+    IngestConfig { backend: gpuring::ingest::Backend::from_name(backend).unwrap(), ..config }
 }
 
 fn ingest(sources: &[Source], config: &IngestConfig) -> Result<IngestReport, Error> {
@@ -73,7 +73,7 @@ fn a_file_much_larger_than_the_ring_keeps_flowing() {
     // 64 MiB through 8 slots of 64 KiB: the ring turns over 128 times.
     let huge = make_file(dir.path(), "huge", 64 << 20, 98);
     for backend in backends() {
-        let cfg = IngestConfig { backend: backend.into(), slots: 2, slot_size: 4096, ..IngestConfig::default() };
+        let cfg = on(backend, IngestConfig { slots: 2, slot_size: 4096, ..IngestConfig::default() });
         let r = ingest(&[Source::file(&path)], &cfg).unwrap();
         assert!(r.checksum.matched, "{backend}");
         assert_eq!(r.telemetry.published, 201);
@@ -200,9 +200,12 @@ fn slot_geometry_errors() {
         let e = ingest(&[Source::file(&path)], &cfg).unwrap_err().to_string();
         assert!(e.contains(want) && e.contains("Fix:"), "{e}");
     }
-    let cfg = IngestConfig { backend: "metal".into(), ..IngestConfig::default() };
-    let e = ingest(&[Source::file(&path)], &cfg).unwrap_err().to_string();
-    assert!(e.contains("backend `metal` is not compiled into this gpuring") && e.contains("Fix: use --backend host"), "{e}");
+    // A backend this build was compiled without (none, with every feature).
+    if let Some(missing) = gpuring::ingest::Backend::ALL.into_iter().find(|b| !b.compiled()) {
+        let cfg = IngestConfig { backend: missing, ..IngestConfig::default() };
+        let e = ingest(&[Source::file(&path)], &cfg).unwrap_err().to_string();
+        assert!(e.contains(&format!("backend `{missing}` is not compiled into this gpuring")) && e.contains("Fix: use --backend host"), "{e}");
+    }
 }
 
 #[test]

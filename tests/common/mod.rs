@@ -49,7 +49,7 @@ const PROVIDED_IN_CI: &[&str] = &["host", "vulkan"];
 /// CI=true when the test command provides its device.
 pub fn backends() -> Vec<&'static str> {
     let mut usable = Vec::new();
-    for &backend in gpuring::ingest::BACKENDS {
+    for backend in gpuring::ingest::BACKENDS.iter().map(|b| b.name()) {
         match gpuring::probe::backend_unusable(backend) {
             None => usable.push(backend),
             Some(why) if under_ci() && PROVIDED_IN_CI.contains(&backend) => panic!("CI=true but backend {backend} cannot run here: {why}"),
