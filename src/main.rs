@@ -168,6 +168,31 @@ enum Lang {
     Wgsl,
 }
 
+/// Write to stdout. A reader that went away (`gpuring ... | head -1`) ends
+/// the process quietly with status 141, as SIGPIPE ends `cat`, instead of a
+/// panic; any other write error is reported.
+fn out(text: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_fmt(text).and_then(|()| stdout.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(141);
+        }
+        eprintln!("gpuring: error: writing to stdout: {e}");
+        std::process::exit(2);
+    }
+}
+
+/// `println!` through [`out`].
+macro_rules! outln {
+    ($($arg:tt)*) => { out(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+/// `print!` through [`out`].
+macro_rules! outp {
+    ($($arg:tt)*) => { out(format_args!($($arg)*)) };
+}
+
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(code) => code,
@@ -222,7 +247,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if json {
                 let mut value = serde_json::to_value(&report).context("encoding the report")?;
                 value["skipped"] = inputs.skipped.iter().map(|p| p.display().to_string()).collect();
-                println!("{value}");
+                outln!("{value}");
             } else {
                 print_report(&report, inputs.skipped.len());
             }
@@ -242,9 +267,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let report = bench::run(&config, &mut |line| eprintln!("{line}"))?;
             if json {
-                println!("{}", serde_json::to_string(&report).context("encoding the report")?);
+                outln!("{}", serde_json::to_string(&report).context("encoding the report")?);
             } else {
-                print!("{}", bench::table(&report));
+                outp!("{}", bench::table(&report));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -255,17 +280,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Lang::Wgsl => gpuring::core::contract::write_wgsl(&mut text),
             }
             .context("writing the contract")?;
-            print!("{text}");
+            outp!("{text}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Probe { json, slots, slot_size, dir } => {
             let (slots, slot_size) = ingest::default_ring(slots, slot_size);
             let report = gpuring::probe::report(slots, slot_size, &dir);
             if json {
-                println!("{}", serde_json::to_string(&report).context("encoding the report")?);
+                outln!("{}", serde_json::to_string(&report).context("encoding the report")?);
             } else {
                 for c in &report.checks {
-                    println!("{:<9} {:<20} {:<3} {}", c.group, c.name, if c.ok { "yes" } else { "no" }, c.detail);
+                    outln!("{:<9} {:<20} {:<3} {}", c.group, c.name, if c.ok { "yes" } else { "no" }, c.detail);
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -294,7 +319,7 @@ fn progress_bar(total: u64) -> ProgressBar {
 
 fn print_report(r: &IngestReport, skipped: usize) {
     let t = &r.telemetry;
-    println!(
+    outln!(
         "ingested {} file{}, {} in {:.3} s: {:.2} GiB/s (backend {}, {} slots of {}, {})",
         r.files,
         if r.files == 1 { "" } else { "s" },
@@ -311,29 +336,34 @@ fn print_report(r: &IngestReport, skipped: usize) {
             (true, true) => "O_DIRECT pread + copy",
         }
     );
-    println!(
+    outln!(
         "telemetry: {} reads submitted, {} completed, {} failed, {} short; {} published, {} released",
-        t.submitted_reads, t.completed_reads, t.failed_completions, t.short_reads, t.published, t.released
+        t.submitted_reads,
+        t.completed_reads,
+        t.failed_completions,
+        t.short_reads,
+        t.published,
+        t.released
     );
-    println!("paths: dma {}, kernel_copy {}, bounce {}", Bytes(t.dma_bytes), Bytes(t.kernel_copy_bytes), Bytes(t.bounce_bytes));
-    println!("zero-bounce: {}; DMA-only: {}", yes(r.zero_bounce), yes(r.dma_only));
+    outln!("paths: dma {}, kernel_copy {}, bounce {}", Bytes(t.dma_bytes), Bytes(t.kernel_copy_bytes), Bytes(t.bounce_bytes));
+    outln!("zero-bounce: {}; DMA-only: {}", yes(r.zero_bounce), yes(r.dma_only));
     if let Some(mode) = r.consumer_mode {
-        println!("consumer: {mode} mode; the copy engine moved {} into device memory", Bytes(r.device_copy_bytes));
+        outln!("consumer: {mode} mode; the copy engine moved {} into device memory", Bytes(r.device_copy_bytes));
     }
     if let Some(fixed) = r.nvme_fixed_buffers {
-        println!("nvme: reads {}", if fixed { "into the registered slot buffers" } else { "by plain address (this kernel refused fixed buffers)" });
+        outln!("nvme: reads {}", if fixed { "into the registered slot buffers" } else { "by plain address (this kernel refused fixed buffers)" });
     }
     let c = &r.checksum;
     if c.verified {
-        println!("checksum: {} ({} of {} files match; digest {})", if c.matched { "match" } else { "MISMATCH" }, c.files_matched, r.files, c.digest);
+        outln!("checksum: {} ({} of {} files match; digest {})", if c.matched { "match" } else { "MISMATCH" }, c.files_matched, r.files, c.digest);
         for path in &c.mismatched {
-            println!("  mismatch: {path}");
+            outln!("  mismatch: {path}");
         }
     } else {
-        println!("checksum: not verified (--no-verify); consumer digest {}", c.digest);
+        outln!("checksum: not verified (--no-verify); consumer digest {}", c.digest);
     }
     if skipped > 0 {
-        println!("skipped {skipped} entries that are not regular files (see --json)");
+        outln!("skipped {skipped} entries that are not regular files (see --json)");
     }
 }
 

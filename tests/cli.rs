@@ -388,3 +388,21 @@ fn header_prints_the_contract_that_ships_with_core() {
     }
     assert!(!gpuring(&["header", "--lang", "rust"]).status.success());
 }
+
+#[test]
+fn a_reader_that_goes_away_ends_the_command_quietly_not_with_a_panic() {
+    let dir = test_dir();
+    let file = make_file(dir.path(), "f", 1 << 20, 2);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gpuring"))
+        .args(["ingest", file.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the read end before the report is written, as `| head -0` would.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
+}
