@@ -633,15 +633,14 @@ impl<S: StagingMemory> Driver<S> {
             return Err(IngestError::ConsumerStalled { outstanding: self.producer.outstanding(), why: "the consumer reported that it failed".into() });
         }
         if self.pending.in_flight() > 0 {
-            let deadline = last_completion + self.options.read_timeout;
-            if self.pending.published() > 0 {
-                return self.ring.wait(Some(RELEASE_POLL.min(deadline.saturating_duration_since(Instant::now()))));
-            }
-            if !self.ring.wait_until(deadline)? {
+            let left = (last_completion + self.options.read_timeout).saturating_duration_since(Instant::now());
+            if left.is_zero() {
                 let what = format!("{} read(s) in flight", self.pending.in_flight());
                 return Err(IngestError::DeviceStalled { what, seconds: self.options.read_timeout.as_secs() });
             }
-            return Ok(());
+            // With entries published, look at the releases now and then too.
+            let timeout = if self.pending.published() > 0 { RELEASE_POLL.min(left) } else { left };
+            return self.ring.wait(Some(timeout));
         }
         if self.producer.outstanding() == 0 {
             return Ok(());
