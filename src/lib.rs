@@ -34,6 +34,7 @@ pub use gpuring_cuda as cuda;
 pub use gpuring_host as host;
 #[cfg(feature = "rocm")]
 pub use gpuring_rocm as rocm;
+pub use gpuring_shared as shared;
 pub use gpuring_uring as uring;
 #[cfg(feature = "vulkan")]
 pub use gpuring_vulkan as vulkan;

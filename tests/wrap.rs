@@ -65,7 +65,7 @@ fn an_ingest_across_the_queue_wrap_is_complete_and_in_order_on_every_backend() {
                 drive(staging, &file, || consumer.join().map(|s| (s.entries, s.bytes)).map_err(|e| e.to_string()))
             }
             other => {
-                eprintln!("{other}: its device is not here; its kernel's wrap is tested through its CPU run (gpuring-host)");
+                eprintln!("{other}: its device is not here; its kernel's wrap is tested through its CPU run (gpuring-shared)");
                 continue;
             }
         };

@@ -2,7 +2,7 @@
 //! in one of three modes ([`Mode`]).
 //!
 //! - **Batched** (the default): a host thread waits for published entries
-//!   (as the host consumer does, [`gpuring_host::wait_for_entries`]) and
+//!   (as the host consumer does, [`gpuring_shared::wait_for_entries`]) and
 //!   queues one batch per wake-up on a stream: `gr_partial` (the slots read
 //!   in place, through the mapping, several blocks per slot), `gr_finish`
 //!   (results, then one release store of `consumer`), and a host function
@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 use cudarc::driver::{sys, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
 use gpuring_core::io_queue::{self, Consumer};
 use gpuring_core::StagingMemory;
-use gpuring_host::kernel::{chunks_per_slot, CHUNK_WORDS, THREADS};
-use gpuring_host::{spawn_consumer, wait_for_entries, wake_consumer, wake_producer, Waited};
+use gpuring_shared::kernel::{chunks_per_slot, CHUNK_WORDS, THREADS};
+use gpuring_shared::{spawn_consumer, wait_for_entries, wake_consumer, wake_producer, Waited};
 
 use crate::device::check;
 use crate::error::{call, CudaError};
@@ -189,7 +189,7 @@ impl CudaConsumer {
                 if let Err(e @ CudaError::Timeout { .. }) = &result {
                     // The device may still run a kernel or a copy on this
                     // memory: never free it under the device.
-                    gpuring_host::abandon_to_device("cuda", e, (staging.clone(), buffers, stream, kernels));
+                    gpuring_shared::abandon_to_device("cuda", e, (staging.clone(), buffers, stream, kernels));
                 }
                 result.map(|stats| (stats, Vec::new()))
             })?
@@ -234,7 +234,7 @@ impl CudaConsumer {
                 let result = staging.device.bind().and_then(|()| user_batches(staging, &function, block, &stream, &output, &stop, consumer));
                 if let Err(e @ CudaError::Timeout { .. }) = &result {
                     // As in `start`: never free what the device may still use.
-                    gpuring_host::abandon_to_device("cuda", e, (staging.clone(), output, stream, function, module));
+                    gpuring_shared::abandon_to_device("cuda", e, (staging.clone(), output, stream, function, module));
                     return result.map(|stats| (stats, Vec::new()));
                 }
                 let stats = result?;
@@ -317,7 +317,7 @@ fn batched(
     finished?;
     copied?;
     let q = staging.queue();
-    gpuring_host::kernel::batched_outcome(&q, staging.geometry(), handed.position(), stop.load(Ordering::Acquire))
+    gpuring_shared::kernel::batched_outcome(&q, staging.geometry(), handed.position(), stop.load(Ordering::Acquire))
         .map_err(|(position, what)| CudaError::Rejected { position, what })?;
     wake_producer(&q);
     Ok(stats)
@@ -430,7 +430,7 @@ fn user_batches(
         stats.launches += 1;
         finish_stream(stream, "the user's kernel")?;
         if io_queue::positions(first, count).any(|p| q.entry(p).consumer_status() == io_queue::REJECTED) {
-            consumer.fail(&q, gpuring_host::kernel::FAILED_REJECTED);
+            consumer.fail(&q, gpuring_shared::kernel::FAILED_REJECTED);
             return Err(rejection(staging, first.wrapping_add(count)));
         }
         consumer.release_batch(&q, count).map_err(|e| CudaError::Rejected { position: first, what: e.to_string() })?;
@@ -522,6 +522,6 @@ fn persistent(staging: &CudaStaging, kernels: &Kernels, stream: &Arc<CudaStream>
 
 /// Why the kernel failed the queue; `end` bounds the entries to look at.
 fn rejection(staging: &CudaStaging, end: u32) -> CudaError {
-    let (position, what) = gpuring_host::kernel::rejection(&staging.queue(), staging.geometry(), end);
+    let (position, what) = gpuring_shared::kernel::rejection(&staging.queue(), staging.geometry(), end);
     CudaError::Rejected { position, what }
 }

@@ -9,7 +9,7 @@ use std::sync::{Arc, OnceLock};
 
 use cudarc::driver::sys::{self, CUdevice_attribute as Attr};
 use cudarc::driver::{result, CudaContext, DriverError};
-use gpuring_host::Unchosen;
+use gpuring_shared::Unchosen;
 
 use crate::error::{call, CudaError};
 
@@ -143,7 +143,7 @@ pub fn devices() -> Result<Vec<DeviceInfo>, CudaError> {
 /// without one, the first usable device.
 pub(crate) fn choose(devices: &[DeviceInfo], selector: Option<&str>) -> Result<usize, CudaError> {
     let list: Vec<(&str, Option<&str>)> = devices.iter().map(|d| (d.name.as_str(), d.unusable.as_deref())).collect();
-    gpuring_host::choose_device(&list, selector, |_| 0).map_err(|e| match e {
+    gpuring_shared::choose_device(&list, selector, |_| 0).map_err(|e| match e {
         Unchosen::NoDevices => CudaError::NoDevice { why: "cuDeviceGetCount returned 0".into() },
         Unchosen::NotFound(available) => CudaError::DeviceNotFound { wanted: selector.unwrap_or_default().to_owned(), available },
         Unchosen::Unusable(device, what) => CudaError::Unsupported { device, what },

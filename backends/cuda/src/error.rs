@@ -3,7 +3,7 @@
 use std::fmt;
 
 use cudarc::driver::DriverError;
-use gpuring_host::HostError;
+use gpuring_shared::HostError;
 
 /// Why the CUDA backend could not start or stopped.
 #[derive(Debug)]

@@ -1,4 +1,4 @@
-//! The consumer kernel compiled by NVRTC: its source (gpuring-host's
+//! The consumer kernel compiled by NVRTC: its source (gpuring-shared's
 //! `consumer.cu` after a prelude generated from gpuring-core) in the CUDA
 //! dialect, NVRTC found and loaded, the module loaded.
 
@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 use cudarc::driver::CudaFunction;
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileError, CompileOptions};
-use gpuring_host::kernel::{source, Dialect};
+use gpuring_shared::kernel::{source, Dialect};
 
 use crate::device::Device;
 use crate::error::{call, CudaError};

@@ -3,11 +3,11 @@
 //! without CUDA).
 //!
 //! - [`CudaStaging`]: the slots and the io_queue are locked, page-aligned
-//!   host pages (from `gpuring_host::Mapping`) that `cuMemHostRegister`
+//!   host pages (from `gpuring_shared::Mapping`) that `cuMemHostRegister`
 //!   maps into the device. io_uring registers the same pages, so the
 //!   kernel's copy (buffered reads) or the disk's DMA (`O_DIRECT`, NVMe
 //!   passthrough) lands in bytes the GPU reads with no copy.
-//! - [`CudaConsumer`]: the consumer kernels (gpuring-host's `consumer.cu`,
+//! - [`CudaConsumer`]: the consumer kernels (gpuring-shared's `consumer.cu`,
 //!   shared with the ROCm backend, compiled by NVRTC for the device, with a
 //!   prelude of constants generated from gpuring-core), in one of three [`Mode`]s: batched launches, one
 //!   persistent kernel, or batched after a copy-engine copy into VRAM.
@@ -17,8 +17,8 @@
 //! No driver, a driver older than CUDA 12.0, no device, no NVRTC: each is a
 //! [`CudaError`] with a fix, never a panic ([`device::driver`] checks before
 //! cudarc is asked for anything). It depends on gpuring-core and on
-//! gpuring-host (locked host mappings, the host side of waiting on the
-//! io_queue), never on gpuring-uring.
+//! gpuring-shared (host mappings, the host side of waiting on the
+//! io_queue, the kernel source), never on gpuring-uring or another backend.
 
 pub mod baseline;
 mod consumer;

@@ -1,7 +1,7 @@
 //! Slot and io_queue memory: host pages page-locked with CUDA and mapped
 //! into the device's address space.
 //!
-//! The pages come from `gpuring_host::Mapping` (anonymous, page-aligned,
+//! The pages come from `gpuring_shared::Mapping` (anonymous, page-aligned,
 //! present), so io_uring can register them and the kernel's copy or the
 //! disk's DMA writes straight into them; `cuMemHostRegister` with
 //! `DEVICEMAP` then maps the same pages into the GPU, and
@@ -15,7 +15,7 @@ use std::sync::Arc;
 use cudarc::driver::sys;
 use gpuring_core::io_queue::{Ends, IoQueue};
 use gpuring_core::{MemoryKind, SlotGeometry, StagingMemory, PAGE_SIZE};
-use gpuring_host::Mapping;
+use gpuring_shared::Mapping;
 
 use crate::device::{check, Device};
 use crate::error::CudaError;

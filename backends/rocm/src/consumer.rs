@@ -2,7 +2,7 @@
 //! device.
 //!
 //! A host thread waits for published entries (as the host consumer does,
-//! [`gpuring_host::wait_for_entries`]) and queues one batch per wake-up on a
+//! [`gpuring_shared::wait_for_entries`]) and queues one batch per wake-up on a
 //! stream: `gr_partial` (the slots read in place, through the mapping,
 //! several blocks per slot), `gr_finish` (results, then one release store of
 //! `consumer`), and a stream callback that wakes the producer if it sleeps.
@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use gpuring_core::io_queue::{self, Consumer};
 use gpuring_core::StagingMemory;
-use gpuring_host::kernel::{chunks_per_slot, CHUNK_WORDS, THREADS};
-use gpuring_host::{spawn_consumer, wait_for_entries, wake_consumer, wake_producer, Waited};
+use gpuring_shared::kernel::{chunks_per_slot, CHUNK_WORDS, THREADS};
+use gpuring_shared::{spawn_consumer, wait_for_entries, wake_consumer, wake_producer, Waited};
 use hip_sys::hiprt::{hipStreamNonBlocking, hipStream_t};
 
 use crate::api::{Hip, NOT_READY};
@@ -139,7 +139,7 @@ impl RocmConsumer {
                 if let Err(e @ RocmError::Timeout { .. }) = &result {
                     // The device may still run a kernel on this memory:
                     // never free it (or unload the module) under the device.
-                    gpuring_host::abandon_to_device("rocm", e, (staging.clone(), resources, kernels));
+                    gpuring_shared::abandon_to_device("rocm", e, (staging.clone(), resources, kernels));
                 }
                 result
             })
@@ -185,7 +185,7 @@ fn batched(staging: &Arc<RocmStaging>, kernels: &Kernels, resources: &Resources,
     queued?;
     finished?;
     let q = staging.queue();
-    gpuring_host::kernel::batched_outcome(&q, staging.geometry(), handed.position(), stop.load(Ordering::Acquire))
+    gpuring_shared::kernel::batched_outcome(&q, staging.geometry(), handed.position(), stop.load(Ordering::Acquire))
         .map_err(|(position, what)| RocmError::Rejected { position, what })?;
     wake_producer(&q);
     Ok(stats)

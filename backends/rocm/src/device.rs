@@ -3,7 +3,7 @@
 use std::ffi::{c_char, c_int, CStr};
 use std::sync::Arc;
 
-use gpuring_host::Unchosen;
+use gpuring_shared::Unchosen;
 use hip_sys::hiprt::hipDeviceAttribute_t as Attr;
 
 use crate::api::{hip, Hip};
@@ -99,7 +99,7 @@ pub fn runtime() -> Result<(String, Option<i32>), RocmError> {
 /// first usable one.
 pub(crate) fn choose(devices: &[DeviceInfo], selector: Option<&str>) -> Result<usize, RocmError> {
     let list: Vec<(&str, Option<&str>)> = devices.iter().map(|d| (d.name.as_str(), d.unusable.as_deref())).collect();
-    gpuring_host::choose_device(&list, selector, |_| 0).map_err(|e| match e {
+    gpuring_shared::choose_device(&list, selector, |_| 0).map_err(|e| match e {
         Unchosen::NoDevices => RocmError::NoDevice { why: "hipGetDeviceCount returned 0".into() },
         Unchosen::NotFound(available) => RocmError::DeviceNotFound { wanted: selector.unwrap_or_default().to_owned(), available },
         Unchosen::Unusable(device, what) => RocmError::Unsupported { device, what },

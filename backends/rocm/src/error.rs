@@ -3,7 +3,7 @@
 use std::ffi::c_int;
 use std::fmt;
 
-use gpuring_host::HostError;
+use gpuring_shared::HostError;
 
 /// Why the ROCm backend could not start or stopped.
 #[derive(Clone, Debug)]

@@ -1,10 +1,10 @@
-//! The consumer kernel compiled by hiprtc: gpuring-host's `consumer.cu`
+//! The consumer kernel compiled by hiprtc: gpuring-shared's `consumer.cu`
 //! in the HIP dialect, compiled at start to a code object for the device's
 //! own GFX architecture, and loaded as a module.
 
 use std::ffi::{c_char, c_int, c_void, CString};
 
-use gpuring_host::kernel::{source, Dialect};
+use gpuring_shared::kernel::{source, Dialect};
 use hip_sys::hiprt::{hipFunction_t, hipModule_t};
 
 use crate::api::{static_text, Hip, HiprtcProgram, SUCCESS};

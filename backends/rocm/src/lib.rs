@@ -3,11 +3,11 @@
 //! no-device tests run, on machines without ROCm).
 //!
 //! - [`RocmStaging`]: the slots and the io_queue are locked, page-aligned
-//!   host pages (from `gpuring_host::Mapping`) that `hipHostRegister` maps
+//!   host pages (from `gpuring_shared::Mapping`) that `hipHostRegister` maps
 //!   into the device. io_uring registers the same pages, so the kernel's
 //!   copy (buffered reads) or the disk's DMA (`O_DIRECT`, NVMe passthrough)
 //!   lands in bytes the GPU reads with no copy.
-//! - [`RocmConsumer`]: the batched consumer kernels (gpuring-host's
+//! - [`RocmConsumer`]: the batched consumer kernels (gpuring-shared's
 //!   `consumer.cu`, shared with the CUDA backend, compiled by hiprtc for the
 //!   device's GFX architecture, with a prelude of constants generated from
 //!   gpuring-core).
@@ -15,9 +15,9 @@
 //!   needs of them.
 //!
 //! No runtime, no device, no hiprtc: each is a [`RocmError`] with a fix,
-//! never a panic. It depends on gpuring-core and on gpuring-host (locked
-//! host mappings, the host side of waiting on the io_queue, the kernel
-//! source), never on gpuring-uring.
+//! never a panic. It depends on gpuring-core and on gpuring-shared (host
+//! mappings, the host side of waiting on the io_queue, the kernel source),
+//! never on gpuring-uring or another backend.
 
 mod api;
 mod consumer;

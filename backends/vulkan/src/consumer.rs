@@ -2,7 +2,7 @@
 //! batches of published io_queue entries.
 //!
 //! The thread never reads a slot. It waits for published entries as the
-//! host consumer does ([`gpuring_host::wait_for_entries`]), then records and
+//! host consumer does ([`gpuring_shared::wait_for_entries`]), then records and
 //! submits one command buffer per batch:
 //!
 //! 1. `checksum`, one workgroup per entry: check the entry, checksum the
@@ -35,7 +35,7 @@ use std::time::Duration;
 use ash::vk;
 use gpuring_core::io_queue::{self, Consumer, IoQueue, REJECTED};
 use gpuring_core::StagingMemory;
-use gpuring_host::{spawn_consumer, wait_for_entries, wake_producer, ConsumerStats, Waited};
+use gpuring_shared::{spawn_consumer, wait_for_entries, wake_producer, ConsumerStats, Waited};
 
 use crate::context::Context;
 use crate::error::{call, VulkanError};
@@ -344,7 +344,7 @@ impl Drop for VulkanConsumer {
     fn drop(&mut self) {
         if let Some(handle) = self.handle.take() {
             self.stop.store(true, Ordering::Release);
-            gpuring_host::wake_consumer(&self.staging.queue());
+            gpuring_shared::wake_consumer(&self.staging.queue());
             let _ = handle.join();
         }
     }

@@ -3,7 +3,7 @@
 use std::ffi::CStr;
 
 use ash::vk;
-use gpuring_host::Unchosen;
+use gpuring_shared::Unchosen;
 
 use crate::error::{call, VulkanError};
 
@@ -168,7 +168,7 @@ pub(crate) fn choose(devices: &[DeviceInfo], selector: Option<&str>) -> Result<u
         "cpu" => 4,
         _ => 3,
     };
-    gpuring_host::choose_device(&list, selector, rank).map_err(|e| match e {
+    gpuring_shared::choose_device(&list, selector, rank).map_err(|e| match e {
         Unchosen::NoDevices => VulkanError::NoDevice,
         Unchosen::NotFound(available) => VulkanError::DeviceNotFound { wanted: selector.unwrap_or_default().to_owned(), available },
         Unchosen::Unusable(device, what) => VulkanError::Unsupported { device, what },

@@ -4,7 +4,7 @@ use std::fmt;
 
 use ash::vk;
 use gpuring_core::Bytes;
-use gpuring_host::HostError;
+use gpuring_shared::HostError;
 
 /// Why the Vulkan backend could not start or stopped.
 #[derive(Debug)]

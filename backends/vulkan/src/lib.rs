@@ -2,7 +2,7 @@
 //! time (no Vulkan SDK is needed to build it).
 //!
 //! - [`VulkanStaging`]: the slots and the io_queue are locked, page-aligned
-//!   host pages (from `gpuring_host::Mapping`, aligned to the device's
+//!   host pages (from `gpuring_shared::Mapping`, aligned to the device's
 //!   `minImportedHostPointerAlignment`), imported into the device with
 //!   `VK_EXT_external_memory_host` as host-coherent storage buffers. io_uring
 //!   registers the same pages, so the kernel's copy (buffered reads) or the
@@ -20,8 +20,9 @@
 //!   [`BarWindow`]: device-local memory mapped by the host, for `gpuring
 //!   probe` to test whether io_uring can register it.
 //!
-//! It depends on gpuring-core and on gpuring-host (for locked host mappings
-//! and the host side of waiting on the io_queue), never on gpuring-uring.
+//! It depends on gpuring-core and on gpuring-shared (for host mappings and
+//! the host side of waiting on the io_queue), never on gpuring-uring or
+//! another backend.
 
 mod bar;
 mod consumer;

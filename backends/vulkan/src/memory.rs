@@ -1,6 +1,6 @@
 //! Slot and io_queue memory: host pages imported into Vulkan.
 //!
-//! The pages come from `gpuring_host::Mapping` (anonymous, present, aligned to
+//! The pages come from `gpuring_shared::Mapping` (anonymous, present, aligned to
 //! the device's `minImportedHostPointerAlignment`), so io_uring can register
 //! them and the kernel or the disk writes straight into them; the same pages
 //! are imported with `VK_EXT_external_memory_host` into a host-coherent
@@ -13,7 +13,7 @@ use std::sync::Arc;
 use ash::vk;
 use gpuring_core::io_queue::{Ends, IoQueue};
 use gpuring_core::{MemoryKind, SlotGeometry, StagingMemory, PAGE_SIZE};
-use gpuring_host::Mapping;
+use gpuring_shared::Mapping;
 
 use crate::context::Context;
 use crate::error::{call, VulkanError};

@@ -55,7 +55,7 @@ impl Dialect {
 /// The kernel source as compiled for `dialect`: the prelude, then
 /// `consumer.cu`.
 pub fn source(dialect: Dialect) -> String {
-    let mut text = format!("// Generated from gpuring-core by gpuring-host's kernel.rs ({dialect:?}).\n");
+    let mut text = format!("// Generated from gpuring-core by gpuring-shared's kernel.rs ({dialect:?}).\n");
     // The io_queue's published contract first: one source of truth for
     // users' kernels and this one.
     // Writing into a String cannot fail.
