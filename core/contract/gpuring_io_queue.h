@@ -39,7 +39,8 @@
  * once the fence has signalled).
  *
  * Failure: a consumer that cannot go on stores a non-zero code in
- * consumer_failed with release and releases nothing more; the producer stops
+ * consumer_failed (FAILED_REJECTED, FAILED_OUT_OF_STEP, or one of its own)
+ * with release and releases nothing more; the producer stops
  * and reports it, with the entry whose consumer_status is REJECTED.
  * Finished: closed == 1 (the producer publishes nothing more) and
  * consumer == producer.
@@ -90,6 +91,10 @@
 #define GPURING_SKIPPED 1u
 /* consumer_status: the entry broke the protocol (the consumer failed) */
 #define GPURING_REJECTED 2u
+/* consumer_failed: an entry was rejected (any non-zero code fails the queue) */
+#define GPURING_FAILED_REJECTED 0x47520001u
+/* consumer_failed: a batch did not start at the header's consumer */
+#define GPURING_FAILED_OUT_OF_STEP 0x47520002u
 
 /* Byte offset of the entry for `position` in a queue of `capacity` entries. */
 #define GPURING_ENTRY_OFFSET(position, capacity) \

@@ -38,7 +38,8 @@
 // once the fence has signalled).
 //
 // Failure: a consumer that cannot go on stores a non-zero code in
-// consumer_failed with release and releases nothing more; the producer stops
+// consumer_failed (FAILED_REJECTED, FAILED_OUT_OF_STEP, or one of its own)
+// with release and releases nothing more; the producer stops
 // and reports it, with the entry whose consumer_status is REJECTED.
 // Finished: closed == 1 (the producer publishes nothing more) and
 // consumer == producer.
@@ -89,6 +90,10 @@ const GPURING_CONSUMED: u32 = 0u;
 const GPURING_SKIPPED: u32 = 1u;
 // consumer_status: the entry broke the protocol (the consumer failed)
 const GPURING_REJECTED: u32 = 2u;
+// consumer_failed: an entry was rejected (any non-zero code fails the queue)
+const GPURING_FAILED_REJECTED: u32 = 0x47520001u;
+// consumer_failed: a batch did not start at the header's consumer
+const GPURING_FAILED_OUT_OF_STEP: u32 = 0x47520002u;
 
 // The word index of `field` (a GPURING_E_* offset) in the entry for
 // `position` in a queue of `capacity` entries.

@@ -16,7 +16,7 @@
 
 use core::fmt::{self, Write};
 
-use crate::io_queue::{offsets, CONSUMED, ENTRY_SIZE, HEADER_SIZE, MAGIC, REJECTED, SKIPPED};
+use crate::io_queue::{offsets, CONSUMED, ENTRY_SIZE, FAILED_OUT_OF_STEP, FAILED_REJECTED, HEADER_SIZE, MAGIC, REJECTED, SKIPPED};
 
 /// The contract's version: the io_queue header's `version` word.
 pub const VERSION: u32 = crate::io_queue::VERSION;
@@ -64,7 +64,8 @@ dispatch's fence (gpuring's Vulkan consumer stores `consumer` from the host
 once the fence has signalled).
 
 Failure: a consumer that cannot go on stores a non-zero code in
-consumer_failed with release and releases nothing more; the producer stops
+consumer_failed (FAILED_REJECTED, FAILED_OUT_OF_STEP, or one of its own)
+with release and releases nothing more; the producer stops
 and reports it, with the entry whose consumer_status is REJECTED.
 Finished: closed == 1 (the producer publishes nothing more) and
 consumer == producer.
@@ -110,10 +111,12 @@ const ENTRY_FIELDS: [(&str, usize, u32); 9] = [
     ("CONSUMER_STATUS", offsets::ENTRY_CONSUMER_STATUS, 32),
 ];
 
-const STATUSES: [(&str, u32, &str); 3] = [
+const STATUSES: [(&str, u32, &str); 5] = [
     ("CONSUMED", CONSUMED, "consumer_status: the slot was consumed"),
     ("SKIPPED", SKIPPED, "consumer_status: the read had failed, the slot was not read"),
     ("REJECTED", REJECTED, "consumer_status: the entry broke the protocol (the consumer failed)"),
+    ("FAILED_REJECTED", FAILED_REJECTED, "consumer_failed: an entry was rejected (any non-zero code fails the queue)"),
+    ("FAILED_OUT_OF_STEP", FAILED_OUT_OF_STEP, "consumer_failed: a batch did not start at the header's consumer"),
 ];
 
 /// A value as the renderings write it: the magic word in hex, the rest in decimal.
@@ -122,7 +125,7 @@ struct Number(&'static str, u64);
 impl fmt::Display for Number {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0 {
-            "MAGIC" => write!(f, "{:#x}", self.1),
+            "MAGIC" | "FAILED_REJECTED" | "FAILED_OUT_OF_STEP" => write!(f, "{:#x}", self.1),
             _ => write!(f, "{}", self.1),
         }
     }
@@ -194,6 +197,7 @@ pub fn write_c_header(w: &mut dyn Write) -> fmt::Result {
     }
     writeln!(w)?;
     for (name, value, what) in STATUSES {
+        let value = Number(name, value as u64);
         writeln!(w, "/* {what} */\n#define GPURING_{name} {value}u")?;
     }
     writeln!(
@@ -230,6 +234,7 @@ pub fn write_wgsl(w: &mut dyn Write) -> fmt::Result {
     }
     writeln!(w)?;
     for (name, value, what) in STATUSES {
+        let value = Number(name, value as u64);
         writeln!(w, "// {what}\nconst GPURING_{name}: u32 = {value}u;")?;
     }
     writeln!(
@@ -276,6 +281,7 @@ mod tests {
             "#define GPURING_E_RESULT 40u /* u64 */",
             "#define GPURING_E_STATUS 8u /* i32 */",
             "#define GPURING_REJECTED 2u",
+            "#define GPURING_FAILED_REJECTED 0x47520001u",
             "192 bytes",
         ] {
             assert!(c.contains(want), "{want} missing from the C header");

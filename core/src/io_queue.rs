@@ -330,6 +330,12 @@ pub const SKIPPED: u32 = 1;
 /// `consumer_failed` and releases nothing more.
 pub const REJECTED: u32 = 2;
 
+/// `consumer_failed`: the consumer rejected an entry (marked `REJECTED`).
+/// Any non-zero code fails the queue; gpuring's consumers store these two.
+pub const FAILED_REJECTED: u32 = 0x4752_0001;
+/// `consumer_failed`: a batch did not start at the queue's `consumer`.
+pub const FAILED_OUT_OF_STEP: u32 = 0x4752_0002;
+
 /// A completion to publish (the producer-written fields of an entry).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Completion {

@@ -238,7 +238,7 @@ const HISTOGRAM_EXAMPLES: &[&str] = &["byte_histogram", "vulkan_histogram"];
 /// [256 counts]}`, which must equal a histogram of an independent read.
 /// Built with the tests' features, so the test build serves.
 fn examples(cargo: fn() -> Command) -> Result<()> {
-    step("examples: byte_histogram, vulkan_histogram (lavapipe here) and cuda_histogram against an independent histogram");
+    step("examples: byte_histogram, vulkan_histogram (lavapipe here), cuda_histogram and rocm_histogram against an independent histogram");
     let dir = std::path::PathBuf::from("target/examples-data");
     std::fs::create_dir_all(&dir)?;
     let (large, small) = (dir.join("large.bin"), dir.join("small.bin"));
@@ -284,25 +284,27 @@ fn examples(cargo: fn() -> Command) -> Result<()> {
         }
         println!("{example}: 2 files, {total} bytes, histogram equal to an independent read");
     }
-    // The CUDA example: on a machine with an NVIDIA driver it must match
-    // too; without one it must exit with the driver's error and its fix.
-    let mut cmd = cargo();
-    cmd.args(["run", "--quiet", "--example", "cuda_histogram", "--features", FEATURES, "--"]).arg(&large).arg(&small);
-    println!("$ {cmd:?}");
-    let out = cmd.output().context("running the cuda_histogram example")?;
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    if std::path::Path::new("/dev/nvidia0").exists() {
-        let last = stdout.lines().last().unwrap_or("");
-        let v: serde_json::Value = serde_json::from_str(last).with_context(|| format!("cuda_histogram: {stderr}"))?;
-        let got: Vec<u64> = v["histogram"].as_array().context("no histogram")?.iter().filter_map(serde_json::Value::as_u64).collect();
-        if got != want {
-            bail!("cuda_histogram: {last} differs from the independent histogram");
+    // The GPU examples: on a machine with the GPU they must match too;
+    // without one they must exit 2 with the error and its fix.
+    for (example, node, missing) in [("cuda_histogram", "/dev/nvidia0", "CUDA driver"), ("rocm_histogram", "/dev/kfd", "HIP runtime")] {
+        let mut cmd = cargo();
+        cmd.args(["run", "--quiet", "--example", example, "--features", FEATURES, "--"]).arg(&large).arg(&small);
+        println!("$ {cmd:?}");
+        let out = cmd.output().with_context(|| format!("running the {example} example"))?;
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        if std::path::Path::new(node).exists() {
+            let last = stdout.lines().last().unwrap_or("");
+            let v: serde_json::Value = serde_json::from_str(last).with_context(|| format!("{example}: {stderr}"))?;
+            let got: Vec<u64> = v["histogram"].as_array().context("no histogram")?.iter().filter_map(serde_json::Value::as_u64).collect();
+            if got != want {
+                bail!("{example}: {last} differs from the independent histogram");
+            }
+            println!("{example}: histogram equal to an independent read");
+        } else if out.status.code() == Some(2) && stderr.contains(missing) && stderr.contains("Fix:") {
+            println!("{example}: no {node} here; it says so with a fix: {}", stderr.trim());
+        } else {
+            bail!("{example} without {node} should exit 2 with the {missing}'s error and a fix; it exited {:?}: {stderr}", out.status.code());
         }
-        println!("cuda_histogram: histogram equal to an independent read");
-    } else if out.status.code() == Some(2) && stderr.contains("CUDA driver") && stderr.contains("Fix:") {
-        println!("cuda_histogram: no NVIDIA driver here; it says so with a fix: {}", stderr.trim());
-    } else {
-        bail!("cuda_histogram without a driver should exit 2 with the driver's error and a fix; it exited {:?}: {stderr}", out.status.code());
     }
     Ok(())
 }

@@ -1,9 +1,10 @@
 //! The CUDA consumer: the kernels of `consumer.cu` on the staging's device,
 //! in one of three modes ([`Mode`]).
 //!
-//! - **Batched** (the default): a host thread waits for published entries
-//!   (as the host consumer does, [`gpuring_shared::wait_for_entries`]) and
-//!   queues one batch per wake-up on a stream: `gr_partial` (the slots read
+//! - **Batched** (the default): a host thread, gpuring-shared's
+//!   batched-consumer engine ([`gpuring_shared::batch`], which the ROCm and
+//!   Vulkan consumers run too), waits for published entries and queues one
+//!   batch per wake-up on a stream: `gr_partial` (the slots read
 //!   in place, through the mapping, several blocks per slot), `gr_finish`
 //!   (results, then one release store of `consumer`), and a host function
 //!   that wakes the producer if it sleeps. It does not wait for the batch:
@@ -24,25 +25,20 @@ use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cudarc::driver::{sys, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
-use gpuring_core::io_queue::{self, Consumer};
+use gpuring_core::io_queue::Consumer;
 use gpuring_core::StagingMemory;
-use gpuring_shared::kernel::{chunks_per_slot, CHUNK_WORDS, THREADS};
-use gpuring_shared::{spawn_consumer, wait_for_entries, wake_consumer, wake_producer, Waited};
+use gpuring_shared::batch::{run_batches, wait_idle, Batch, BatchDevice, Failure, Release};
+use gpuring_shared::kernel::{chunks_per_slot, UserKernel, CHUNK_WORDS, THREADS};
+use gpuring_shared::{spawn_consumer, wake_consumer, wake_producer};
 
 use crate::device::check;
 use crate::error::{call, CudaError};
-use crate::kernel::Kernels;
+use crate::kernel::{compile_kernel, Kernels};
 use crate::memory::CudaStaging;
-use crate::user::UserKernel;
 
-/// How long the device may take to finish what was queued (batched), or
-/// to return once the queue is finished (persistent).
-const DEVICE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Entries per batch at most (a grid's y dimension).
-const MAX_BATCH: u32 = 65_535;
 /// Empty polls of the persistent mode's host thread before it naps.
 const SPINS: u32 = 256;
 /// The nap.
@@ -184,7 +180,10 @@ impl CudaConsumer {
                 let result = staging.device.bind().and_then(|()| match mode {
                     Mode::Persistent => persistent(staging, &kernels, &stream, &buffers, &stop),
                     // `Mode::User` was refused above.
-                    Mode::Batched | Mode::DeviceCopy | Mode::User => batched(staging, &kernels, &stream, &buffers, &stop, consumer),
+                    Mode::Batched | Mode::DeviceCopy | Mode::User => {
+                        let work = Work::Checksum { kernels: &kernels, buffers: &buffers };
+                        batched(staging, &stream, work, Release::Device, &stop, consumer)
+                    }
                 });
                 if let Err(e @ CudaError::Timeout { .. }) = &result {
                     // The device may still run a kernel or a copy on this
@@ -199,10 +198,12 @@ impl CudaConsumer {
 
     /// Run a kernel of yours as the consumer, one launch per batch of
     /// published entries, on `stream` (yours; `None`: a new one on the
-    /// staging's context), as the [`user`](crate::user) module documents.
-    /// The host thread waits for each launch, fails the queue on a rejected
-    /// entry, and releases the batch; [`CudaConsumer::finish`] returns the
-    /// kernel's output. Takes the queue's consumer end.
+    /// staging's context, which may be yours too:
+    /// [`Device::from_context`](crate::Device::from_context)), under the
+    /// contract [`UserKernel`] documents. The host thread (the shared
+    /// batched-consumer engine) waits for each launch, fails the queue on a
+    /// rejected entry, and releases the batch; [`CudaConsumer::finish`]
+    /// returns the kernel's output. Takes the queue's consumer end.
     ///
     /// # Safety
     /// The kernel has the documented signature, reads the queue and the
@@ -216,22 +217,23 @@ impl CudaConsumer {
         }
         device.bind()?;
         let (major, minor) = device.info.compute_capability;
-        let ptx = kernel.compile(major, minor)?;
+        let ptx = compile_kernel(kernel, major, minor)?;
         let module = device.ctx.load_module(ptx).map_err(call("cuModuleLoadData (a driver older than NVRTC refuses its PTX)"))?;
-        let function = module.load_function(&kernel.name).map_err(call("cuModuleGetFunction (the kernel's name)"))?;
+        let function = module.load_function(kernel.name()).map_err(call("cuModuleGetFunction (the kernel's name)"))?;
         let stream = match stream {
             Some(stream) => stream,
             None => device.ctx.new_stream().map_err(call("cuStreamCreate"))?,
         };
-        let output = stream.alloc_zeros::<u8>(kernel.output_bytes).map_err(call("cuMemAlloc (the kernel's output)"))?;
+        let output = stream.alloc_zeros::<u8>(kernel.output_bytes()).map_err(call("cuMemAlloc (the kernel's output)"))?;
         stream.synchronize().map_err(call("cuStreamSynchronize"))?;
-        let block = kernel.block;
+        let block = kernel.block();
         let stop = Arc::new(AtomicBool::new(false));
         let handle = {
             let stop = stop.clone();
             // Takes the queue's one consumer end: a second consumer is an error.
             spawn_consumer("gpuring-cuda-user", &staging, move |staging, consumer| {
-                let result = staging.device.bind().and_then(|()| user_batches(staging, &function, block, &stream, &output, &stop, consumer));
+                let work = Work::User { function: &function, block, output: &output };
+                let result = staging.device.bind().and_then(|()| batched(staging, &stream, work, Release::Host, &stop, consumer));
                 if let Err(e @ CudaError::Timeout { .. }) = &result {
                     // As in `start`: never free what the device may still use.
                     gpuring_shared::abandon_to_device("cuda", e, (staging.clone(), output, stream, function, module));
@@ -285,158 +287,147 @@ unsafe extern "C" fn after_release(staging: *mut c_void) {
     wake_producer(&staging.queue());
 }
 
-/// Wait for everything queued on `stream`, at most [`DEVICE_TIMEOUT`].
-fn finish_stream(stream: &CudaStream, what: &str) -> Result<(), CudaError> {
-    let deadline = Instant::now() + DEVICE_TIMEOUT;
-    loop {
-        // SAFETY: the stream is alive (borrowed).
-        match unsafe { sys::cuStreamQuery(stream.cu_stream()) } {
-            sys::CUresult::CUDA_ERROR_NOT_READY if Instant::now() < deadline => std::thread::sleep(NAP),
-            sys::CUresult::CUDA_ERROR_NOT_READY => return Err(CudaError::Timeout { what: what.to_owned(), seconds: DEVICE_TIMEOUT.as_secs() }),
-            code => return check("cuStreamQuery", code),
-        }
+/// Whether everything queued on `stream` has finished.
+fn stream_idle(stream: &CudaStream) -> Result<bool, CudaError> {
+    // SAFETY: the stream is alive (borrowed).
+    match unsafe { sys::cuStreamQuery(stream.cu_stream()) } {
+        sys::CUresult::CUDA_ERROR_NOT_READY => Ok(false),
+        code => check("cuStreamQuery", code).map(|()| true),
     }
 }
 
+/// The engine's error for a failure.
+fn failure(failure: Failure) -> CudaError {
+    match failure {
+        Failure::Timeout { what, seconds } => CudaError::Timeout { what, seconds },
+        Failure::Rejected { position, what } => CudaError::Rejected { position, what },
+    }
+}
+
+/// What a batch runs on the device.
+enum Work<'a> {
+    /// gpuring's `gr_partial` + `gr_finish` (and, for DeviceCopy, the
+    /// copies into `buffers.mirror` first).
+    Checksum { kernels: &'a Kernels, buffers: &'a Buffers },
+    /// A user's kernel, one launch per batch.
+    User { function: &'a CudaFunction, block: u32, output: &'a CudaSlice<u8> },
+}
+
+/// The CUDA side of the batched-consumer engine.
+struct Launcher<'a> {
+    staging: &'a Arc<CudaStaging>,
+    stream: &'a Arc<CudaStream>,
+    work: Work<'a>,
+    launches: u64,
+    device_copy_bytes: u64,
+}
+
+impl BatchDevice for Launcher<'_> {
+    type Error = CudaError;
+
+    fn launch(&mut self, batch: &Batch) -> Result<(), CudaError> {
+        let (stream, staging) = (self.stream, self.staging);
+        let queue_ptr = staging.queue.device_ptr();
+        let Batch { first, count, capacity, slot_count, slot_bytes } = *batch;
+        match self.work {
+            Work::User { function, block, output } => {
+                let slots_ptr = staging.slots.device_ptr();
+                let config = LaunchConfig { grid_dim: (count, 1, 1), block_dim: (block, 1, 1), shared_mem_bytes: 0 };
+                let mut launch = stream.launch_builder(function);
+                launch.arg(&queue_ptr).arg(&slots_ptr).arg(&first).arg(&count).arg(&capacity).arg(&slot_count).arg(&slot_bytes).arg(output);
+                // SAFETY: the arguments are those of the documented signature,
+                // which `with_kernel`'s caller promised the kernel has; every
+                // pointer covers what the contract lets the kernel touch.
+                unsafe { launch.launch(config) }.map_err(call("cuLaunchKernel (the user's kernel)"))?;
+                self.launches += 1;
+            }
+            Work::Checksum { kernels, buffers } => {
+                let slots_ptr = match &buffers.mirror {
+                    Some(mirror) => mirror.device_ptr(stream).0,
+                    None => staging.slots.device_ptr(),
+                };
+                if let Some(copies) = &buffers.copies {
+                    self.device_copy_bytes += copy_slots(staging, batch, slots_ptr, copies)?;
+                    let copied = copies.record_event(None).map_err(call("cuEventRecord"))?;
+                    stream.wait(&copied).map_err(call("cuStreamWaitEvent"))?;
+                }
+                let partial = LaunchConfig { grid_dim: (chunks_per_slot(slot_bytes), count, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+                let mut launch = stream.launch_builder(&kernels.partial);
+                launch.arg(&queue_ptr).arg(&slots_ptr).arg(&buffers.scratch).arg(&first).arg(&capacity).arg(&slot_count).arg(&slot_bytes).arg(&CHUNK_WORDS);
+                // SAFETY: the arguments match `gr_partial`'s parameters in order and
+                // type; every pointer covers what the kernel indexes with these sizes.
+                unsafe { launch.launch(partial) }.map_err(call("cuLaunchKernel (gr_partial)"))?;
+                let finish = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+                let mut launch = stream.launch_builder(&kernels.finish);
+                launch.arg(&queue_ptr).arg(&buffers.scratch).arg(&first).arg(&count).arg(&capacity).arg(&slot_count).arg(&slot_bytes);
+                // SAFETY: as above, for `gr_finish`.
+                unsafe { launch.launch(finish) }.map_err(call("cuLaunchKernel (gr_finish)"))?;
+                // SAFETY: `after_release` only reads the staging, which outlives the
+                // stream's work (see `after_release`).
+                let woken = unsafe { sys::cuLaunchHostFunc(stream.cu_stream(), Some(after_release), Arc::as_ptr(staging).cast_mut().cast()) };
+                check("cuLaunchHostFunc", woken)?;
+                self.launches += 2;
+            }
+        }
+        Ok(())
+    }
+
+    fn idle(&mut self) -> Result<bool, CudaError> {
+        // Copies queued after the last batch the compute stream waited for
+        // (a launch that failed midway) count too.
+        let copies = match &self.work {
+            Work::Checksum { buffers: Buffers { copies: Some(copies), .. }, .. } => stream_idle(copies)?,
+            _ => true,
+        };
+        Ok(copies && stream_idle(self.stream)?)
+    }
+
+    fn failure(&self, f: Failure) -> CudaError {
+        failure(f)
+    }
+}
+
+/// DeviceCopy: queue a copy of each good slot of `batch` into the device
+/// copy of the slots at `mirror`, on `copies`; returns the bytes queued.
+fn copy_slots(staging: &CudaStaging, batch: &Batch, mirror: u64, copies: &CudaStream) -> Result<u64, CudaError> {
+    let q = staging.queue();
+    let mut queued = 0;
+    for position in batch.positions() {
+        let e = q.entry(position);
+        let (slot, bytes) = (e.slot(), e.bytes());
+        // A failed read has nothing to copy; an entry out of range is left
+        // to the kernel to reject.
+        if e.status() != 0 || slot >= batch.slot_count || bytes > batch.slot_bytes as u64 || bytes == 0 {
+            continue;
+        }
+        let (to, from) = (mirror + slot as u64 * batch.slot_bytes as u64, staging.slot_ptr(slot).as_ptr().cast());
+        // SAFETY: both ranges lie inside their regions (checked just above); the host slot is page-locked (so the copy is asynchronous DMA) and stays ours until the batch is released, which the compute stream does only after it waited for this copy.
+        let copied = unsafe { sys::cuMemcpyHtoDAsync_v2(to, from, bytes as usize, copies.cu_stream()) };
+        check("cuMemcpyHtoDAsync", copied)?;
+        queued += bytes;
+    }
+    Ok(queued)
+}
+
+/// Run batches of `work` until the queue is finished; `release` says who
+/// stores `consumer`.
 fn batched(
     staging: &Arc<CudaStaging>,
-    kernels: &Kernels,
     stream: &Arc<CudaStream>,
-    buffers: &Buffers,
-    stop: &AtomicBool,
-    handed: &mut Consumer,
-) -> Result<CudaStats, CudaError> {
-    let mut stats = CudaStats::default();
-    let queued = queue_batches(staging, kernels, stream, buffers, stop, handed, &mut stats);
-    // Whatever happened, nothing may still run on the device when the
-    // staging can be freed.
-    let finished = finish_stream(stream, "the queued batches");
-    // Copies queued after the last batch the compute stream waited for.
-    let copied = buffers.copies.as_ref().map_or(Ok(()), |copies| finish_stream(copies, "the copies into device memory"));
-    queued?;
-    finished?;
-    copied?;
-    let q = staging.queue();
-    gpuring_shared::kernel::batched_outcome(&q, staging.geometry(), handed.position(), stop.load(Ordering::Acquire))
-        .map_err(|(position, what)| CudaError::Rejected { position, what })?;
-    wake_producer(&q);
-    Ok(stats)
-}
-
-fn queue_batches(
-    staging: &Arc<CudaStaging>,
-    kernels: &Kernels,
-    stream: &Arc<CudaStream>,
-    buffers: &Buffers,
-    stop: &AtomicBool,
-    handed: &mut Consumer,
-    stats: &mut CudaStats,
-) -> Result<(), CudaError> {
-    let q = staging.queue();
-    let geometry = staging.geometry();
-    let (capacity, slot_count, slot_bytes) = (q.capacity(), geometry.slot_count(), geometry.slot_size() as u32);
-    let queue_ptr = staging.queue.device_ptr();
-    let slots_ptr = match &buffers.mirror {
-        Some(mirror) => mirror.device_ptr(stream).0,
-        None => staging.slots.device_ptr(),
-    };
-    let chunks = chunks_per_slot(slot_bytes);
-    while let Waited::Ready(available) = wait_for_entries(&q, handed, stop) {
-        if q.consumer_failed() != 0 {
-            break;
-        }
-        let first = handed.position();
-        let count = available.min(MAX_BATCH);
-        // Count, and copy for DeviceCopy, while the entries are still ours.
-        for position in io_queue::positions(first, count) {
-            let e = q.entry(position);
-            let (slot, bytes) = (e.slot(), e.bytes());
-            stats.entries += 1;
-            if e.status() != 0 {
-                stats.skipped += 1;
-                continue;
-            }
-            stats.bytes += bytes;
-            if let Some(copies) = &buffers.copies {
-                // An entry out of range is left to the kernel to reject.
-                if slot < slot_count && bytes <= slot_bytes as u64 && bytes > 0 {
-                    let (to, from) = (slots_ptr + slot as u64 * slot_bytes as u64, staging.slot_ptr(slot).as_ptr().cast());
-                    // SAFETY: both ranges lie inside their regions (checked just above); the host slot is page-locked (so the copy is asynchronous DMA) and stays ours until the batch is released, which the compute stream does only after it waited for this copy.
-                    let copied = unsafe { sys::cuMemcpyHtoDAsync_v2(to, from, bytes as usize, copies.cu_stream()) };
-                    check("cuMemcpyHtoDAsync", copied)?;
-                    stats.device_copy_bytes += bytes;
-                }
-            }
-        }
-        if let Some(copies) = &buffers.copies {
-            let copied = copies.record_event(None).map_err(call("cuEventRecord"))?;
-            stream.wait(&copied).map_err(call("cuStreamWaitEvent"))?;
-        }
-        let partial = LaunchConfig { grid_dim: (chunks, count, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
-        let mut launch = stream.launch_builder(&kernels.partial);
-        launch.arg(&queue_ptr).arg(&slots_ptr).arg(&buffers.scratch).arg(&first).arg(&capacity).arg(&slot_count).arg(&slot_bytes).arg(&CHUNK_WORDS);
-        // SAFETY: the arguments match `gr_partial`'s parameters in order and
-        // type; every pointer covers what the kernel indexes with these sizes.
-        unsafe { launch.launch(partial) }.map_err(call("cuLaunchKernel (gr_partial)"))?;
-        let finish = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
-        let mut launch = stream.launch_builder(&kernels.finish);
-        launch.arg(&queue_ptr).arg(&buffers.scratch).arg(&first).arg(&count).arg(&capacity).arg(&slot_count).arg(&slot_bytes);
-        // SAFETY: as above, for `gr_finish`.
-        unsafe { launch.launch(finish) }.map_err(call("cuLaunchKernel (gr_finish)"))?;
-        // SAFETY: `after_release` only reads the staging, which outlives the
-        // stream's work (see `after_release`).
-        let woken = unsafe { sys::cuLaunchHostFunc(stream.cu_stream(), Some(after_release), Arc::as_ptr(staging).cast_mut().cast()) };
-        check("cuLaunchHostFunc", woken)?;
-        stats.launches += 2;
-        handed.hand_over(count);
-    }
-    Ok(())
-}
-
-/// One launch of the user's kernel per batch; the host waits for it,
-/// checks the entries' verdicts and releases the batch.
-fn user_batches(
-    staging: &Arc<CudaStaging>,
-    function: &CudaFunction,
-    block: u32,
-    stream: &Arc<CudaStream>,
-    output: &CudaSlice<u8>,
+    work: Work<'_>,
+    release: Release,
     stop: &AtomicBool,
     consumer: &mut Consumer,
 ) -> Result<CudaStats, CudaError> {
-    let q = staging.queue();
-    let geometry = staging.geometry();
-    let (capacity, slot_count, slot_bytes) = (q.capacity(), geometry.slot_count(), geometry.slot_size() as u32);
-    let (queue_ptr, slots_ptr) = (staging.queue.device_ptr(), staging.slots.device_ptr());
-    let mut stats = CudaStats::default();
-    while let Waited::Ready(available) = wait_for_entries(&q, consumer, stop) {
-        let first = consumer.position();
-        let count = available.min(MAX_BATCH);
-        for position in io_queue::positions(first, count) {
-            let e = q.entry(position);
-            stats.entries += 1;
-            match e.status() {
-                0 => stats.bytes += e.bytes(),
-                _ => stats.skipped += 1,
-            }
-        }
-        let config = LaunchConfig { grid_dim: (count, 1, 1), block_dim: (block, 1, 1), shared_mem_bytes: 0 };
-        let mut launch = stream.launch_builder(function);
-        launch.arg(&queue_ptr).arg(&slots_ptr).arg(&first).arg(&count).arg(&capacity).arg(&slot_count).arg(&slot_bytes).arg(output);
-        // SAFETY: the arguments are those of the documented signature, which
-        // `with_kernel`'s caller promised the kernel has; every pointer covers
-        // what the contract lets the kernel touch.
-        unsafe { launch.launch(config) }.map_err(call("cuLaunchKernel (the user's kernel)"))?;
-        stats.launches += 1;
-        finish_stream(stream, "the user's kernel")?;
-        if io_queue::positions(first, count).any(|p| q.entry(p).consumer_status() == io_queue::REJECTED) {
-            consumer.fail(&q, gpuring_shared::kernel::FAILED_REJECTED);
-            return Err(rejection(staging, first.wrapping_add(count)));
-        }
-        consumer.release_batch(&q, count).map_err(|e| CudaError::Rejected { position: first, what: e.to_string() })?;
-        wake_producer(&q);
-    }
-    Ok(stats)
+    let mut launcher = Launcher { staging, stream, work, launches: 0, device_copy_bytes: 0 };
+    let done = run_batches(&staging.queue(), staging.geometry(), consumer, stop, release, &mut launcher)?;
+    Ok(CudaStats {
+        entries: done.entries,
+        bytes: done.bytes,
+        skipped: done.skipped,
+        device_copy_bytes: launcher.device_copy_bytes,
+        launches: launcher.launches,
+    })
 }
 
 fn persistent(staging: &CudaStaging, kernels: &Kernels, stream: &Arc<CudaStream>, buffers: &Buffers, stop: &AtomicBool) -> Result<CudaStats, CudaError> {
@@ -492,7 +483,7 @@ fn persistent(staging: &CudaStaging, kernels: &Kernels, stream: &Arc<CudaStream>
     if watched.is_err() {
         staging.abort_flag().store(1, Ordering::Release);
     }
-    let finished = finish_stream(stream, "the persistent kernel after the queue was finished");
+    let finished = wait_idle(&mut Watch(stream), "the persistent kernel after the queue was finished");
     if finished.is_err() {
         staging.abort_flag().store(1, Ordering::Release);
     }
@@ -524,4 +515,23 @@ fn persistent(staging: &CudaStaging, kernels: &Kernels, stream: &Arc<CudaStream>
 fn rejection(staging: &CudaStaging, end: u32) -> CudaError {
     let (position, what) = gpuring_shared::kernel::rejection(&staging.queue(), staging.geometry(), end);
     CudaError::Rejected { position, what }
+}
+
+/// The persistent kernel's stream, for [`wait_idle`].
+struct Watch<'a>(&'a CudaStream);
+
+impl BatchDevice for Watch<'_> {
+    type Error = CudaError;
+
+    fn launch(&mut self, _: &Batch) -> Result<(), CudaError> {
+        unreachable!("the persistent kernel takes no batches")
+    }
+
+    fn idle(&mut self) -> Result<bool, CudaError> {
+        stream_idle(self.0)
+    }
+
+    fn failure(&self, f: Failure) -> CudaError {
+        failure(f)
+    }
 }

@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 use cudarc::driver::CudaFunction;
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileError, CompileOptions};
-use gpuring_shared::kernel::{source, Dialect};
+use gpuring_shared::kernel::{source, Dialect, UserKernel};
 
 use crate::device::Device;
 use crate::error::{call, CudaError};
@@ -76,8 +76,17 @@ pub(crate) fn compile(major: i32, minor: i32) -> Result<cudarc::nvrtc::Ptx, Cuda
     compile_source(source(Dialect::Cuda), major, minor)
 }
 
+/// Compile a kernel of yours to PTX for compute capability `major.minor`
+/// (NVRTC only; no device needed), as
+/// [`CudaConsumer::with_kernel`](crate::CudaConsumer::with_kernel) does for
+/// the staging's device: the io_queue contract header, then your source.
+/// Compile errors come back with NVRTC's log.
+pub fn compile_kernel(kernel: &UserKernel, major: i32, minor: i32) -> Result<cudarc::nvrtc::Ptx, CudaError> {
+    compile_source(kernel.full_source(), major, minor)
+}
+
 /// Compile CUDA C++ `text` to PTX for compute capability `major.minor`.
-pub(crate) fn compile_source(text: String, major: i32, minor: i32) -> Result<cudarc::nvrtc::Ptx, CudaError> {
+fn compile_source(text: String, major: i32, minor: i32) -> Result<cudarc::nvrtc::Ptx, CudaError> {
     nvrtc()?;
     // A virtual architecture (compute_XY) makes NVRTC emit PTX, which the
     // driver compiles for the device on load; a real one (sm_XY) would make

@@ -10,7 +10,10 @@
 //! - [`CudaConsumer`]: the consumer kernels (gpuring-shared's `consumer.cu`,
 //!   shared with the ROCm backend, compiled by NVRTC for the device, with a
 //!   prelude of constants generated from gpuring-core), in one of three [`Mode`]s: batched launches, one
-//!   persistent kernel, or batched after a copy-engine copy into VRAM.
+//!   persistent kernel, or batched after a copy-engine copy into VRAM; or
+//!   a kernel of yours, [`UserKernel`], through
+//!   [`CudaConsumer::with_kernel`]. The host side of the batched modes is
+//!   gpuring-shared's batched-consumer engine, which ROCm shares.
 //! - [`devices`] and [`Device`]: the driver's devices with what gpuring
 //!   needs of them; [`peer`]: what GPU peer DMA (BAR1) needs, probed.
 //!
@@ -27,10 +30,10 @@ mod error;
 mod kernel;
 mod memory;
 pub mod peer;
-pub mod user;
 
 pub use consumer::{CudaConsumer, CudaStats, Mode};
 pub use device::{devices, Device, DeviceInfo};
 pub use error::CudaError;
+pub use gpuring_shared::kernel::UserKernel;
+pub use kernel::compile_kernel;
 pub use memory::CudaStaging;
-pub use user::UserKernel;

@@ -1,14 +1,18 @@
-//! The ROCm consumer: the batched kernels of `consumer.cu` on the staging's
-//! device.
+//! The ROCm consumer: gpuring's batched kernels of `consumer.cu`
+//! ([`RocmConsumer::start`]) or a kernel of yours
+//! ([`RocmConsumer::with_kernel`]) on the staging's device.
 //!
-//! A host thread waits for published entries (as the host consumer does,
-//! [`gpuring_shared::wait_for_entries`]) and queues one batch per wake-up on a
-//! stream: `gr_partial` (the slots read in place, through the mapping,
-//! several blocks per slot), `gr_finish` (results, then one release store of
-//! `consumer`), and a stream callback that wakes the producer if it sleeps.
-//! It does not wait for the batch: the stream keeps batches in order, so the
-//! next batch is queued while the device works and the driver reads into
-//! the slots that are free.
+//! A host thread, gpuring-shared's batched-consumer engine
+//! ([`gpuring_shared::batch`], which the CUDA and Vulkan consumers run
+//! too), waits for published entries and queues one batch per wake-up on
+//! a stream. gpuring's kernels: `gr_partial` (the slots read in place,
+//! through the mapping, several blocks per slot), `gr_finish` (results,
+//! then one release store of `consumer`), and a stream callback that wakes
+//! the producer if it sleeps; the engine does not wait for the batch, as
+//! the stream keeps batches in order, so the next batch is queued while the
+//! device works and the driver reads into the slots that are free. A
+//! user's kernel: one launch per batch, which the engine waits for before
+//! it reads the verdicts and releases the batch from the host.
 //!
 //! There is no persistent mode here as there is for CUDA: its blocks wait on
 //! each other, which needs a cooperative launch, and HIP has none for
@@ -18,83 +22,79 @@ use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 
-use gpuring_core::io_queue::{self, Consumer};
 use gpuring_core::StagingMemory;
-use gpuring_shared::kernel::{chunks_per_slot, CHUNK_WORDS, THREADS};
-use gpuring_shared::{spawn_consumer, wait_for_entries, wake_consumer, wake_producer, Waited};
-use hip_sys::hiprt::{hipStreamNonBlocking, hipStream_t};
+use gpuring_shared::batch::{run_batches, Batch, BatchDevice, Failure, Release};
+use gpuring_shared::kernel::{chunks_per_slot, UserKernel, CHUNK_WORDS, THREADS};
+use gpuring_shared::{spawn_consumer, wake_consumer, wake_producer};
+use hip_sys::hiprt::{hipFunction_t, hipStreamNonBlocking, hipStream_t};
 
-use crate::api::{Hip, NOT_READY};
+use crate::api::{Hip, DEVICE_TO_HOST, NOT_READY};
 use crate::error::RocmError;
-use crate::kernel::Kernels;
+use crate::kernel::{compile_kernel, Kernels, Module};
 use crate::memory::RocmStaging;
-
-/// How long the device may take to finish what was queued.
-const DEVICE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Entries per batch at most (a grid's y dimension).
-const MAX_BATCH: u32 = 65_535;
-/// The nap between polls of a stream that is still busy.
-const NAP: Duration = Duration::from_micros(20);
 
 /// What the consumer did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RocmStats {
     /// Entries released.
     pub entries: u64,
-    /// Bytes checksummed.
+    /// Bytes of the entries whose read succeeded (that gpuring's kernels
+    /// checksummed, or a user's kernel was given).
     pub bytes: u64,
-    /// Entries released without a checksum because their read had failed.
+    /// Entries released without being read because their read had failed.
     pub skipped: u64,
-    /// Kernel launches (two per batch).
+    /// Kernel launches (two per batch for gpuring's kernels, one for yours).
     pub launches: u64,
 }
 
-/// A stream and the scratch lanes of the batched kernels, freed on drop
-/// (after the stream finished).
+/// A stream and a zeroed device buffer (the batched kernels' scratch lanes,
+/// or a user kernel's output), freed on drop (after the stream finished).
 struct Resources {
     stream: hipStream_t,
-    scratch: *mut c_void,
+    /// Whether `stream` is ours to destroy (not the caller's).
+    own_stream: bool,
+    buffer: *mut c_void,
+    bytes: usize,
     hip: &'static Hip,
 }
 
 impl Resources {
-    fn new(hip: &'static Hip, lanes: usize) -> Result<Self, RocmError> {
-        let mut this = Self { stream: std::ptr::null_mut(), scratch: std::ptr::null_mut(), hip };
-        // SAFETY: valid outputs; a failure leaves them null, which `Drop` skips.
-        hip.check("hipStreamCreateWithFlags", unsafe { (hip.rt.hipStreamCreateWithFlags)(&mut this.stream, hipStreamNonBlocking) })?;
-        let bytes = lanes * std::mem::size_of::<u32>();
+    /// `stream`: the caller's, or `None` for a new one.
+    fn new(hip: &'static Hip, bytes: usize, stream: Option<hipStream_t>) -> Result<Self, RocmError> {
+        let mut this = Self { stream: stream.unwrap_or(std::ptr::null_mut()), own_stream: stream.is_none(), buffer: std::ptr::null_mut(), bytes, hip };
+        if this.own_stream {
+            // SAFETY: a valid output; a failure leaves it null, which `Drop` skips.
+            hip.check("hipStreamCreateWithFlags", unsafe { (hip.rt.hipStreamCreateWithFlags)(&mut this.stream, hipStreamNonBlocking) })?;
+        }
         // SAFETY: as above.
-        hip.check("hipMalloc (scratch lanes)", unsafe { (hip.rt.hipMalloc)(&mut this.scratch, bytes) })?;
-        // SAFETY: `scratch` holds `bytes` bytes of device memory.
-        hip.check("hipMemset (scratch lanes)", unsafe { (hip.rt.hipMemset)(this.scratch, 0, bytes) })?;
+        hip.check("hipMalloc", unsafe { (hip.rt.hipMalloc)(&mut this.buffer, bytes) })?;
+        // SAFETY: `buffer` holds `bytes` bytes of device memory.
+        hip.check("hipMemset", unsafe { (hip.rt.hipMemset)(this.buffer, 0, bytes) })?;
         Ok(this)
     }
 
-    /// Wait for everything queued on the stream, at most [`DEVICE_TIMEOUT`].
-    fn finish(&self, what: &str) -> Result<(), RocmError> {
-        let deadline = Instant::now() + DEVICE_TIMEOUT;
-        loop {
-            // SAFETY: the stream is alive (owned by `self`).
-            match unsafe { (self.hip.rt.hipStreamQuery)(self.stream) } {
-                NOT_READY if Instant::now() < deadline => std::thread::sleep(NAP),
-                NOT_READY => return Err(RocmError::Timeout { what: what.to_owned(), seconds: DEVICE_TIMEOUT.as_secs() }),
-                code => return self.hip.check("hipStreamQuery", code),
-            }
-        }
+    /// The buffer's bytes, copied back (the stream must be idle).
+    fn read(&self) -> Result<Vec<u8>, RocmError> {
+        let mut out = vec![0u8; self.bytes];
+        // SAFETY: `out` and the buffer both hold `bytes` bytes; the copy is
+        // synchronous, and nothing runs on the buffer any more.
+        let code = unsafe { (self.hip.rt.hipMemcpy)(out.as_mut_ptr().cast(), self.buffer, self.bytes, DEVICE_TO_HOST) };
+        self.hip.check("hipMemcpy (the kernel's output)", code)?;
+        Ok(out)
     }
 }
 
 impl Drop for Resources {
     fn drop(&mut self) {
-        // SAFETY: created in `new` (null ones are skipped); the consumer
-        // thread waited for the stream before it drops them.
+        // SAFETY: made in `new` (null ones are skipped; a caller's stream is
+        // not ours); the consumer thread waited for the stream before it
+        // drops them, or leaked them.
         unsafe {
-            if !self.scratch.is_null() {
-                (self.hip.rt.hipFree)(self.scratch);
+            if !self.buffer.is_null() {
+                (self.hip.rt.hipFree)(self.buffer);
             }
-            if !self.stream.is_null() {
+            if self.own_stream && !self.stream.is_null() {
                 (self.hip.rt.hipStreamDestroy)(self.stream);
             }
         }
@@ -105,10 +105,15 @@ impl Drop for Resources {
 // only the consumer thread uses them once it started.
 unsafe impl Send for Resources {}
 
-/// A running ROCm consumer. Stop it with [`RocmConsumer::join`] after the
-/// producer closed the queue; dropping it stops it early.
+/// What the consumer thread ends with: its counts and a user kernel's output.
+type Finished = Result<(RocmStats, Vec<u8>), RocmError>;
+
+/// A running ROCm consumer: gpuring's checksum kernels
+/// ([`RocmConsumer::start`]) or one of yours ([`RocmConsumer::with_kernel`]).
+/// Stop it with [`RocmConsumer::join`] (or `finish`, for a kernel's
+/// output) after the producer closed the queue; dropping it stops it early.
 pub struct RocmConsumer {
-    handle: Option<JoinHandle<Result<RocmStats, RocmError>>>,
+    handle: Option<JoinHandle<Finished>>,
     stop: Arc<AtomicBool>,
     staging: Arc<RocmStaging>,
 }
@@ -125,23 +130,62 @@ impl RocmConsumer {
     /// errors come back here, before any read.
     pub fn start(staging: Arc<RocmStaging>) -> Result<Self, RocmError> {
         let device = staging.device.clone();
-        if staging.geometry().slot_size() as u64 > u32::MAX as u64 {
-            return Err(RocmError::Unsupported { device: device.info.name.clone(), what: "a slot of 4 GiB or more".into() });
-        }
+        refuse_huge_slots(&staging)?;
         let kernels = Kernels::load(&device)?;
-        let resources = Resources::new(device.hip, 2 * staging.queue().capacity() as usize)?;
+        let lanes = 2 * staging.queue().capacity() as usize;
+        let resources = Resources::new(device.hip, lanes * std::mem::size_of::<u32>(), None)?;
+        Self::spawn("gpuring-rocm", staging, Release::Device, Work::Checksum(kernels), resources)
+    }
+
+    /// Run a kernel of yours as the consumer, one launch per batch of
+    /// published entries, on `stream` (yours, on the staging's device;
+    /// `None`: a new one), under the contract [`UserKernel`] documents; the
+    /// same source serves CUDA and HIP when it keeps to their common
+    /// dialect. The host thread (the shared batched-consumer engine) waits
+    /// for each launch, fails the queue on a rejected entry, and releases
+    /// the batch; [`RocmConsumer::finish`] returns the kernel's output.
+    /// Takes the queue's consumer end.
+    ///
+    /// # Safety
+    /// The kernel has the documented signature, reads the queue and the
+    /// slots only within their sizes, writes only its entries' `result` and
+    /// `consumer_status` and its output buffer, and returns: the device
+    /// writes into this process's mapped pages, which Rust cannot check. A
+    /// `stream` of yours is a live stream of the staging's device that
+    /// outlives the consumer.
+    pub unsafe fn with_kernel(staging: Arc<RocmStaging>, kernel: &UserKernel, stream: Option<hipStream_t>) -> Result<Self, RocmError> {
+        let device = staging.device.clone();
+        refuse_huge_slots(&staging)?;
+        device.bind()?;
+        let module = Module::load(&device, &compile_kernel(kernel, None)?)?;
+        let function = module.function(kernel.name())?;
+        let resources = Resources::new(device.hip, kernel.output_bytes(), stream)?;
+        let work = Work::User { function, block: kernel.block(), _module: module };
+        Self::spawn("gpuring-rocm-user", staging, Release::Host, work, resources)
+    }
+
+    /// Start the consumer thread: the engine on `work`'s kernels.
+    fn spawn(name: &str, staging: Arc<RocmStaging>, release: Release, work: Work, resources: Resources) -> Result<Self, RocmError> {
         let stop = Arc::new(AtomicBool::new(false));
         let handle = {
             let stop = stop.clone();
             // Takes the queue's one consumer end: a second consumer is an error.
-            spawn_consumer("gpuring-rocm", &staging, move |staging, consumer| {
-                let result = staging.device.bind().and_then(|()| batched(staging, &kernels, &resources, &stop, consumer));
+            spawn_consumer(name, &staging, move |staging, consumer| {
+                let result = staging.device.bind().and_then(|()| {
+                    let mut launcher = Launcher { staging, resources: &resources, work: &work, launches: 0 };
+                    let done = run_batches(&staging.queue(), staging.geometry(), consumer, &stop, release, &mut launcher)?;
+                    Ok(RocmStats { entries: done.entries, bytes: done.bytes, skipped: done.skipped, launches: launcher.launches })
+                });
                 if let Err(e @ RocmError::Timeout { .. }) = &result {
                     // The device may still run a kernel on this memory:
                     // never free it (or unload the module) under the device.
-                    gpuring_shared::abandon_to_device("rocm", e, (staging.clone(), resources, kernels));
+                    gpuring_shared::abandon_to_device("rocm", e, (staging.clone(), resources, work));
+                    return result.map(|stats| (stats, Vec::new()));
                 }
-                result
+                let stats = result?;
+                // The stream is idle: the output is final.
+                let output = if release == Release::Host { resources.read()? } else { Vec::new() };
+                Ok((stats, output))
             })
             .map_err(RocmError::from)?
         };
@@ -150,7 +194,13 @@ impl RocmConsumer {
 
     /// Wait until the producer has closed the queue and every entry is
     /// released, then return what the consumer did.
-    pub fn join(mut self) -> Result<RocmStats, RocmError> {
+    pub fn join(self) -> Result<RocmStats, RocmError> {
+        self.finish().map(|(stats, _)| stats)
+    }
+
+    /// As [`RocmConsumer::join`], and return a user kernel's output buffer
+    /// (empty for gpuring's own kernels).
+    pub fn finish(mut self) -> Result<(RocmStats, Vec<u8>), RocmError> {
         let handle = self.handle.take().expect("joined once");
         handle.join().map_err(|_| RocmError::ConsumerPanicked)?
     }
@@ -166,6 +216,14 @@ impl Drop for RocmConsumer {
     }
 }
 
+/// Slots of 4 GiB or more cannot be indexed by the kernels' 32-bit sizes.
+fn refuse_huge_slots(staging: &RocmStaging) -> Result<(), RocmError> {
+    if staging.geometry().slot_size() as u64 > u32::MAX as u64 {
+        return Err(RocmError::Unsupported { device: staging.device.info.name.clone(), what: "a slot of 4 GiB or more".into() });
+    }
+    Ok(())
+}
+
 /// Runs on the runtime's callback thread after a batch's release: wake the
 /// producer if it sleeps waiting for it.
 unsafe extern "C" fn after_release(_stream: hipStream_t, _status: std::ffi::c_int, staging: *mut c_void) {
@@ -176,35 +234,45 @@ unsafe extern "C" fn after_release(_stream: hipStream_t, _status: std::ffi::c_in
     wake_producer(&staging.queue());
 }
 
-fn batched(staging: &Arc<RocmStaging>, kernels: &Kernels, resources: &Resources, stop: &AtomicBool, handed: &mut Consumer) -> Result<RocmStats, RocmError> {
-    let mut stats = RocmStats::default();
-    let queued = queue_batches(staging, kernels, resources, stop, handed, &mut stats);
-    // Whatever happened, nothing may still run on the device when the
-    // staging can be freed.
-    let finished = resources.finish("the queued batches");
-    queued?;
-    finished?;
-    let q = staging.queue();
-    gpuring_shared::kernel::batched_outcome(&q, staging.geometry(), handed.position(), stop.load(Ordering::Acquire))
-        .map_err(|(position, what)| RocmError::Rejected { position, what })?;
-    wake_producer(&q);
-    Ok(stats)
+/// What a batch runs on the device, loaded.
+enum Work {
+    /// gpuring's `gr_partial` + `gr_finish`.
+    Checksum(Kernels),
+    /// A user's kernel, one launch of `block` threads per entry.
+    User {
+        function: hipFunction_t,
+        block: u32,
+        // Keeps `function` loaded.
+        _module: Module,
+    },
 }
 
-/// Launch `f` on the stream with `args` (pointers to each argument, in the
-/// kernel's parameter order).
-fn launch(
-    hip: &Hip,
-    name: &'static str,
-    f: hip_sys::hiprt::hipFunction_t,
-    grid: (u32, u32),
-    stream: hipStream_t,
-    args: &mut [*mut c_void],
-) -> Result<(), RocmError> {
-    // SAFETY: `args` point at live values whose types match the kernel's
-    // parameters in order (the callers below); the values are copied at launch.
-    let code = unsafe { (hip.rt.hipModuleLaunchKernel)(f, grid.0, grid.1, 1, THREADS, 1, 1, 0, stream, args.as_mut_ptr(), std::ptr::null_mut()) };
-    hip.check(name, code)
+// SAFETY: function handles are process-wide in HIP (see `Module`); only
+// the consumer thread launches them.
+unsafe impl Send for Work {}
+
+/// The HIP side of the batched-consumer engine.
+struct Launcher<'a> {
+    staging: &'a Arc<RocmStaging>,
+    resources: &'a Resources,
+    work: &'a Work,
+    launches: u64,
+}
+
+impl Launcher<'_> {
+    /// Launch `f` as (`grid`, `block` threads) on the stream with `args`
+    /// (pointers to each argument, in the kernel's parameter order).
+    fn launch_one(&mut self, name: &'static str, f: hipFunction_t, grid: (u32, u32), block: u32, args: &mut [*mut c_void]) -> Result<(), RocmError> {
+        let hip = self.resources.hip;
+        // SAFETY: `args` point at live values whose types match the kernel's
+        // parameters in order (the callers below, and for a user's kernel the
+        // signature `with_kernel`'s caller promised); HIP copies them at launch.
+        let code =
+            unsafe { (hip.rt.hipModuleLaunchKernel)(f, grid.0, grid.1, 1, block, 1, 1, 0, self.resources.stream, args.as_mut_ptr(), std::ptr::null_mut()) };
+        hip.check(name, code)?;
+        self.launches += 1;
+        Ok(())
+    }
 }
 
 /// A kernel argument as `hipModuleLaunchKernel` takes it.
@@ -212,58 +280,69 @@ fn arg<T>(value: &mut T) -> *mut c_void {
     (value as *mut T).cast()
 }
 
-fn queue_batches(
-    staging: &Arc<RocmStaging>,
-    kernels: &Kernels,
-    resources: &Resources,
-    stop: &AtomicBool,
-    handed: &mut Consumer,
-    stats: &mut RocmStats,
-) -> Result<(), RocmError> {
-    let hip = staging.device.hip;
-    let q = staging.queue();
-    let geometry = staging.geometry();
-    let (mut capacity, mut slot_count, mut slot_bytes) = (q.capacity(), geometry.slot_count(), geometry.slot_size() as u32);
-    let (mut queue_ptr, mut slots_ptr, mut scratch) = (staging.queue.device_ptr(), staging.slots.device_ptr(), resources.scratch);
-    let (chunks, mut chunk_words) = (chunks_per_slot(slot_bytes), CHUNK_WORDS);
-    while let Waited::Ready(available) = wait_for_entries(&q, handed, stop) {
-        if q.consumer_failed() != 0 {
-            break;
-        }
-        let mut first = handed.position();
-        let mut count = available.min(MAX_BATCH);
-        // Count while the entries are still ours.
-        for position in io_queue::positions(first, count) {
-            let e = q.entry(position);
-            stats.entries += 1;
-            if e.status() != 0 {
-                stats.skipped += 1;
-            } else {
-                stats.bytes += e.bytes();
+impl BatchDevice for Launcher<'_> {
+    type Error = RocmError;
+
+    fn launch(&mut self, batch: &Batch) -> Result<(), RocmError> {
+        let Batch { mut first, mut count, mut capacity, mut slot_count, mut slot_bytes } = *batch;
+        let (mut queue_ptr, mut slots_ptr, mut buffer) = (self.staging.queue.device_ptr(), self.staging.slots.device_ptr(), self.resources.buffer);
+        match self.work {
+            Work::User { function, block, .. } => {
+                // name(queue, slots, first, count, capacity, slot_count, slot_bytes, output)
+                let mut args = [
+                    arg(&mut queue_ptr),
+                    arg(&mut slots_ptr),
+                    arg(&mut first),
+                    arg(&mut count),
+                    arg(&mut capacity),
+                    arg(&mut slot_count),
+                    arg(&mut slot_bytes),
+                    arg(&mut buffer),
+                ];
+                self.launch_one("hipModuleLaunchKernel (the user's kernel)", *function, (count, 1), *block, &mut args)
+            }
+            Work::Checksum(kernels) => {
+                let (chunks, mut chunk_words) = (chunks_per_slot(slot_bytes), CHUNK_WORDS);
+                // gr_partial(queue, slots, scratch, first, capacity, slot_count, slot_bytes, chunk_words)
+                let mut partial = [
+                    arg(&mut queue_ptr),
+                    arg(&mut slots_ptr),
+                    arg(&mut buffer),
+                    arg(&mut first),
+                    arg(&mut capacity),
+                    arg(&mut slot_count),
+                    arg(&mut slot_bytes),
+                    arg(&mut chunk_words),
+                ];
+                self.launch_one("hipModuleLaunchKernel (gr_partial)", kernels.partial, (chunks, count), THREADS, &mut partial)?;
+                // gr_finish(queue, scratch, first, count, capacity, slot_count, slot_bytes)
+                let mut finish =
+                    [arg(&mut queue_ptr), arg(&mut buffer), arg(&mut first), arg(&mut count), arg(&mut capacity), arg(&mut slot_count), arg(&mut slot_bytes)];
+                self.launch_one("hipModuleLaunchKernel (gr_finish)", kernels.finish, (1, 1), THREADS, &mut finish)?;
+                let hip = self.resources.hip;
+                // SAFETY: `after_release` only reads the staging, which outlives the
+                // stream's work (see `after_release`).
+                let woken =
+                    unsafe { (hip.rt.hipStreamAddCallback)(self.resources.stream, Some(after_release), Arc::as_ptr(self.staging).cast_mut().cast(), 0) };
+                hip.check("hipStreamAddCallback", woken)
             }
         }
-        // gr_partial(queue, slots, scratch, first, capacity, slot_count, slot_bytes, chunk_words)
-        let mut partial = [
-            arg(&mut queue_ptr),
-            arg(&mut slots_ptr),
-            arg(&mut scratch),
-            arg(&mut first),
-            arg(&mut capacity),
-            arg(&mut slot_count),
-            arg(&mut slot_bytes),
-            arg(&mut chunk_words),
-        ];
-        launch(hip, "hipModuleLaunchKernel (gr_partial)", kernels.partial, (chunks, count), resources.stream, &mut partial)?;
-        // gr_finish(queue, scratch, first, count, capacity, slot_count, slot_bytes)
-        let mut finish =
-            [arg(&mut queue_ptr), arg(&mut scratch), arg(&mut first), arg(&mut count), arg(&mut capacity), arg(&mut slot_count), arg(&mut slot_bytes)];
-        launch(hip, "hipModuleLaunchKernel (gr_finish)", kernels.finish, (1, 1), resources.stream, &mut finish)?;
-        // SAFETY: `after_release` only reads the staging, which outlives the
-        // stream's work (see `after_release`).
-        let woken = unsafe { (hip.rt.hipStreamAddCallback)(resources.stream, Some(after_release), Arc::as_ptr(staging).cast_mut().cast(), 0) };
-        hip.check("hipStreamAddCallback", woken)?;
-        stats.launches += 2;
-        handed.hand_over(count);
     }
-    Ok(())
+
+    fn idle(&mut self) -> Result<bool, RocmError> {
+        let hip = self.resources.hip;
+        // SAFETY: the stream is alive (the resources own it, or the caller
+        // promised it outlives the consumer).
+        match unsafe { (hip.rt.hipStreamQuery)(self.resources.stream) } {
+            NOT_READY => Ok(false),
+            code => hip.check("hipStreamQuery", code).map(|()| true),
+        }
+    }
+
+    fn failure(&self, failure: Failure) -> RocmError {
+        match failure {
+            Failure::Timeout { what, seconds } => RocmError::Timeout { what, seconds },
+            Failure::Rejected { position, what } => RocmError::Rejected { position, what },
+        }
+    }
 }

@@ -4,7 +4,7 @@
 
 use std::ffi::{c_char, c_int, c_void, CString};
 
-use gpuring_shared::kernel::{source, Dialect};
+use gpuring_shared::kernel::{source, Dialect, UserKernel};
 use hip_sys::hiprt::{hipFunction_t, hipModule_t};
 
 use crate::api::{static_text, Hip, HiprtcProgram, SUCCESS};
@@ -83,42 +83,73 @@ fn log(hip: &Hip, program: HiprtcProgram) -> String {
     String::from_utf8_lossy(&text).trim_end_matches('\0').trim().to_owned()
 }
 
-/// The compiled kernels, loaded on a device; the module is unloaded on drop.
-pub(crate) struct Kernels {
+/// Compile a kernel of yours to a code object, as
+/// [`RocmConsumer::with_kernel`](crate::RocmConsumer::with_kernel) does for
+/// the staging's device: the io_queue contract header, then your source.
+/// `arch` is an `--offload-arch` (`gfx90a`, ...); `None` compiles for the
+/// current device. No device is needed when `arch` is given, only the HIP
+/// runtime's hiprtc. Compile errors come back with hiprtc's log.
+pub fn compile_kernel(kernel: &UserKernel, arch: Option<&str>) -> Result<Vec<u8>, RocmError> {
+    compile_source(crate::api::hip()?, &kernel.full_source(), arch)
+}
+
+/// A code object loaded on the current device; unloaded on drop.
+pub(crate) struct Module {
     module: hipModule_t,
-    pub(crate) partial: hipFunction_t,
-    pub(crate) finish: hipFunction_t,
     hip: &'static Hip,
 }
 
 // SAFETY: module and function handles are process-wide in HIP and may be
 // used from any thread once its current device is the module's device.
+unsafe impl Send for Module {}
+
+impl Module {
+    /// Load `code` (a code object for the device's architecture) on `device`.
+    pub(crate) fn load(device: &Device, code: &[u8]) -> Result<Self, RocmError> {
+        device.bind()?;
+        let hip = device.hip;
+        let mut module: hipModule_t = std::ptr::null_mut();
+        // SAFETY: `code` is a code object hiprtc produced; HIP copies it.
+        hip.check("hipModuleLoadData", unsafe { (hip.rt.hipModuleLoadData)(&mut module, code.as_ptr().cast::<c_void>()) })?;
+        Ok(Self { module, hip })
+    }
+
+    /// The kernel called `name`; valid while the module is loaded.
+    pub(crate) fn function(&self, name: &str) -> Result<hipFunction_t, RocmError> {
+        let c_name = CString::new(name).map_err(|_| RocmError::Compile { log: format!("a kernel name with a NUL byte: {name:?}") })?;
+        let mut function: hipFunction_t = std::ptr::null_mut();
+        // SAFETY: a loaded module and a valid name; the output is valid.
+        self.hip.check("hipModuleGetFunction", unsafe { (self.hip.rt.hipModuleGetFunction)(&mut function, self.module, c_name.as_ptr()) })?;
+        Ok(function)
+    }
+}
+
+impl Drop for Module {
+    fn drop(&mut self) {
+        // SAFETY: loaded in `load`; a consumer drops its module only after
+        // its stream finished every launch of it (or leaks it).
+        unsafe { (self.hip.rt.hipModuleUnload)(self.module) };
+    }
+}
+
+/// gpuring's batched kernels, loaded on a device.
+pub(crate) struct Kernels {
+    pub(crate) partial: hipFunction_t,
+    pub(crate) finish: hipFunction_t,
+    // Declared last: unloaded after the functions are forgotten.
+    _module: Module,
+}
+
+// SAFETY: as for `Module`.
 unsafe impl Send for Kernels {}
 
 impl Kernels {
     /// Compile the consumer for `device`'s architecture and load it.
     pub(crate) fn load(device: &Device) -> Result<Self, RocmError> {
         device.bind()?;
-        let hip = device.hip;
-        let code = compile(hip, None)?;
-        let mut module: hipModule_t = std::ptr::null_mut();
-        // SAFETY: `code` is a code object hiprtc produced; HIP copies it.
-        hip.check("hipModuleLoadData", unsafe { (hip.rt.hipModuleLoadData)(&mut module, code.as_ptr().cast::<c_void>()) })?;
-        let mut kernels = Self { module, partial: std::ptr::null_mut(), finish: std::ptr::null_mut(), hip };
-        for (name, slot) in ENTRY_POINTS.iter().zip([&mut kernels.partial, &mut kernels.finish]) {
-            let c_name = CString::new(*name).expect("no NUL");
-            // SAFETY: a loaded module and a valid name; the output is valid.
-            hip.check("hipModuleGetFunction", unsafe { (hip.rt.hipModuleGetFunction)(slot, module, c_name.as_ptr()) })?;
-        }
-        Ok(kernels)
-    }
-}
-
-impl Drop for Kernels {
-    fn drop(&mut self) {
-        // SAFETY: loaded in `load`; the consumer drops the kernels only
-        // after its stream finished every launch of them.
-        unsafe { (self.hip.rt.hipModuleUnload)(self.module) };
+        let module = Module::load(device, &compile(device.hip, None)?)?;
+        let [partial, finish] = ENTRY_POINTS;
+        Ok(Self { partial: module.function(partial)?, finish: module.function(finish)?, _module: module })
     }
 }
 

@@ -30,4 +30,6 @@ pub use api::LIBRARY_VARIABLE;
 pub use consumer::{RocmConsumer, RocmStats};
 pub use device::{devices, runtime, Device, DeviceInfo};
 pub use error::RocmError;
+pub use gpuring_shared::kernel::UserKernel;
+pub use kernel::compile_kernel;
 pub use memory::RocmStaging;

@@ -17,16 +17,11 @@
 //! - `gr_persistent`: one launch for the whole run, polling the io_queue.
 
 use gpuring_core::checksum::{FMIX_1, FMIX_2, INDEX_KEY, LEN_KEY, MUL_A, MUL_B};
-use gpuring_core::io_queue::{self, IoQueue, REJECTED};
+use gpuring_core::io_queue::{self, IoQueue, FAILED_OUT_OF_STEP, REJECTED};
 use gpuring_core::SlotGeometry;
 
 /// Threads per block of every kernel (`GR_THREADS`).
 pub const THREADS: u32 = 256;
-
-/// `consumer_failed`: the kernel rejected an entry.
-pub const FAILED_REJECTED: u32 = 0x4355_0001;
-/// `consumer_failed`: `consumer` was not where a batch started.
-pub const FAILED_OUT_OF_STEP: u32 = 0x4355_0002;
 
 /// Words of a slot one block of `gr_partial` checksums: 64 KiB, so a
 /// 256 KiB slot is read by four blocks at once.
@@ -60,14 +55,7 @@ pub fn source(dialect: Dialect) -> String {
     // users' kernels and this one.
     // Writing into a String cannot fail.
     let _ = gpuring_core::contract::write_c_header(&mut text);
-    let u32s: &[(&str, u32)] = &[
-        ("GR_FAILED_REJECTED", FAILED_REJECTED),
-        ("GR_FAILED_OUT_OF_STEP", FAILED_OUT_OF_STEP),
-        ("GR_INDEX_KEY", INDEX_KEY),
-        ("GR_MUL_A", MUL_A),
-        ("GR_MUL_B", MUL_B),
-        ("GR_THREADS", THREADS),
-    ];
+    let u32s: &[(&str, u32)] = &[("GR_INDEX_KEY", INDEX_KEY), ("GR_MUL_A", MUL_A), ("GR_MUL_B", MUL_B), ("GR_THREADS", THREADS)];
     for (name, value) in u32s {
         text += &format!("#define {name} {value:#x}u\n");
     }
@@ -97,8 +85,10 @@ pub fn rejection(q: &IoQueue<'_>, geometry: SlotGeometry, end: u32) -> (u32, Str
             let (seq, slot, bytes) = (e.seq(), e.slot(), e.bytes());
             let what = if seq != position.wrapping_add(1) {
                 format!("its seq is {seq}, not {}", position.wrapping_add(1))
-            } else {
+            } else if slot >= geometry.slot_count() || bytes > geometry.slot_size() as u64 {
                 format!("slot {slot} with {bytes} bytes, but there are {} slots of {} bytes", geometry.slot_count(), geometry.slot_size())
+            } else {
+                format!("the consumer marked it rejected (slot {slot}, {bytes} bytes)")
             };
             return (position, what);
         }
@@ -123,3 +113,6 @@ pub fn batched_outcome(q: &IoQueue<'_>, geometry: SlotGeometry, handed: u32, sto
 
 #[cfg(test)]
 mod tests;
+mod user;
+
+pub use user::UserKernel;

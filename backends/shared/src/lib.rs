@@ -11,11 +11,16 @@
 //! - [`choose_device`], [`select_device`]: the `--device` selector and the
 //!   default choice, for the GPU backends;
 //! - [`kernel`]: the consumer kernel in the dialect CUDA and HIP share,
-//!   after the published io_queue header, and the host's account of how a
-//!   batch of it ended.
+//!   after the published io_queue header, the host's account of how a
+//!   batch of it ended, and [`kernel::UserKernel`], a kernel of a user's;
+//! - [`batch`]: the batched-consumer engine, the host side (waiting,
+//!   batching, counting, releasing, failing, bounded waits for the device)
+//!   of the CUDA, ROCm and Vulkan consumers, each of which supplies only
+//!   its API's launch and idle check ([`batch::BatchDevice`]).
 //!
 //! It talks to no GPU API and does not depend on `gpuring-uring`.
 
+pub mod batch;
 pub mod kernel;
 mod memory;
 mod select;

@@ -1,9 +1,10 @@
 //! The Vulkan consumer: a host thread that dispatches the compute shader on
 //! batches of published io_queue entries.
 //!
-//! The thread never reads a slot. It waits for published entries as the
-//! host consumer does ([`gpuring_shared::wait_for_entries`]), then records and
-//! submits one command buffer per batch:
+//! The thread never reads a slot. It runs gpuring-shared's batched-consumer
+//! engine ([`gpuring_shared::batch`], as the CUDA and ROCm consumers do),
+//! which waits for published entries; for each batch it records and submits
+//! one command buffer:
 //!
 //! 1. `checksum`, one workgroup per entry: check the entry, checksum the
 //!    slot's bytes in parallel, write `result` and `consumer_status`;
@@ -21,7 +22,9 @@
 //! device stores to host memory are ordered for the host only by the
 //! barrier and the fence.)
 //!
-//! It waits on the batch's fence before the next one, so one batch is on the
+//! The engine polls the batch's fence (at most
+//! [`DEVICE_TIMEOUT`](gpuring_shared::batch::DEVICE_TIMEOUT)) before the
+//! next one, so one batch is on the
 //! device at a time and releases stay in queue order; meanwhile the driver
 //! keeps reading into the slots that are free. The batch is every entry
 //! published when the thread looks, so the batches grow when the device is
@@ -30,27 +33,20 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use ash::vk;
-use gpuring_core::io_queue::{self, Consumer, IoQueue, REJECTED};
+use gpuring_core::io_queue::Consumer;
 use gpuring_core::StagingMemory;
-use gpuring_shared::{spawn_consumer, wait_for_entries, wake_producer, ConsumerStats, Waited};
+use gpuring_shared::batch::{run_batches, Batch, BatchDevice, Failure, Release};
+use gpuring_shared::{spawn_consumer, ConsumerStats};
 
 use crate::context::Context;
 use crate::error::{call, VulkanError};
 use crate::memory::{Imported, VulkanStaging};
 use crate::shader::Shader;
 
-mod codes {
-    include!(concat!(env!("OUT_DIR"), "/codes.rs"));
-}
-
 /// The shader, SPIR-V built from `consumer.wgsl` by build.rs.
 const SPIRV: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/consumer.spv"));
-
-/// How long one batch may take on the device.
-const BATCH_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The shader's push constants (`Params` in `consumer.wgsl`).
 #[derive(Clone, Copy, Debug)]
@@ -198,15 +194,15 @@ impl Pipelines {
         Ok(p)
     }
 
-    /// Run one batch on the device and wait for it.
-    fn run(&self, params: Params) -> Result<(), VulkanError> {
+    /// Record and submit one batch; its fence signals when it is done.
+    fn submit(&self, params: Params) -> Result<(), VulkanError> {
         let d = &self.ctx.device;
         let barrier = |src, dst| [vk::MemoryBarrier::default().src_access_mask(src).dst_access_mask(dst)];
         let compute = vk::PipelineStageFlags::COMPUTE_SHADER;
-        // The command buffer is idle (the previous batch's fence was waited
-        // for) and only this thread records or submits it; every handle
-        // recorded lives as long as `self`; the fence is unsignalled when
-        // submitted (reset here, waited for below).
+        // The command buffer is idle (the engine waited for the previous
+        // batch's fence) and only this thread records or submits it; every
+        // handle recorded lives as long as `self`; the fence is unsignalled
+        // when submitted (reset here).
         // SAFETY: Vulkan's external-synchronisation and lifetime rules hold, as just said.
         unsafe {
             d.reset_fences(&[self.fence]).map_err(call("vkResetFences"))?;
@@ -227,17 +223,46 @@ impl Pipelines {
             d.end_command_buffer(self.cmd).map_err(call("vkEndCommandBuffer"))?;
             let cmds = [self.cmd];
             let submit = [vk::SubmitInfo::default().command_buffers(&cmds)];
-            d.queue_submit(self.ctx.queue, &submit, self.fence).map_err(call("vkQueueSubmit"))?;
-            match d.wait_for_fences(&[self.fence], true, BATCH_TIMEOUT.as_nanos() as u64) {
-                Ok(()) => Ok(()),
-                Err(vk::Result::TIMEOUT) => {
-                    // The batch may still run: wait for it without a limit, so
-                    // no shader touches the memory after we return.
-                    let _ = d.device_wait_idle();
-                    Err(VulkanError::Timeout { entries: params.count, seconds: BATCH_TIMEOUT.as_secs() })
-                }
-                Err(result) => Err(VulkanError::Call { call: "vkWaitForFences", result }),
-            }
+            d.queue_submit(self.ctx.queue, &submit, self.fence).map_err(call("vkQueueSubmit"))
+        }
+    }
+
+    /// Whether the last batch submitted has finished (its fence signalled).
+    fn done(&self) -> Result<bool, VulkanError> {
+        // SAFETY: the fence is this device's and alive.
+        unsafe { self.ctx.device.get_fence_status(self.fence) }.map_err(call("vkGetFenceStatus"))
+    }
+}
+
+/// The Vulkan side of the batched-consumer engine: one submission per
+/// batch, waited for by its fence before the engine releases the batch.
+struct Dispatcher<'a> {
+    pipelines: &'a Pipelines,
+    /// Whether a batch was submitted whose fence has not been seen signalled.
+    pending: bool,
+}
+
+impl BatchDevice for Dispatcher<'_> {
+    type Error = VulkanError;
+
+    fn launch(&mut self, batch: &Batch) -> Result<(), VulkanError> {
+        let Batch { first, count, capacity, slot_count, slot_bytes } = *batch;
+        self.pipelines.submit(Params { first, count, capacity, slot_count, slot_bytes })?;
+        self.pending = true;
+        Ok(())
+    }
+
+    fn idle(&mut self) -> Result<bool, VulkanError> {
+        if self.pending && self.pipelines.done()? {
+            self.pending = false;
+        }
+        Ok(!self.pending)
+    }
+
+    fn failure(&self, failure: Failure) -> VulkanError {
+        match failure {
+            Failure::Timeout { what, seconds } => VulkanError::Timeout { what, seconds },
+            Failure::Rejected { position, what } => VulkanError::Rejected { position, what },
         }
     }
 }
@@ -310,13 +335,17 @@ impl VulkanConsumer {
             // Takes the queue's one consumer end: a second consumer is an error.
             spawn_consumer("gpuring-vulkan", &staging, move |staging, consumer| {
                 let result = run(staging, &pipelines, &stop, consumer);
-                // `run` returns only with the device idle (after the last
-                // fence, or after waiting it out): the output is final.
-                let output = pipelines.output.as_ref().map_or_else(Vec::new, |o| {
-                    // SAFETY: the output buffer's host pages are ours, `len`
-                    // bytes, and no batch is running.
-                    unsafe { std::slice::from_raw_parts(o.ptr().as_ptr(), o.len()) }.to_vec()
-                });
+                // A successful `run` returns with the device idle (after the
+                // last fence): the output is final. After an error a batch may
+                // still run; dropping the pipelines waits for the device.
+                let output = match &result {
+                    Ok(_) => pipelines.output.as_ref().map_or_else(Vec::new, |o| {
+                        // SAFETY: the output buffer's host pages are ours,
+                        // `len` bytes, and no batch is running.
+                        unsafe { std::slice::from_raw_parts(o.ptr().as_ptr(), o.len()) }.to_vec()
+                    }),
+                    Err(_) => Vec::new(),
+                };
                 drop(pipelines);
                 result.map(|stats| (stats, output))
             })?
@@ -351,68 +380,7 @@ impl Drop for VulkanConsumer {
 }
 
 fn run(staging: &VulkanStaging, pipelines: &Pipelines, stop: &AtomicBool, consumer: &mut Consumer) -> Result<ConsumerStats, VulkanError> {
-    let q = staging.queue();
-    let geometry = staging.geometry();
-    let mut stats = ConsumerStats::default();
-    while let Waited::Ready(available) = wait_for_entries(&q, consumer, stop) {
-        let first = consumer.position();
-        // Vulkan guarantees at least 65535 workgroups per dispatch dimension.
-        let count = available.min(65_535);
-        let params = Params { first, count, capacity: q.capacity(), slot_count: geometry.slot_count(), slot_bytes: geometry.slot_size() as u32 };
-        // Count before the release: once released, the producer may reuse
-        // the entries.
-        let mut batch = ConsumerStats::default();
-        for position in io_queue::positions(first, count) {
-            let e = q.entry(position);
-            match e.status() {
-                0 => batch.bytes += e.bytes(),
-                _ => batch.skipped += 1,
-            }
-            batch.entries += 1;
-        }
-        pipelines.run(params)?;
-        // A user's shader has no `release` step: the host checks its verdicts.
-        if pipelines.release == vk::Pipeline::null() && io_queue::positions(first, count).any(|p| q.entry(p).consumer_status() == REJECTED) {
-            consumer.fail(&q, codes::FAILED_REJECTED);
-        }
-        if q.consumer_failed() != 0 {
-            return Err(rejection(&q, first, count, geometry.slot_count(), geometry.slot_size()));
-        }
-        // The fence has signalled: the shader's results are visible here.
-        // `consumer` is this thread's to store; nothing else may have moved it.
-        let at = q.header().consumer();
-        if at != first {
-            return Err(VulkanError::Rejected { position: first, what: format!("the queue's consumer position moved to {at} during the batch") });
-        }
-        consumer.release_batch(&q, count).map_err(|e| VulkanError::Rejected { position: first, what: e.to_string() })?;
-        stats.entries += batch.entries;
-        stats.bytes += batch.bytes;
-        stats.skipped += batch.skipped;
-        wake_producer(&q);
-    }
-    Ok(stats)
-}
-
-/// Describe why the shader failed the queue.
-fn rejection(q: &IoQueue<'_>, first: u32, count: u32, slot_count: u32, slot_size: usize) -> VulkanError {
-    if q.consumer_failed() == codes::FAILED_OUT_OF_STEP {
-        let at = q.header().consumer();
-        return VulkanError::Rejected { position: first, what: format!("the queue's consumer position was {at}, not the batch's first entry {first}") };
-    }
-    for position in io_queue::positions(first, count) {
-        let e = q.entry(position);
-        if e.consumer_status() == REJECTED {
-            let (seq, slot, bytes) = (e.seq(), e.slot(), e.bytes());
-            let what = if seq != position.wrapping_add(1) {
-                format!("its seq is {seq}, not {}", position.wrapping_add(1))
-            } else if slot >= slot_count || bytes > slot_size as u64 {
-                format!("slot {slot} with {bytes} bytes, but there are {slot_count} slots of {slot_size} bytes")
-            } else {
-                format!("the shader marked it rejected (slot {slot}, {bytes} bytes)")
-            };
-            return VulkanError::Rejected { position, what };
-        }
-    }
-    debug_assert_eq!(q.consumer_failed(), codes::FAILED_REJECTED);
-    VulkanError::Rejected { position: first, what: format!("consumer_failed is {:#x} but no entry is marked rejected", q.consumer_failed()) }
+    let mut dispatcher = Dispatcher { pipelines, pending: false };
+    let done = run_batches(&staging.queue(), staging.geometry(), consumer, stop, Release::Host, &mut dispatcher)?;
+    Ok(ConsumerStats { entries: done.entries, bytes: done.bytes, skipped: done.skipped })
 }

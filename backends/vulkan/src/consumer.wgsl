@@ -135,11 +135,11 @@ fn checksum(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_i
 fn release() {
     var failed = 0u;
     if atomicLoad(&queue[GPURING_H_CONSUMER]) != params.first {
-        failed = FAILED_OUT_OF_STEP;
+        failed = GPURING_FAILED_OUT_OF_STEP;
     }
     for (var i = 0u; i < params.count && failed == 0u; i++) {
         if atomicLoad(&queue[entry_word(params.first + i, GPURING_E_CONSUMER_STATUS)]) == GPURING_REJECTED {
-            failed = FAILED_REJECTED;
+            failed = GPURING_FAILED_REJECTED;
         }
     }
     if failed != 0u {

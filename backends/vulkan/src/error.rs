@@ -50,8 +50,8 @@ pub enum VulkanError {
     Host(HostError),
     /// The device did not finish a batch in time.
     Timeout {
-        /// Entries in the batch.
-        entries: u32,
+        /// What was waited for.
+        what: String,
         /// Seconds waited.
         seconds: u64,
     },
@@ -99,9 +99,9 @@ impl fmt::Display for VulkanError {
             ),
             Self::Call { call, result } => write!(f, "{call} failed: {result}. Fix: check the driver with `vulkaninfo`, or use --backend host"),
             Self::Host(e) => write!(f, "{e}"),
-            Self::Timeout { entries, seconds } => write!(
+            Self::Timeout { what, seconds } => write!(
                 f,
-                "the Vulkan device did not finish a batch of {entries} entries in {seconds} s. Fix: check that the device is not hung or shared with a long job (`vulkaninfo`, the driver's logs), or use a smaller --slot-size"
+                "the Vulkan device did not finish {what} in {seconds} s. Fix: check that the device is not hung or shared with a long job (`vulkaninfo`, the driver's logs), or use a smaller --slot-size"
             ),
             Self::Rejected { position, what } => write!(
                 f,

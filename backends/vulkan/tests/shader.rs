@@ -243,5 +243,5 @@ fn a_users_shader_runs_on_the_staging_and_its_output_and_rejections_come_back() 
     assert_eq!(producer.poll_released(&q, |_| panic!("a batch with a rejected entry released something")).unwrap(), 0);
     producer.close(&q);
     let e = consumer.join().unwrap_err().to_string();
-    assert!(e.contains("rejected io_queue entry 1: the shader marked it rejected"), "{e}");
+    assert!(e.contains("rejected io_queue entry 1: the consumer marked it rejected"), "{e}");
 }

@@ -36,10 +36,11 @@ fn signatures_and_constants_match_the_installed_headers() {
         ("hipHostRegisterMapped", hiprt::hipHostRegisterMapped as i64),
         ("hipHostRegisterPortable", hiprt::hipHostRegisterPortable as i64),
         ("hipStreamNonBlocking", hiprt::hipStreamNonBlocking as i64),
+        ("hipMemcpyDeviceToHost", super::DEVICE_TO_HOST as i64),
         ("HIPRTC_SUCCESS", super::SUCCESS as i64),
     ];
     let mut text = String::from("#define __HIP_PLATFORM_AMD__\n#include <hip/hip_runtime_api.h>\n#include <hip/hiprtc.h>\n");
-    text += "static_assert(sizeof(hipError_t) == sizeof(int) && sizeof(hiprtcResult) == sizeof(int) && sizeof(hipDeviceAttribute_t) == sizeof(int), \"enums are ints\");\n";
+    text += "static_assert(sizeof(hipError_t) == sizeof(int) && sizeof(hiprtcResult) == sizeof(int) && sizeof(hipDeviceAttribute_t) == sizeof(int) && sizeof(hipMemcpyKind) == sizeof(int), \"enums are ints\");\n";
     for (name, value) in constants {
         text += &format!("static_assert({name} == {value}, \"{name} differs from hip-sys ({value})\");\n");
     }

@@ -226,9 +226,9 @@ extern "C" __global__ void gr_finish(u8* queue, u32* scratch, u32 first, u32 cou
     if (threadIdx.x == 0u) {
         u32 failed = 0u;
         if (gr_load_acquire(queue, GPURING_H_CONSUMER) != first) {
-            failed = GR_FAILED_OUT_OF_STEP;
+            failed = GPURING_FAILED_OUT_OF_STEP;
         } else if (rejected[0] != 0u) {
-            failed = GR_FAILED_REJECTED;
+            failed = GPURING_FAILED_REJECTED;
         }
         if (failed == 0u) {
             gr_store_release(queue, GPURING_H_CONSUMER, first + count);
@@ -253,7 +253,7 @@ __device__ void gr_release_loop(u8* queue, volatile u32* done, volatile u32* abo
             // The worker's result writes are ordered before its done mark.
             __threadfence_system();
             if (*gr_word(queue, gr_entry(next, capacity) + GPURING_E_CONSUMER_STATUS) == GPURING_REJECTED) {
-                failed = GR_FAILED_REJECTED;
+                failed = GPURING_FAILED_REJECTED;
                 break;
             }
             next++;

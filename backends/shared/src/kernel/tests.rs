@@ -14,9 +14,9 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use gpuring_core::checksum::slot_checksum;
-use gpuring_core::io_queue::{Completion, EntryKind, IoQueue, Producer, CONSUMED, REJECTED, SKIPPED};
+use gpuring_core::io_queue::{Completion, EntryKind, IoQueue, Producer, CONSUMED, FAILED_OUT_OF_STEP, FAILED_REJECTED, REJECTED, SKIPPED};
 
-use super::{batched_outcome, chunks_per_slot, rejection, source, Dialect, CHUNK_WORDS, FAILED_OUT_OF_STEP, FAILED_REJECTED};
+use super::{batched_outcome, chunks_per_slot, rejection, source, Dialect, CHUNK_WORDS};
 
 /// The C entry points the tests call, around the kernels.
 const LAUNCHER: &str = r#"
