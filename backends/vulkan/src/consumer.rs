@@ -86,6 +86,9 @@ struct Pipelines {
     commands: vk::CommandPool,
     cmd: vk::CommandBuffer,
     fence: vk::Fence,
+    /// Whether a submission may still run: set once `vkQueueSubmit`
+    /// succeeded, cleared when its fence was seen signalled.
+    in_flight: AtomicBool,
 }
 
 impl Pipelines {
@@ -109,6 +112,7 @@ impl Pipelines {
             commands: vk::CommandPool::null(),
             cmd: vk::CommandBuffer::null(),
             fence: vk::Fence::null(),
+            in_flight: AtomicBool::new(false),
         };
         // Every handle goes into `p` as soon as it exists, so an error on the
         // way out destroys what was made (`Drop` skips null handles).
@@ -223,14 +227,20 @@ impl Pipelines {
             d.end_command_buffer(self.cmd).map_err(call("vkEndCommandBuffer"))?;
             let cmds = [self.cmd];
             let submit = [vk::SubmitInfo::default().command_buffers(&cmds)];
-            d.queue_submit(self.ctx.queue, &submit, self.fence).map_err(call("vkQueueSubmit"))
+            d.queue_submit(self.ctx.queue, &submit, self.fence).map_err(call("vkQueueSubmit"))?;
         }
+        self.in_flight.store(true, Ordering::Release);
+        Ok(())
     }
 
     /// Whether the last batch submitted has finished (its fence signalled).
     fn done(&self) -> Result<bool, VulkanError> {
         // SAFETY: the fence is this device's and alive.
-        unsafe { self.ctx.device.get_fence_status(self.fence) }.map_err(call("vkGetFenceStatus"))
+        let done = unsafe { self.ctx.device.get_fence_status(self.fence) }.map_err(call("vkGetFenceStatus"))?;
+        if done {
+            self.in_flight.store(false, Ordering::Release);
+        }
+        Ok(done)
     }
 }
 
@@ -238,8 +248,6 @@ impl Pipelines {
 /// batch, waited for by its fence before the engine releases the batch.
 struct Dispatcher<'a> {
     pipelines: &'a Pipelines,
-    /// Whether a batch was submitted whose fence has not been seen signalled.
-    pending: bool,
 }
 
 impl BatchDevice for Dispatcher<'_> {
@@ -247,16 +255,11 @@ impl BatchDevice for Dispatcher<'_> {
 
     fn launch(&mut self, batch: &Batch) -> Result<(), VulkanError> {
         let Batch { first, count, capacity, slot_count, slot_bytes } = *batch;
-        self.pipelines.submit(Params { first, count, capacity, slot_count, slot_bytes })?;
-        self.pending = true;
-        Ok(())
+        self.pipelines.submit(Params { first, count, capacity, slot_count, slot_bytes })
     }
 
     fn idle(&mut self) -> Result<bool, VulkanError> {
-        if self.pending && self.pipelines.done()? {
-            self.pending = false;
-        }
-        Ok(!self.pending)
+        Ok(!self.pipelines.in_flight.load(Ordering::Acquire) || self.pipelines.done()?)
     }
 
     fn failure(&self, failure: Failure) -> VulkanError {
@@ -270,11 +273,13 @@ impl BatchDevice for Dispatcher<'_> {
 impl Drop for Pipelines {
     fn drop(&mut self) {
         let d = &self.ctx.device;
-        // SAFETY: no batch is running (`run` returns only after its fence, or
-        // after waiting for the device to go idle); each handle is this
-        // device's and destroyed once; null handles are allowed.
+        // SAFETY: a batch still in flight (after an error or a timeout) is
+        // waited for, without a limit, before anything it uses goes; each
+        // handle is this device's and destroyed once; null handles are allowed.
         unsafe {
-            let _ = d.device_wait_idle();
+            if self.in_flight.load(Ordering::Acquire) {
+                let _ = d.wait_for_fences(&[self.fence], true, u64::MAX);
+            }
             d.destroy_fence(self.fence, None);
             d.destroy_command_pool(self.commands, None);
             d.destroy_descriptor_pool(self.pool, None);
@@ -380,7 +385,7 @@ impl Drop for VulkanConsumer {
 }
 
 fn run(staging: &VulkanStaging, pipelines: &Pipelines, stop: &AtomicBool, consumer: &mut Consumer) -> Result<ConsumerStats, VulkanError> {
-    let mut dispatcher = Dispatcher { pipelines, pending: false };
+    let mut dispatcher = Dispatcher { pipelines };
     let done = run_batches(&staging.queue(), staging.geometry(), consumer, stop, Release::Host, &mut dispatcher)?;
     Ok(ConsumerStats { entries: done.entries, bytes: done.bytes, skipped: done.skipped })
 }

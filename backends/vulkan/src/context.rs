@@ -71,77 +71,77 @@ impl Instance {
     pub(crate) fn devices(&self) -> Result<Vec<(vk::PhysicalDevice, DeviceInfo)>, VulkanError> {
         // SAFETY: the instance is alive; the returned handles live as long as it.
         let physical = unsafe { self.instance.enumerate_physical_devices() }.map_err(call("vkEnumeratePhysicalDevices"))?;
-        physical.into_iter().enumerate().map(|(index, pd)| Ok((pd, self.describe(index, pd)?))).collect()
+        physical.into_iter().enumerate().map(|(index, pd)| Ok((pd, describe(&self.instance, index, pd)?))).collect()
     }
+}
 
-    fn describe(&self, index: usize, pd: vk::PhysicalDevice) -> Result<DeviceInfo, VulkanError> {
-        let i = &self.instance;
-        // SAFETY: for this and the queries below, `pd` came from this live instance,
-        // and every output structure is valid for writing.
-        let props = unsafe { i.get_physical_device_properties(pd) };
-        // SAFETY: as above.
-        let extensions = unsafe { i.enumerate_device_extension_properties(pd) }.map_err(call("vkEnumerateDeviceExtensionProperties"))?;
-        let has = |name: &CStr| extensions.iter().any(|e| e.extension_name_as_c_str() == Ok(name));
-        let external_memory_host = has(ash::ext::external_memory_host::NAME);
-        let mut import_alignment = 0;
-        if external_memory_host && props.api_version >= vk::API_VERSION_1_1 {
-            let mut host = vk::PhysicalDeviceExternalMemoryHostPropertiesEXT::default();
-            let mut props2 = vk::PhysicalDeviceProperties2::default().push_next(&mut host);
-            // SAFETY: as above; the chain holds a structure the device knows.
-            unsafe { i.get_physical_device_properties2(pd, &mut props2) };
-            import_alignment = host.min_imported_host_pointer_alignment;
-        }
-        // SAFETY: as above.
-        let memory = unsafe { i.get_physical_device_memory_properties(pd) };
-        let heaps = memory.memory_heaps_as_slice();
-        let bar_window = memory
-            .memory_types_as_slice()
-            .iter()
-            .filter(|t| t.property_flags.contains(vk::MemoryPropertyFlags::DEVICE_LOCAL | vk::MemoryPropertyFlags::HOST_VISIBLE))
-            .map(|t| heaps[t.heap_index as usize].size)
-            .max();
-        // SAFETY: as above.
-        let families = unsafe { i.get_physical_device_queue_family_properties(pd) };
-        let compute_family = families.iter().position(|f| f.queue_flags.contains(vk::QueueFlags::COMPUTE)).map(|f| f as u32);
-        let kind = match props.device_type {
-            vk::PhysicalDeviceType::DISCRETE_GPU => "discrete_gpu",
-            vk::PhysicalDeviceType::INTEGRATED_GPU => "integrated_gpu",
-            vk::PhysicalDeviceType::VIRTUAL_GPU => "virtual_gpu",
-            vk::PhysicalDeviceType::CPU => "cpu",
-            _ => "other",
-        };
-        let limits = props.limits;
-        let unusable = if props.api_version < vk::API_VERSION_1_1 {
-            Some("it supports only Vulkan 1.0; gpuring needs 1.1".to_owned())
-        } else if !external_memory_host {
-            Some("it lacks VK_EXT_external_memory_host, which imports the io_uring-registered slots".to_owned())
-        } else if compute_family.is_none() {
-            Some("it has no compute queue".to_owned())
-        } else if limits.max_compute_work_group_invocations < WORKGROUP || limits.max_compute_work_group_size[0] < WORKGROUP {
-            Some(format!("its compute workgroups hold at most {} invocations; the shader needs {WORKGROUP}", limits.max_compute_work_group_invocations))
-        } else {
-            None
-        };
-        Ok(DeviceInfo {
-            index,
-            name: props.device_name_as_c_str().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|_| format!("device {index}")),
-            kind,
-            api_version: format!(
-                "{}.{}.{}",
-                vk::api_version_major(props.api_version),
-                vk::api_version_minor(props.api_version),
-                vk::api_version_patch(props.api_version)
-            ),
-            external_memory_host,
-            import_alignment,
-            max_storage_buffer_range: limits.max_storage_buffer_range as u64,
-            bar_window,
-            device_memory_is_system_memory: props.device_type == vk::PhysicalDeviceType::CPU,
-            dma_buf: has(ash::ext::external_memory_dma_buf::NAME),
-            compute_family,
-            unusable,
-        })
+/// What gpuring needs to know of `pd`, the `index`th device of `i`.
+fn describe(i: &ash::Instance, index: usize, pd: vk::PhysicalDevice) -> Result<DeviceInfo, VulkanError> {
+    // SAFETY: for this and the queries below, `pd` came from this live instance,
+    // and every output structure is valid for writing.
+    let props = unsafe { i.get_physical_device_properties(pd) };
+    // SAFETY: as above.
+    let extensions = unsafe { i.enumerate_device_extension_properties(pd) }.map_err(call("vkEnumerateDeviceExtensionProperties"))?;
+    let has = |name: &CStr| extensions.iter().any(|e| e.extension_name_as_c_str() == Ok(name));
+    let external_memory_host = has(ash::ext::external_memory_host::NAME);
+    let mut import_alignment = 0;
+    if external_memory_host && props.api_version >= vk::API_VERSION_1_1 {
+        let mut host = vk::PhysicalDeviceExternalMemoryHostPropertiesEXT::default();
+        let mut props2 = vk::PhysicalDeviceProperties2::default().push_next(&mut host);
+        // SAFETY: as above; the chain holds a structure the device knows.
+        unsafe { i.get_physical_device_properties2(pd, &mut props2) };
+        import_alignment = host.min_imported_host_pointer_alignment;
     }
+    // SAFETY: as above.
+    let memory = unsafe { i.get_physical_device_memory_properties(pd) };
+    let heaps = memory.memory_heaps_as_slice();
+    let bar_window = memory
+        .memory_types_as_slice()
+        .iter()
+        .filter(|t| t.property_flags.contains(vk::MemoryPropertyFlags::DEVICE_LOCAL | vk::MemoryPropertyFlags::HOST_VISIBLE))
+        .map(|t| heaps[t.heap_index as usize].size)
+        .max();
+    // SAFETY: as above.
+    let families = unsafe { i.get_physical_device_queue_family_properties(pd) };
+    let compute_family = families.iter().position(|f| f.queue_flags.contains(vk::QueueFlags::COMPUTE)).map(|f| f as u32);
+    let kind = match props.device_type {
+        vk::PhysicalDeviceType::DISCRETE_GPU => "discrete_gpu",
+        vk::PhysicalDeviceType::INTEGRATED_GPU => "integrated_gpu",
+        vk::PhysicalDeviceType::VIRTUAL_GPU => "virtual_gpu",
+        vk::PhysicalDeviceType::CPU => "cpu",
+        _ => "other",
+    };
+    let limits = props.limits;
+    let unusable = if props.api_version < vk::API_VERSION_1_1 {
+        Some("it supports only Vulkan 1.0; gpuring needs 1.1".to_owned())
+    } else if !external_memory_host {
+        Some("it lacks VK_EXT_external_memory_host, which imports the io_uring-registered slots".to_owned())
+    } else if compute_family.is_none() {
+        Some("it has no compute queue".to_owned())
+    } else if limits.max_compute_work_group_invocations < WORKGROUP || limits.max_compute_work_group_size[0] < WORKGROUP {
+        Some(format!("its compute workgroups hold at most {} invocations; the shader needs {WORKGROUP}", limits.max_compute_work_group_invocations))
+    } else {
+        None
+    };
+    Ok(DeviceInfo {
+        index,
+        name: props.device_name_as_c_str().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|_| format!("device {index}")),
+        kind,
+        api_version: format!(
+            "{}.{}.{}",
+            vk::api_version_major(props.api_version),
+            vk::api_version_minor(props.api_version),
+            vk::api_version_patch(props.api_version)
+        ),
+        external_memory_host,
+        import_alignment,
+        max_storage_buffer_range: limits.max_storage_buffer_range as u64,
+        bar_window,
+        device_memory_is_system_memory: props.device_type == vk::PhysicalDeviceType::CPU,
+        dma_buf: has(ash::ext::external_memory_dma_buf::NAME),
+        compute_family,
+        unusable,
+    })
 }
 
 impl Drop for Instance {
@@ -175,7 +175,8 @@ pub(crate) fn choose(devices: &[DeviceInfo], selector: Option<&str>) -> Result<u
     })
 }
 
-/// A logical device with one compute queue, and what the backend uses of it.
+/// A logical device with one compute queue, and what the backend uses of it:
+/// gpuring's own ([`Context::new`]) or yours ([`Context::from_device`]).
 pub struct Context {
     pub(crate) device: ash::Device,
     pub(crate) host_memory: ash::ext::external_memory_host::Device,
@@ -183,13 +184,15 @@ pub struct Context {
     pub(crate) queue_family: u32,
     pub(crate) memory: vk::PhysicalDeviceMemoryProperties,
     pub(crate) info: DeviceInfo,
-    // Dropped after the device (see `Drop`).
-    _instance: Instance,
+    /// gpuring's instance, which made the device: both are destroyed on
+    /// drop (the device first, see `Drop`). `None`: the caller's device and
+    /// instance, which gpuring never destroys.
+    owned: Option<Instance>,
 }
 
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Context").field("device", &self.info.name).finish()
+        f.debug_struct("Context").field("device", &self.info.name).field("owned", &self.owned.is_some()).finish()
     }
 }
 
@@ -214,24 +217,100 @@ impl Context {
         // SAFETY: `pd` belongs to this live instance.
         let memory = unsafe { instance.instance.get_physical_device_memory_properties(pd) };
         let host_memory = ash::ext::external_memory_host::Device::new(&instance.instance, &device);
-        Ok(Self { device, host_memory, queue, queue_family, memory, info, _instance: instance })
+        Ok(Self { device, host_memory, queue, queue_family, memory, info, owned: Some(instance) })
+    }
+
+    /// Use a Vulkan device of yours: gpuring imports its staging into it
+    /// ([`VulkanStaging::on`](crate::VulkanStaging::on)) and its consumer
+    /// submits to queue `queue_index` of `queue_family`, so your own
+    /// shaders, buffers and queues live beside gpuring's on one device.
+    /// gpuring checks what it can (the physical device supports
+    /// `VK_EXT_external_memory_host` and Vulkan 1.1, the family computes)
+    /// and never destroys your instance or device.
+    ///
+    /// # Safety
+    /// - `device` was created from `physical`, a device of `instance`, with
+    ///   `VK_EXT_external_memory_host` enabled and at least `queue_index + 1`
+    ///   queues of `queue_family`;
+    /// - `instance` and `device` outlive this context and everything made on
+    ///   it (stagings, consumers);
+    /// - while a gpuring consumer runs, nothing else submits to that queue
+    ///   (Vulkan requires `vkQueueSubmit` to be externally synchronised): give
+    ///   gpuring a queue of its own.
+    pub unsafe fn from_device(
+        instance: &ash::Instance,
+        physical: vk::PhysicalDevice,
+        device: &ash::Device,
+        queue_family: u32,
+        queue_index: u32,
+    ) -> Result<Self, VulkanError> {
+        // SAFETY: the caller promises `instance` is live and `physical` is its.
+        let listed = unsafe { instance.enumerate_physical_devices() }.map_err(call("vkEnumeratePhysicalDevices"))?;
+        let index = listed.iter().position(|&pd| pd == physical).ok_or(VulkanError::Unsupported {
+            device: "(the caller's)".into(),
+            what: "a physical device of the instance given: it is not among the instance's devices".into(),
+        })?;
+        let info = describe(instance, index, physical)?;
+        if let Some(why) = &info.unusable {
+            return Err(VulkanError::Unsupported { device: info.name.clone(), what: why.clone() });
+        }
+        // SAFETY: as above.
+        let families = unsafe { instance.get_physical_device_queue_family_properties(physical) };
+        let family = families.get(queue_family as usize);
+        if !family.is_some_and(|f| f.queue_flags.contains(vk::QueueFlags::COMPUTE) && queue_index < f.queue_count) {
+            let what = format!("queue {queue_index} of family {queue_family} with compute (the device has {} families)", families.len());
+            return Err(VulkanError::Unsupported { device: info.name.clone(), what });
+        }
+        // SAFETY: the caller promises the device has this queue.
+        let queue = unsafe { device.get_device_queue(queue_family, queue_index) };
+        // SAFETY: as above.
+        let memory = unsafe { instance.get_physical_device_memory_properties(physical) };
+        let host_memory = ash::ext::external_memory_host::Device::new(instance, device);
+        Ok(Self { device: device.clone(), host_memory, queue, queue_family, memory, info, owned: None })
     }
 
     /// The chosen device.
     pub fn info(&self) -> &DeviceInfo {
         &self.info
     }
+
+    /// The logical device, to make your own objects on it.
+    pub fn device(&self) -> &ash::Device {
+        &self.device
+    }
+
+    /// The queue family gpuring's consumer submits to.
+    pub fn queue_family(&self) -> u32 {
+        self.queue_family
+    }
+
+    /// Whether gpuring made the device (and will destroy it).
+    pub fn owns_device(&self) -> bool {
+        self.owned.is_some()
+    }
+
+    /// Wait until gpuring's device is idle, before its objects go; on a
+    /// caller's device this does nothing (each gpuring object waits for its
+    /// own work, and waiting for the whole device would race the caller's
+    /// submissions, which Vulkan forbids).
+    pub(crate) fn settle(&self) {
+        if self.owned.is_some() {
+            // SAFETY: gpuring's device; only gpuring's threads submit to it,
+            // and none does while its objects are dropped.
+            let _ = unsafe { self.device.device_wait_idle() };
+        }
+    }
 }
 
 impl Drop for Context {
     fn drop(&mut self) {
-        // SAFETY: every object made from the device holds an `Arc<Context>`,
-        // so they are all destroyed by now; waiting for idle first means no
-        // work is still running when the device goes.
-        unsafe {
-            let _ = self.device.device_wait_idle();
-            self.device.destroy_device(None);
+        if self.owned.is_some() {
+            self.settle();
+            // SAFETY: every object made from the device holds an `Arc<Context>`,
+            // so they are all destroyed by now, and the device is idle.
+            unsafe { self.device.destroy_device(None) };
         }
+        // `owned` (the instance) drops after this, the device gone.
     }
 }
 

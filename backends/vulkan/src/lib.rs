@@ -10,9 +10,13 @@
 //! - [`VulkanConsumer`]: a compute shader (`src/consumer.wgsl`, translated to
 //!   SPIR-V by naga in build.rs, with its constants generated from
 //!   gpuring-core) checksums each published slot with one workgroup per
-//!   entry and checks the batch; a host thread waits for entries, dispatches
-//!   batches, and releases each (stores the queue's `consumer` position)
-//!   once its fence has signalled.
+//!   entry and checks the batch; a host thread (gpuring-shared's
+//!   batched-consumer engine) waits for entries, dispatches batches, and
+//!   releases each (stores the queue's `consumer` position) once its fence
+//!   has signalled.
+//! - [`Context`]: gpuring's own device ([`Context::new`]) or one of yours
+//!   ([`Context::from_device`], an `ash` device and queue that gpuring uses
+//!   and never destroys).
 //! - [`Shader`]: a compute shader of the user's (WGSL, compiled by naga, or
 //!   SPIR-V) that [`VulkanConsumer::with_shader`] runs in place of the
 //!   checksum shader, bound as the [`shader`] module documents.

@@ -94,11 +94,12 @@ impl Imported {
 impl Drop for Imported {
     fn drop(&mut self) {
         let device = &self.ctx.device;
-        // SAFETY: the device is idle (no batch can be running: consumers
-        // wait for theirs before they let go of the staging), and null
-        // handles (a half-built import) are allowed by both calls.
+        // No batch can be running (consumers wait for theirs before they let
+        // go of the staging); on gpuring's own device, wait for idle anyway.
+        self.ctx.settle();
+        // SAFETY: as just said; null handles (a half-built import) are
+        // allowed by both calls.
         unsafe {
-            let _ = device.device_wait_idle();
             device.destroy_buffer(self.buffer, None);
             device.free_memory(self.memory, None);
         }

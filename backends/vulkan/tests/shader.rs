@@ -245,3 +245,103 @@ fn a_users_shader_runs_on_the_staging_and_its_output_and_rejections_come_back() 
     let e = consumer.join().unwrap_err().to_string();
     assert!(e.contains("rejected io_queue entry 1: the consumer marked it rejected"), "{e}");
 }
+
+/// A Vulkan instance and device of the test's own (as an application that
+/// already uses Vulkan has), made with ash: the first device with
+/// `VK_EXT_external_memory_host` and a compute queue, with that extension
+/// enabled and two queues of the family when it has two (one for gpuring's
+/// consumer, one for the application). Destroyed on drop, after gpuring's
+/// objects, which never destroy it.
+struct Own {
+    _entry: ash::Entry,
+    instance: ash::Instance,
+    physical: ash::vk::PhysicalDevice,
+    device: ash::Device,
+    family: u32,
+}
+
+impl Own {
+    fn new() -> Option<Self> {
+        use ash::vk;
+        // SAFETY: loading the system's Vulkan loader.
+        let entry = unsafe { ash::Entry::load() }.ok()?;
+        let app = vk::ApplicationInfo::default().api_version(vk::API_VERSION_1_1);
+        // SAFETY: valid create info.
+        let instance = unsafe { entry.create_instance(&vk::InstanceCreateInfo::default().application_info(&app), None) }.ok()?;
+        // SAFETY: a live instance.
+        let devices = unsafe { instance.enumerate_physical_devices() }.ok()?;
+        let found = devices.into_iter().find_map(|pd| {
+            // SAFETY: `pd` is the live instance's.
+            let extensions = unsafe { instance.enumerate_device_extension_properties(pd) }.ok()?;
+            extensions.iter().any(|e| e.extension_name_as_c_str() == Ok(ash::ext::external_memory_host::NAME)).then_some(())?;
+            // SAFETY: as above.
+            let families = unsafe { instance.get_physical_device_queue_family_properties(pd) };
+            let family = families.iter().position(|f| f.queue_flags.contains(vk::QueueFlags::COMPUTE))?;
+            Some((pd, family as u32, families[family].queue_count.min(2)))
+        });
+        let Some((physical, family, queues)) = found else {
+            // SAFETY: nothing was made from the instance.
+            unsafe { instance.destroy_instance(None) };
+            return None;
+        };
+        let priorities = [1.0f32; 2];
+        let queue_info = [vk::DeviceQueueCreateInfo::default().queue_family_index(family).queue_priorities(&priorities[..queues as usize])];
+        let extensions = [ash::ext::external_memory_host::NAME.as_ptr()];
+        let info = vk::DeviceCreateInfo::default().queue_create_infos(&queue_info).enabled_extension_names(&extensions);
+        // SAFETY: `physical` is the instance's; the extension exists on it.
+        let device = unsafe { instance.create_device(physical, &info, None) }.ok()?;
+        Some(Self { _entry: entry, instance, physical, device, family })
+    }
+}
+
+impl Drop for Own {
+    fn drop(&mut self) {
+        // SAFETY: gpuring's objects on the device are gone (the test drops
+        // them first); the device, then the instance, are destroyed once.
+        unsafe {
+            self.device.destroy_device(None);
+            self.instance.destroy_instance(None);
+        }
+    }
+}
+
+#[test]
+fn a_users_shader_runs_on_the_users_own_vulkan_device() {
+    let Some(own) = Own::new() else {
+        assert!(std::env::var("CI").map_or(true, |v| v != "true"), "CI=true but no Vulkan device with VK_EXT_external_memory_host");
+        eprintln!("skipping: no Vulkan device with VK_EXT_external_memory_host");
+        return;
+    };
+    // A queue family that does not exist is refused, naming it.
+    // SAFETY: the device was made from `physical` of `instance`, with the
+    // extension, and outlives every gpuring object below.
+    let e = unsafe { Context::from_device(&own.instance, own.physical, &own.device, 99, 0) }.unwrap_err().to_string();
+    assert!(e.contains("queue 0 of family 99 with compute"), "{e}");
+    {
+        // SAFETY: as above; the queue is gpuring's alone while the consumer runs.
+        let ctx = Arc::new(unsafe { Context::from_device(&own.instance, own.physical, &own.device, own.family, 0) }.unwrap());
+        assert!(!ctx.owns_device());
+        assert_eq!(ctx.device().handle(), own.device.handle(), "gpuring works on the caller's device");
+        let shader = gpuring_vulkan::Shader::wgsl(USER, "mine").unwrap().with_output(4);
+        let staging = Arc::new(VulkanStaging::on(ctx, SlotGeometry::new(4, 8192).unwrap(), 4).unwrap());
+        let consumer = VulkanConsumer::with_shader(staging.clone(), &shader).unwrap();
+        let mut producer = staging.take_producer().unwrap();
+        for slot in 0..4u32 {
+            fill(&staging, slot, &(2000 * slot + 3).to_le_bytes());
+        }
+        let items: Vec<Completion> = (0..4).map(|slot| completion(slot, 10 + slot as u64, 0)).collect();
+        for round in 0..3 {
+            let released = publish_and_wait(&staging, &mut producer, &items);
+            for (r, slot) in released.iter().zip(0..4u32) {
+                assert_eq!((r.consumer_status, r.result), (CONSUMED, (2000 * slot + 3 + 10 + slot) as u64), "round {round}, slot {slot}");
+            }
+        }
+        producer.close(&staging.queue());
+        let (stats, output) = consumer.finish().unwrap();
+        assert_eq!(stats.entries, 12);
+        assert_eq!(u32::from_le_bytes(output[..4].try_into().unwrap()), 12);
+    }
+    // gpuring's objects are gone and left the device alive: it still works.
+    // SAFETY: the caller's live device.
+    unsafe { own.device.device_wait_idle() }.expect("the caller's device outlives gpuring's objects on it");
+}
