@@ -104,6 +104,20 @@ pub trait BatchDevice {
     fn launch(&mut self, batch: &Batch) -> Result<(), Self::Error>;
     /// Whether everything queued has finished (`Ok(true)`) or still runs.
     fn idle(&mut self) -> Result<bool, Self::Error>;
+    /// Wait until everything queued has finished (`Ok(true)`) or `timeout`
+    /// has passed (`Ok(false)`). By default, [`BatchDevice::idle`] polled
+    /// with short naps; an API that can block until its work is done
+    /// (a Vulkan fence) does better to.
+    fn wait(&mut self, timeout: Duration) -> Result<bool, Self::Error> {
+        let deadline = Instant::now() + timeout;
+        while !self.idle()? {
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(NAP);
+        }
+        Ok(true)
+    }
     /// The backend's error for `failure`.
     fn failure(&self, failure: Failure) -> Self::Error;
 }
@@ -124,14 +138,10 @@ pub struct BatchStats {
 /// Wait until `device` is idle, at most [`DEVICE_TIMEOUT`]; `what` names
 /// the work in the timeout's error.
 pub fn wait_idle<D: BatchDevice>(device: &mut D, what: &str) -> Result<(), D::Error> {
-    let deadline = Instant::now() + DEVICE_TIMEOUT;
-    while !device.idle()? {
-        if Instant::now() >= deadline {
-            return Err(device.failure(Failure::Timeout { what: what.to_owned(), seconds: DEVICE_TIMEOUT.as_secs() }));
-        }
-        std::thread::sleep(NAP);
+    match device.wait(DEVICE_TIMEOUT)? {
+        true => Ok(()),
+        false => Err(device.failure(Failure::Timeout { what: what.to_owned(), seconds: DEVICE_TIMEOUT.as_secs() })),
     }
-    Ok(())
 }
 
 /// Consume the queue in batches on `device` until the producer closed it

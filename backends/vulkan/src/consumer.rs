@@ -22,7 +22,7 @@
 //! device stores to host memory are ordered for the host only by the
 //! barrier and the fence.)
 //!
-//! The engine polls the batch's fence (at most
+//! The engine waits on the batch's fence (vkWaitForFences, at most
 //! [`DEVICE_TIMEOUT`](gpuring_shared::batch::DEVICE_TIMEOUT)) before the
 //! next one, so one batch is on the
 //! device at a time and releases stay in queue order; meanwhile the driver
@@ -33,6 +33,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use ash::vk;
 use gpuring_core::io_queue::Consumer;
@@ -260,6 +261,24 @@ impl BatchDevice for Dispatcher<'_> {
 
     fn idle(&mut self) -> Result<bool, VulkanError> {
         Ok(!self.pipelines.in_flight.load(Ordering::Acquire) || self.pipelines.done()?)
+    }
+
+    fn wait(&mut self, timeout: Duration) -> Result<bool, VulkanError> {
+        let p = self.pipelines;
+        if !p.in_flight.load(Ordering::Acquire) {
+            return Ok(true);
+        }
+        // Sleep in the driver until the fence signals: polling would take
+        // CPU from the device where the device is the CPU (lavapipe).
+        // SAFETY: the fence is this device's and alive.
+        match unsafe { p.ctx.device.wait_for_fences(&[p.fence], true, timeout.as_nanos() as u64) } {
+            Ok(()) => {
+                p.in_flight.store(false, Ordering::Release);
+                Ok(true)
+            }
+            Err(vk::Result::TIMEOUT) => Ok(false),
+            Err(result) => Err(VulkanError::Call { call: "vkWaitForFences", result }),
+        }
     }
 
     fn failure(&self, failure: Failure) -> VulkanError {
