@@ -347,36 +347,54 @@ impl Ring {
     }
 
     /// Take every ready completion without blocking, passing each request's
-    /// `user_data` and `res` to `f`. Returns how many there were.
+    /// `user_data` and `res` to `f`: first those set aside, then those in
+    /// the completion queue, straight from it. Returns how many there were.
     pub fn reap(&mut self, mut f: impl FnMut(u64, i32)) -> u32 {
-        self.take_completions();
         let (mut n, mut all) = (0, 0);
-        for (user_data, res) in self.set_aside.drain(..) {
+        let mut hand = |user_data: u64, res: i32| {
             all += 1;
             if user_data != CANCEL_TAG {
                 n += 1;
                 f(user_data, res);
             }
+        };
+        for (user_data, res) in self.set_aside.drain(..) {
+            hand(user_data, res);
         }
+        Self::each_completion(
+            &mut self.uring,
+            #[cfg(feature = "fault-injection")]
+            &mut self.faults,
+            hand,
+        );
         self.in_flight -= all;
         n
     }
 
-    /// Move every completion the kernel posted into `set_aside` (through
-    /// the injected faults, with that feature); returns how many.
+    /// Move every completion the kernel posted into `set_aside`, so that it
+    /// can post more (a full completion queue); returns how many.
     fn take_completions(&mut self) -> usize {
         let before = self.set_aside.len();
         let set_aside = &mut self.set_aside;
-        #[cfg(feature = "fault-injection")]
-        let faults = &mut self.faults;
-        self.uring.completions(|user_data, res| {
+        Self::each_completion(
+            &mut self.uring,
+            #[cfg(feature = "fault-injection")]
+            &mut self.faults,
+            |user_data, res| set_aside.push_back((user_data, res)),
+        );
+        self.set_aside.len() - before
+    }
+
+    /// Take every completion in the queue, through the injected faults with
+    /// that feature (which may hold one back or change its result).
+    fn each_completion(uring: &mut Uring, #[cfg(feature = "fault-injection")] faults: &mut crate::fault::Faults, mut f: impl FnMut(u64, i32)) {
+        uring.completions(|user_data, res| {
             #[cfg(feature = "fault-injection")]
             let Some(res) = (if user_data == CANCEL_TAG { Some(res) } else { faults.apply(user_data, res) }) else {
                 return;
             };
-            set_aside.push_back((user_data, res));
+            f(user_data, res);
         });
-        self.set_aside.len() - before
     }
 
     /// Inject `faults` into the completions to come (see [`crate::fault`]).
