@@ -276,15 +276,14 @@ impl<S: StagingMemory> Driver<S> {
     }
 
     /// One step of an ingest: whether anything moved, or the outcome.
-    fn step(&mut self, run: &mut Run<'_>, on_event: &mut impl FnMut(Event)) -> Result<(bool, bool, bool), IngestError> {
-        let mut progressed = self.fill(run)?;
+    fn step(&mut self, run: &mut Run<'_>, on_event: &mut impl FnMut(Event)) -> Result<Step, IngestError> {
+        let filled = self.fill(run)?;
         self.ring.submit()?;
         let reaped = self.reap(run)?;
         let published = self.publish(run)?;
         let released = self.take_releases(run, on_event)?;
-        progressed |= reaped + published + released > 0;
         let done = run.exhausted() && run.completed.is_empty() && self.pending.all_free();
-        Ok((progressed || done, reaped > 0, released > 0))
+        Ok(Step { moved: filled || reaped + published + released > 0, reaped: reaped > 0, released: released > 0, done })
     }
 
     /// Announce to the consumer that nothing more will be published.
@@ -659,6 +658,18 @@ impl<S: StagingMemory> Driver<S> {
     }
 }
 
+/// What one step of an ingest did.
+struct Step {
+    /// A read was submitted or completed, or an entry published or released.
+    moved: bool,
+    /// A read completed.
+    reaped: bool,
+    /// The consumer released something.
+    released: bool,
+    /// Every source was read, published and released.
+    done: bool,
+}
+
 /// What one [`Ingest::poll`] did.
 #[derive(Debug)]
 pub enum Poll {
@@ -699,25 +710,25 @@ impl<S: StagingMemory> Ingest<'_, '_, S> {
         if self.finished {
             return Err(IngestError::ConsumerStalled { outstanding: self.driver.producer.outstanding(), why: "this ingest has finished already".into() });
         }
-        let (moved, reaped, released) = match self.driver.step(&mut self.run, &mut on_event) {
+        let step = match self.driver.step(&mut self.run, &mut on_event) {
             Ok(step) => step,
             Err(e) => return Err(self.abandon(e)),
         };
         let now = Instant::now();
-        if reaped {
+        if step.reaped {
             self.last_completion = now;
         }
-        if released {
+        if step.released {
             self.last_release = now;
         }
-        if self.run.exhausted() && self.run.completed.is_empty() && self.driver.pending.all_free() {
+        if step.done {
             self.finished = true;
             return match self.run.failure.take() {
                 Some(e) => Err(e),
                 None => Ok(Poll::Done(IngestStats { telemetry: self.driver.telemetry, elapsed: self.started.elapsed() })),
             };
         }
-        Ok(if moved { Poll::Moved } else { Poll::Idle })
+        Ok(if step.moved { Poll::Moved } else { Poll::Idle })
     }
 
     /// Block, without spinning, until a read completes or the consumer
