@@ -15,14 +15,16 @@ use std::sync::Arc;
 use gpuring::core::io_queue::Completion;
 use gpuring::core::SlotGeometry;
 use gpuring::host::{HostConsumer, HostStaging};
-use gpuring::uring::{Driver, DriverOptions, Event, Source};
+use gpuring::uring::{Driver, DriverOptions, Event};
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let paths: Vec<String> = std::env::args().skip(1).collect();
-    if paths.is_empty() {
-        return Err("usage: byte_histogram FILE...".into());
-    }
-    let sources: Vec<Source> = paths.iter().map(Source::file).collect();
+mod common;
+
+fn main() -> std::process::ExitCode {
+    common::exit("byte_histogram", run())
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let sources = common::sources("byte_histogram")?;
 
     // 16 slots of 1 MiB, and an io_queue with room for every slot.
     let staging = Arc::new(HostStaging::new(SlotGeometry::new(16, 1 << 20)?, 16)?);
@@ -44,7 +46,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let stats = ingested?;
     assert_eq!(zeros, histogram[0], "each slot's result reached the driver");
     eprintln!("{} files, {} bytes in {:.3} s, {} slots", sources.len(), consumed.bytes, stats.elapsed.as_secs_f64(), consumed.entries);
-    let counts: Vec<String> = histogram.iter().map(u64::to_string).collect();
-    println!("{{\"files\": {}, \"bytes\": {}, \"histogram\": [{}]}}", sources.len(), consumed.bytes, counts.join(", "));
+    common::print(sources.len(), consumed.bytes, &histogram);
     Ok(())
 }

@@ -14,27 +14,19 @@ use std::sync::Arc;
 
 use gpuring::core::SlotGeometry;
 use gpuring::cuda::{CudaConsumer, CudaStaging, UserKernel};
-use gpuring::uring::{Driver, DriverOptions, Source};
+use gpuring::uring::{Driver, DriverOptions};
+
+mod common;
 
 /// The kernel's source (the contract header is put before it).
 const KERNEL: &str = include_str!("cuda_histogram.cu");
 
 fn main() -> std::process::ExitCode {
-    match run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("cuda_histogram: {e}");
-            std::process::ExitCode::from(2)
-        }
-    }
+    common::exit("cuda_histogram", run())
 }
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let paths: Vec<String> = std::env::args().skip(1).collect();
-    if paths.is_empty() {
-        return Err("usage: cuda_histogram FILE...".into());
-    }
-    let sources: Vec<Source> = paths.iter().map(Source::file).collect();
+    let sources = common::sources("cuda_histogram")?;
 
     // The first usable GPU, 16 slots of 1 MiB mapped into it, and an
     // io_queue for every slot.
@@ -50,9 +42,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     driver.close_queue();
     let (consumed, output) = consumer.finish()?;
     let stats = ingested?;
-    let histogram: Vec<u64> = output.chunks_exact(4).take(256).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as u64).collect();
+    let histogram = common::counts(&output);
     eprintln!("{} files, {} bytes on {device} in {:.3} s, {} launches", sources.len(), consumed.bytes, stats.elapsed.as_secs_f64(), consumed.launches);
-    let counts: Vec<String> = histogram.iter().map(u64::to_string).collect();
-    println!("{{\"files\": {}, \"bytes\": {}, \"histogram\": [{}]}}", sources.len(), consumed.bytes, counts.join(", "));
+    common::print(sources.len(), consumed.bytes, &histogram);
     Ok(())
 }

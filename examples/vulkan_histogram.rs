@@ -14,7 +14,9 @@
 use std::sync::Arc;
 
 use gpuring::core::SlotGeometry;
-use gpuring::uring::{Driver, DriverOptions, Source};
+use gpuring::uring::{Driver, DriverOptions};
+
+mod common;
 use gpuring::vulkan::{Shader, VulkanConsumer, VulkanStaging};
 
 /// The shader. `Shader::wgsl` puts the contract (`GPURING_*`,
@@ -65,12 +67,12 @@ fn histogram(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_
 }
 "#;
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let paths: Vec<String> = std::env::args().skip(1).collect();
-    if paths.is_empty() {
-        return Err("usage: vulkan_histogram FILE...".into());
-    }
-    let sources: Vec<Source> = paths.iter().map(Source::file).collect();
+fn main() -> std::process::ExitCode {
+    common::exit("vulkan_histogram", run())
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let sources = common::sources("vulkan_histogram")?;
 
     // The first usable device (GPUs before CPU devices such as lavapipe),
     // 16 slots of 1 MiB imported into it, and an io_queue for every slot.
@@ -83,10 +85,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     driver.close_queue();
     let (consumed, output) = consumer.finish()?;
     let stats = ingested?;
-    // 256 little-endian u32 counts (a bin holds at most 4 GiB - 1 bytes).
-    let histogram: Vec<u64> = output.chunks_exact(4).take(256).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as u64).collect();
+    let histogram = common::counts(&output);
     eprintln!("{} files, {} bytes on {device} in {:.3} s, {} slots", sources.len(), consumed.bytes, stats.elapsed.as_secs_f64(), consumed.entries);
-    let counts: Vec<String> = histogram.iter().map(u64::to_string).collect();
-    println!("{{\"files\": {}, \"bytes\": {}, \"histogram\": [{}]}}", sources.len(), consumed.bytes, counts.join(", "));
+    common::print(sources.len(), consumed.bytes, &histogram);
     Ok(())
 }
