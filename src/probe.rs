@@ -93,7 +93,7 @@ pub fn nvme_checks() -> Vec<Item> {
                         Err(e) => format!("no ({e})"),
                     };
                     let detail = format!(
-                        "nsid {}, {}-byte blocks, {} blocks ({}), max transfer {} (MDTS {}, kernel max_hw {}, {} segments); block device {}; passthrough read: fixed buffers {}, plain {}",
+                        "nsid {}, {}-byte blocks, {} blocks ({}), max transfer {} (MDTS {}, kernel max_hw {}, {} segments, one command {}); block device {}; passthrough read: fixed buffers {}, plain {}",
                         ns.nsid,
                         ns.lba_size,
                         ns.capacity_blocks,
@@ -102,6 +102,7 @@ pub fn nvme_checks() -> Vec<Item> {
                         kb(l.mdts),
                         kb(l.kernel_max_hw),
                         kb(l.kernel_segments),
+                        gpuring_core::Bytes(gpuring_core::nvme::MAX_BLOCKS_PER_COMMAND as u64 * ns.lba_size as u64),
                         dev.block_device.as_ref().map_or("none".to_owned(), |p| p.display().to_string()),
                         verdict(&fixed),
                         verdict(&plain),

@@ -68,6 +68,13 @@ fn drive(sources: &[Source], slots: u32, slot_size: usize, options: DriverOption
     Ok(Run { segments, telemetry: stats.telemetry, fixed, seconds: stats.elapsed.as_secs_f64() })
 }
 
+/// A slot of the namespace's max transfer, but no more than 4 MiB, so that
+/// 16 of them fit the guest's memory whatever the controller allows (a
+/// fabric namespace's max transfer is 32 MiB).
+fn test_slot(ns: &Namespace) -> u32 {
+    ns.max_transfer_bytes.min(4 << 20) / ns.lba_size * ns.lba_size
+}
+
 /// Every segment of an NVMe run holds the image's bytes, and together they
 /// cover blocks `slba..slba + blocks` in commands of at most `segment` bytes.
 fn assert_image(run: &Run, ns: &Namespace, slba: u64, blocks: u64, segment: u32) {
@@ -101,7 +108,8 @@ fn geometry_comes_from_the_device() {
     assert_eq!(ns.capacity_blocks * ns.lba_size as u64, bytes, "capacity agrees with the block device");
     assert!(ns.nsid >= 1);
     assert!([512, 4096].contains(&ns.lba_size));
-    assert_eq!(ns.max_transfer_bytes, dev.limits.effective() / ns.lba_size * ns.lba_size);
+    assert_eq!(ns.max_transfer_bytes, dev.limits.max_transfer(ns.lba_size));
+    assert!(ns.max_transfer_bytes as u64 <= nvme::MAX_BLOCKS_PER_COMMAND as u64 * ns.lba_size as u64, "one command's block count bounds it");
     assert!(dev.limits.kernel_max_hw.is_some(), "sysfs gives the kernel's limit");
 }
 
@@ -109,7 +117,9 @@ fn geometry_comes_from_the_device() {
 #[ignore = "needs an NVMe namespace with the pattern image: cargo xtask nvme-vm runs these in a QEMU guest"]
 fn reads_at_several_sizes_and_offsets_fixed_and_plain() {
     let ns = open().namespace;
-    let max_blocks = (ns.max_transfer_bytes / ns.lba_size) as u64;
+    // The largest command these slots (1 MiB at most) allow; a fabric
+    // namespace's max transfer is far larger (32 MiB on NVMe/TCP).
+    let max_blocks = (ns.max_transfer_bytes.min(1 << 20) / ns.lba_size) as u64;
     let end = ns.capacity_blocks;
     let ranges = [(0, 1), (1, 7), (8, 8), (123, 1000), (4095, max_blocks + 1), (77, 3 * max_blocks + 5), (end - 3, 3), (end - max_blocks - 9, max_blocks + 9)];
     for slot_size in [4096, 64 << 10, 1 << 20] {
@@ -131,10 +141,11 @@ fn reads_at_several_sizes_and_offsets_fixed_and_plain() {
 #[ignore = "needs an NVMe namespace with the pattern image: cargo xtask nvme-vm runs these in a QEMU guest"]
 fn the_buffer_form_is_probed_and_the_whole_namespace_reads() {
     let ns = open().namespace;
-    let run = drive(&[Source::nvme(char_device(), None)], 8, ns.max_transfer_bytes as usize, DriverOptions::default()).unwrap();
+    let slot = test_slot(&ns);
+    let run = drive(&[Source::nvme(char_device(), None)], 8, slot as usize, DriverOptions::default()).unwrap();
     // Linux 6.12 (the guest's kernel) takes fixed buffers for passthrough.
     assert_eq!(run.fixed, Some(true));
-    assert_image(&run, &ns, 0, ns.capacity_blocks, ns.max_transfer_bytes);
+    assert_image(&run, &ns, 0, ns.capacity_blocks, slot);
 }
 
 #[test]
@@ -166,14 +177,27 @@ fn bad_ranges_and_devices_are_refused_with_a_fix() {
 #[ignore = "needs an NVMe namespace with the pattern image: cargo xtask nvme-vm runs these in a QEMU guest"]
 fn the_kernel_does_not_split_passthrough_so_the_driver_must() {
     let dev = open();
-    // A command of twice the max transfer, built by pretending the limit is
-    // higher (the real geometry refuses to build it).
-    let pretend = Namespace { max_transfer_bytes: u32::MAX, ..dev.namespace };
-    let len = 2 * dev.namespace.max_transfer_bytes as usize;
-    assert!(nvme::read_command(&dev.namespace, 0, len as u32 / dev.namespace.lba_size, 0, len as u32).is_err());
+    let ns = dev.namespace;
+    // A command of twice the kernel's limit, built by pretending the limit
+    // is higher (the real geometry refuses to build it).
+    let pretend = Namespace { max_transfer_bytes: u32::MAX, ..ns };
+    let kernel = [dev.limits.kernel_max_hw, dev.limits.kernel_segments].into_iter().flatten().min().unwrap_or(ns.max_transfer_bytes);
+    let len = 2 * kernel as u64;
+    let blocks = len / ns.lba_size as u64;
+    assert!(nvme::read_command(&ns, 0, blocks.min(u32::MAX as u64) as u32, 0, len.min(u32::MAX as u64) as u32).is_err());
+    if blocks > nvme::MAX_BLOCKS_PER_COMMAND as u64 {
+        // The kernel takes more than one command can say (NVMe/TCP): the
+        // command's 16-bit block count is the limit, which the geometry keeps.
+        let over = nvme::MAX_BLOCKS_PER_COMMAND + 1;
+        assert_eq!(nvme::read_command(&pretend, 0, over, 0, u32::MAX), Err(nvme::NvmeError::TooManyBlocks { blocks: over }));
+        assert_eq!(ns.max_transfer_bytes as u64, nvme::MAX_BLOCKS_PER_COMMAND as u64 * ns.lba_size as u64);
+        println!("the kernel's limit ({kernel} bytes) is over one command's {} blocks: the command is the limit", nvme::MAX_BLOCKS_PER_COMMAND);
+        return;
+    }
+    let len = len as usize;
     let buf = gpuring::uring::bounce::HeapBuffer::new(len, 0);
     let addr = buf.as_slice().as_ptr() as u64;
-    let cmd = nvme::read_command(&pretend, 0, len as u32 / pretend.lba_size, addr, len as u32).unwrap();
+    let cmd = nvme::read_command(&pretend, 0, blocks as u32, addr, len as u32).unwrap();
     let mut ring = Ring::new(1).unwrap();
     // SAFETY: `buf` and the device outlive `ring`, declared after them.
     unsafe { ring.push_uring_cmd(std::os::fd::AsFd::as_fd(&dev.fd), nvme::NVME_URING_CMD_IO, &cmd.to_bytes(), None, 7).unwrap() };
@@ -194,7 +218,7 @@ fn passthrough_equals_an_o_direct_read_of_the_block_device_through_the_same_driv
     let ns = dev.namespace;
     let block = dev.block_device.clone().unwrap();
     let lba = ns.lba_size as u64;
-    let slot = ns.max_transfer_bytes as usize;
+    let slot = test_slot(&ns) as usize;
     let (slba, blocks) = (100, ns.capacity_blocks - 200);
     let options = DriverOptions { direct: true, ..DriverOptions::default() };
     let sources = [Source::nvme(char_device(), Some(slba..slba + blocks)), Source::range(&block, slba * lba..(slba + blocks) * lba)];
@@ -221,7 +245,9 @@ fn throughput_of_passthrough_against_o_direct_block_reads() {
     let ns = dev.namespace;
     let block = dev.block_device.clone().unwrap();
     let bytes = dev.capacity_bytes();
-    let slot = ns.max_transfer_bytes as usize;
+    // The same slots on every namespace (local and fabric), so that their
+    // throughputs compare: 512 KiB, the emulated controller's max transfer.
+    let slot = (ns.max_transfer_bytes.min(512 << 10) / ns.lba_size * ns.lba_size) as usize;
     let (mut nvme, mut direct) = (Vec::new(), Vec::new());
     // Alternate the two, three rounds each: TCG timings drift.
     for _ in 0..3 {

@@ -47,6 +47,16 @@ impl TransferLimits {
     pub fn effective(&self) -> u32 {
         [self.mdts, self.kernel_max_hw, self.kernel_segments].into_iter().flatten().min().unwrap_or(FALLBACK_MAX_TRANSFER)
     }
+
+    /// The largest Read one command can make on a namespace of
+    /// `lba_size`-byte blocks: [`TransferLimits::effective`], no more than
+    /// one command's 65,536 blocks (its block count is 16 bits; a fabric
+    /// controller may set no MDTS and the kernel no size limit, as NVMe/TCP
+    /// does, leaving that the only bound), in whole blocks.
+    pub fn max_transfer(&self, lba_size: u32) -> u32 {
+        let blocks = (self.effective() / lba_size).min(nvme::MAX_BLOCKS_PER_COMMAND);
+        (blocks as u64 * lba_size as u64).min((u32::MAX / lba_size * lba_size) as u64) as u32
+    }
 }
 
 /// An open NVMe namespace character device and its geometry.
@@ -102,7 +112,7 @@ impl NvmeDevice {
         let kernel_segments =
             block.as_deref().and_then(|d| read(d, "queue/max_segments")).map(|n| (n * gpuring_core::PAGE_SIZE as u64).min(u32::MAX as u64) as u32);
         let limits = TransferLimits { mdts, kernel_max_hw, kernel_segments };
-        let max_transfer_bytes = limits.effective() / ns.lba_size * ns.lba_size;
+        let max_transfer_bytes = limits.max_transfer(ns.lba_size);
         if max_transfer_bytes == 0 {
             let what = format!("its max transfer ({} bytes) is smaller than one {}-byte block", limits.effective(), ns.lba_size);
             return Err(IngestError::Nvme { path: path.to_owned(), what, errno: Errno::INVAL });
@@ -224,6 +234,13 @@ mod tests {
         assert_eq!(l.effective(), 256 << 10);
         assert_eq!(TransferLimits { mdts: None, kernel_max_hw: None, kernel_segments: None }.effective(), FALLBACK_MAX_TRANSFER);
         assert_eq!(TransferLimits { mdts: Some(1 << 20), kernel_max_hw: None, kernel_segments: None }.effective(), 1 << 20);
+        // NVMe/TCP in the QEMU guest: no MDTS, no kernel size limit, 256 MiB
+        // of segments: one command's 65,536 blocks are the limit.
+        let fabric = TransferLimits { mdts: None, kernel_max_hw: Some(u32::MAX), kernel_segments: Some(268_431_360) };
+        assert_eq!(fabric.max_transfer(512), 32 << 20);
+        assert_eq!(fabric.max_transfer(4096), 268_431_360 / 4096 * 4096);
+        assert_eq!(TransferLimits { mdts: None, kernel_max_hw: None, kernel_segments: None }.max_transfer(4096), 128 << 10);
+        assert_eq!(TransferLimits { mdts: Some(u32::MAX), kernel_max_hw: None, kernel_segments: None }.max_transfer(1 << 16), u32::MAX / (1 << 16) * (1 << 16));
     }
 
     #[test]

@@ -14,12 +14,17 @@
 //!    statically linked (`-C target-feature=+crt-static`);
 //! 4. writes a disk image with a known pattern (word `i` is
 //!    [`pattern_word`]`(i)`, which the tests check the bytes against);
-//! 5. packs a busybox initramfs whose `/init` loads `nvme-auth`,
-//!    `nvme-core`, `nvme` and `dm-mod` (a test makes a device-mapper
-//!    device that fails mid-file), waits for `/dev/ng0n1` and runs the test
-//!    binary's NVMe tests (`--ignored`), then powers off;
+//! 5. packs a busybox initramfs whose `/init` loads the NVMe modules,
+//!    `dm-mod` (a test makes a device-mapper device that fails mid-file)
+//!    and the NVMe over Fabrics modules ([`MODULES`]), waits for
+//!    `/dev/ng0n1` and runs the test binary's NVMe tests (`--ignored`): the
+//!    `local` suite; then exports the namespace with the kernel's NVMe
+//!    target over TCP on 127.0.0.1, connects the kernel's initiator to it
+//!    and runs the same tests on `/dev/ng1n1`: the `fabric` suite; then
+//!    powers off;
 //! 6. boots QEMU with that image as an NVMe namespace, echoes the guest's
-//!    console, and fails unless the guest reports that its tests passed.
+//!    console, prints one `nvme-vm: SUITE: ...` line per suite, and fails
+//!    unless every suite reports that its tests passed.
 
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -34,9 +39,12 @@ use crate::{ensure_installed, ensure_package, run, step, under_ci};
 /// The guest kernel: Debian 12's 6.12 package (PLATFORM.md).
 const KERNEL_PACKAGE: &str = "linux-image-6.12.117+deb12-amd64";
 const KERNEL_RELEASE: &str = "6.12.117+deb12-amd64";
-/// Modules, in load order: NVMe, and device-mapper for the test that
-/// makes a block device fail mid-file (the `error` target is in dm-mod).
-const MODULES: [&str; 4] = ["nvme-auth", "nvme-core", "nvme", "dm-mod"];
+/// Modules, in load order: NVMe, device-mapper for the test that makes a
+/// block device fail mid-file (the `error` target is in dm-mod), and NVMe
+/// over Fabrics: the target (`nvmet`, `nvmet-tcp`, configured through
+/// configfs) and the TCP initiator (`nvme-fabrics`, `nvme-tcp`). Their
+/// `depends=` fields give this order (the package has no modules.dep).
+const MODULES: [&str; 10] = ["nvme-auth", "nvme-core", "nvme", "dm-mod", "configfs", "nvme-keyring", "nvmet", "nvmet-tcp", "nvme-fabrics", "nvme-tcp"];
 /// The host triple the static binaries are built for.
 const TARGET: &str = "x86_64-unknown-linux-gnu";
 /// The emulated namespace's size.
@@ -136,7 +144,10 @@ fn write_image(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The guest's `/init`.
+/// The guest's `/init`: the suite on the local namespace, then the same
+/// suite on that namespace exported by the kernel's NVMe target over TCP on
+/// the loopback address and connected by the kernel's initiator (NVMe over
+/// Fabrics); one `gpuring-vm: suite NAME exit N` line each.
 const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
 export PATH=/bin
@@ -145,16 +156,57 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 mount -t tmpfs tmp /tmp
-for m in nvme-auth nvme-core nvme dm-mod; do
+for m in MODULES; do
     insmod /lib/modules/$m.ko || echo "gpuring-vm: insmod $m failed"
 done
-i=0
-while [ ! -e /dev/ng0n1 ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i + 1)); done
+wait_for() {
+    i=0
+    while [ ! -e "$1" ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i + 1)); done
+}
+suite() {
+    echo "gpuring-vm: suite $1 on $2"
+    GPURING_BIN=/gpuring GPURING_NVME_DEV=$2 /nvme-tests --ignored --test-threads=1 --nocapture
+    code=$?
+    echo "gpuring-vm: suite $1 exit $code"
+    [ $code -eq 0 ] || failed=1
+}
+failed=0
+wait_for /dev/ng0n1
 echo "gpuring-vm: kernel $(uname -r), $(cat /sys/block/nvme0n1/queue/logical_block_size 2>/dev/null)-byte blocks, max_hw_sectors_kb $(cat /sys/block/nvme0n1/queue/max_hw_sectors_kb 2>/dev/null)"
 ls -l /dev/ng* /dev/nvme*
 cd /tmp
-GPURING_BIN=/gpuring GPURING_NVME_DEV=/dev/ng0n1 /nvme-tests --ignored --test-threads=1 --nocapture
-echo "gpuring-vm: exit $?"
+suite local /dev/ng0n1
+
+# NVMe over Fabrics: nvmet exports nvme0n1 over TCP on 127.0.0.1:4420 and
+# nvme-tcp connects to it. nvmet opens a block device for writing, which a
+# read-only namespace refuses: then it exports a copy in a tmpfs file.
+ip link set lo up || ifconfig lo 127.0.0.1 up
+mount -t configfs none /sys/kernel/config
+t=/sys/kernel/config/nvmet
+mkdir $t/subsystems/gpuring-fabric
+echo 1 > $t/subsystems/gpuring-fabric/attr_allow_any_host
+mkdir $t/subsystems/gpuring-fabric/namespaces/1
+n=$t/subsystems/gpuring-fabric/namespaces/1
+echo -n /dev/nvme0n1 > $n/device_path
+if echo 1 > $n/enable 2>/dev/null; then
+    echo "gpuring-vm: fabric backend: block device /dev/nvme0n1"
+else
+    dd if=/dev/nvme0n1 of=/tmp/fabric.img bs=1M 2>/dev/null
+    echo -n /tmp/fabric.img > $n/device_path
+    echo 1 > $n/buffered_io
+    echo 1 > $n/enable && echo "gpuring-vm: fabric backend: file /tmp/fabric.img (tmpfs; the namespace is read-only)"
+fi
+mkdir $t/ports/1
+echo 127.0.0.1 > $t/ports/1/addr_traddr
+echo tcp > $t/ports/1/addr_trtype
+echo 4420 > $t/ports/1/addr_trsvcid
+echo ipv4 > $t/ports/1/addr_adrfam
+ln -s $t/subsystems/gpuring-fabric $t/ports/1/subsystems/gpuring-fabric
+echo "transport=tcp,traddr=127.0.0.1,trsvcid=4420,nqn=gpuring-fabric" > /dev/nvme-fabrics || echo "gpuring-vm: connecting to the fabric target failed"
+wait_for /dev/ng1n1
+echo "gpuring-vm: fabric controller $(cat /sys/class/nvme/nvme1/transport 2>/dev/null) $(cat /sys/class/nvme/nvme1/address 2>/dev/null), max_hw_sectors_kb $(cat /sys/block/nvme1n1/queue/max_hw_sectors_kb 2>/dev/null)"
+suite fabric /dev/ng1n1
+echo "gpuring-vm: exit $failed"
 poweroff -f
 "#;
 
@@ -179,7 +231,7 @@ fn pack_initramfs(work: &Path, kernel: &Path, gpuring: &Path, tests: &Path) -> R
     }
     std::fs::copy(gpuring, root.join("gpuring")).with_context(|| format!("copying {}", gpuring.display()))?;
     std::fs::copy(tests, root.join("nvme-tests")).with_context(|| format!("copying {}", tests.display()))?;
-    std::fs::write(root.join("init"), INIT)?;
+    std::fs::write(root.join("init"), INIT.replace("MODULES", &MODULES.join(" ")))?;
     for exe in ["init", "bin/busybox", "gpuring", "nvme-tests"] {
         std::fs::set_permissions(root.join(exe), std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     }
@@ -229,6 +281,7 @@ fn boot(kernel: &Path, initramfs: &Path, disk: &Path) -> Result<()> {
     });
     let mut exit = None;
     let mut summary = Vec::new();
+    let mut suites = Suites::default();
     loop {
         match rx.recv_timeout(Duration::from_secs(5)) {
             Ok(line) => {
@@ -236,9 +289,10 @@ fn boot(kernel: &Path, initramfs: &Path, disk: &Path) -> Result<()> {
                 println!("guest | {line}");
                 // Test output and terminal escapes can precede a marker on its line.
                 let at = |marker: &str| line.find(marker).map(|i| &line[i..]);
-                if let Some(found) = ["gpuring-vm: kernel", "nvme-vm throughput", "test result:"].into_iter().find_map(at) {
+                if let Some(found) = ["gpuring-vm: kernel", "gpuring-vm: fabric"].into_iter().find_map(at) {
                     summary.push(found.to_owned());
                 }
+                suites.read(&line);
                 if let Some(code) = at(EXIT_MARKER) {
                     exit = code[EXIT_MARKER.len()..].trim().parse::<i32>().ok();
                 }
@@ -255,18 +309,126 @@ fn boot(kernel: &Path, initramfs: &Path, disk: &Path) -> Result<()> {
     let status = child.wait()?;
     println!("\nnvme-vm: QEMU ended with {status} after {:.1} s", started.elapsed().as_secs_f64());
     for line in &summary {
-        println!("nvme-vm: {line}");
+        println!("nvme-vm: {}", line.trim_start_matches("gpuring-vm: "));
     }
+    for line in suites.lines() {
+        println!("{line}");
+    }
+    let missing: Vec<&str> = SUITES.iter().copied().filter(|name| !suites.list.iter().any(|s| s.name == *name && s.exit.is_some())).collect();
     match exit {
+        _ if !missing.is_empty() => bail!("the guest did not finish the suite(s) {} (see its console above)", missing.join(", ")),
         Some(0) => Ok(()),
-        Some(code) => bail!("the NVMe passthrough tests failed inside the guest (exit {code})"),
+        Some(_) => bail!("the NVMe passthrough tests failed inside the guest: {}", suites.failed().join(", ")),
         None => bail!("the guest ended without reporting its tests' result (see its console above)"),
+    }
+}
+
+/// The guest's suites, in the order `/init` runs them.
+const SUITES: [&str; 2] = ["local", "fabric"];
+
+/// One suite as the guest's console reported it.
+#[derive(Debug, Default, PartialEq)]
+struct Suite {
+    name: String,
+    device: String,
+    passed: u32,
+    failed: u32,
+    exit: Option<i32>,
+    /// Passthrough GiB/s from the throughput test.
+    passthrough: Option<f64>,
+}
+
+/// What the console said of each suite.
+#[derive(Debug, Default)]
+struct Suites {
+    list: Vec<Suite>,
+}
+
+impl Suites {
+    /// Take in one console line.
+    fn read(&mut self, line: &str) {
+        let at = |marker: &str| line.find(marker).map(|i| &line[i + marker.len()..]);
+        if let Some(rest) = at("gpuring-vm: suite ") {
+            let mut words = rest.split_whitespace();
+            let name = words.next().unwrap_or_default().to_owned();
+            match (words.next(), words.next()) {
+                (Some("on"), Some(device)) => self.list.push(Suite { name, device: device.to_owned(), ..Suite::default() }),
+                (Some("exit"), Some(code)) => {
+                    if let Some(s) = self.list.iter_mut().rev().find(|s| s.name == name) {
+                        s.exit = code.parse().ok();
+                    }
+                }
+                _ => {}
+            }
+            return;
+        }
+        let Some(current) = self.list.last_mut() else { return };
+        if let Some(rest) = at("test result: ") {
+            // "ok. 9 passed; 0 failed; 4 ignored; ..."
+            let count = |what: &str| {
+                rest.split(';')
+                    .find_map(|part| part.trim().trim_start_matches("ok. ").trim_start_matches("FAILED. ").strip_suffix(what)?.trim().parse::<u32>().ok())
+            };
+            current.passed += count(" passed").unwrap_or(0);
+            current.failed += count(" failed").unwrap_or(0);
+        } else if let Some(rest) = at("passthrough ") {
+            if line.contains("nvme-vm throughput") {
+                current.passthrough = rest.split_whitespace().next().and_then(|v| v.parse().ok());
+            }
+        }
+    }
+
+    /// `nvme-vm: NAME: P passed, F failed` for each suite, and the fabric's
+    /// passthrough throughput against the local namespace's.
+    fn lines(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .list
+            .iter()
+            .map(|s| {
+                let exit = s.exit.map_or_else(|| "did not finish".to_owned(), |c| format!("exit {c}"));
+                let speed = s.passthrough.map_or_else(String::new, |g| format!(", passthrough {g:.3} GiB/s"));
+                format!("nvme-vm: {}: {} passed, {} failed on {} ({exit}{speed})", s.name, s.passed, s.failed, s.device)
+            })
+            .collect();
+        let speed = |name: &str| self.list.iter().find(|s| s.name == name).and_then(|s| s.passthrough);
+        if let (Some(local), Some(fabric)) = (speed("local"), speed("fabric")) {
+            out.push(format!("nvme-vm: fabric to local passthrough throughput: {:.2}x (TCG; NVMe/TCP over the loopback address)", fabric / local));
+        }
+        out
+    }
+
+    /// The suites that failed or did not finish.
+    fn failed(&self) -> Vec<String> {
+        self.list.iter().filter(|s| s.exit != Some(0) || s.failed > 0).map(|s| s.name.clone()).collect()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_console_gives_each_suite_its_counts_and_speed() {
+        let mut suites = Suites::default();
+        for line in [
+            "gpuring-vm: suite local on /dev/ng0n1",
+            "test result: ok. 4 passed; 0 failed; 0 ignored; 0 measured; 9 filtered out; finished in 0.1s",
+            "\u{1b}[0mnvme-vm throughput (64 MiB per run, 16 slots of 512 KiB): passthrough 0.250 GiB/s, O_DIRECT block device 0.200 GiB/s, ratio 1.25",
+            "test result: ok. 9 passed; 0 failed; 0 ignored; 0 measured; 4 filtered out; finished in 9.1s",
+            "gpuring-vm: suite local exit 0",
+            "gpuring-vm: suite fabric on /dev/ng1n1",
+            "test result: FAILED. 8 passed; 1 failed; 0 ignored; 0 measured; 4 filtered out; finished in 9.1s",
+            "nvme-vm throughput (64 MiB per run, 16 slots of 512 KiB): passthrough 0.125 GiB/s, O_DIRECT block device 0.100 GiB/s, ratio 1.25",
+            "gpuring-vm: suite fabric exit 101",
+        ] {
+            suites.read(line);
+        }
+        let lines = suites.lines();
+        assert_eq!(lines[0], "nvme-vm: local: 13 passed, 0 failed on /dev/ng0n1 (exit 0, passthrough 0.250 GiB/s)");
+        assert_eq!(lines[1], "nvme-vm: fabric: 8 passed, 1 failed on /dev/ng1n1 (exit 101, passthrough 0.125 GiB/s)");
+        assert!(lines[2].starts_with("nvme-vm: fabric to local passthrough throughput: 0.50x"), "{}", lines[2]);
+        assert_eq!(suites.failed(), ["fabric"]);
+    }
 
     #[test]
     fn pattern_words_differ_and_are_stable() {
