@@ -39,6 +39,8 @@ pub enum Error {
         option: &'static str,
         /// The backend.
         backend: String,
+        /// The backend (or setting) the option is for.
+        needs: &'static str,
     },
     /// `--device` was given for a backend that has no devices.
     NoDevices {
@@ -91,8 +93,8 @@ impl fmt::Display for Error {
             #[cfg(feature = "rocm")]
             Self::Rocm(e) => write!(f, "{e}"),
             Self::Geometry(e) => write!(f, "{e}"),
-            Self::OptionNotForBackend { option, backend } => {
-                write!(f, "{option} applies to --backend cuda, not to backend `{backend}`. Fix: leave out {option}, or use --backend cuda")
+            Self::OptionNotForBackend { option, backend, needs } => {
+                write!(f, "{option} applies to --backend {needs}, not to backend `{backend}`. Fix: leave out {option}, or use --backend {needs}")
             }
             Self::NoDevices { backend } => write!(f, "backend `{backend}` has no devices to choose from. Fix: leave out --device, or use a GPU backend"),
             Self::BackendNotBuilt { name } => write!(

@@ -169,6 +169,11 @@ pub struct IngestConfig {
     /// How the CUDA consumer runs (`None`: batched). Only the cuda backend
     /// takes it.
     pub cuda_mode: Option<CudaMode>,
+    /// Put the slots in this PCI device's peer memory (P2PDMA; its address,
+    /// as `gpuring probe` lists it) instead of host memory; the host
+    /// backend's consumer reads them through the mapping. Only the host
+    /// backend takes it.
+    pub peer_memory: Option<String>,
 }
 
 impl Default for IngestConfig {
@@ -185,6 +190,7 @@ impl Default for IngestConfig {
             release_timeout: Duration::from_secs(60),
             nvme_fixed: None,
             cuda_mode: None,
+            peer_memory: None,
         }
     }
 }
@@ -298,6 +304,10 @@ pub struct IngestReport {
     /// Whether NVMe Reads went through the registered slot buffers
     /// (`null` when nothing was read through NVMe passthrough).
     pub nvme_fixed_buffers: Option<bool>,
+    /// The slots were registered with io_uring as fixed buffers (false: a
+    /// device's peer memory, which the kernel refuses to register, read by
+    /// address; or the bounce path, which registers nothing).
+    pub slots_registered: bool,
     /// Every counter.
     pub telemetry: TelemetryReport,
     /// No userspace copy happened.
@@ -322,13 +332,23 @@ pub fn run(sources: &[Source], config: &IngestConfig, progress: &mut dyn FnMut(u
     // At most 2^14 slots: the power of two cannot overflow.
     let queue_capacity = config.slots.next_power_of_two();
     if config.cuda_mode.is_some() && config.backend != Backend::Cuda {
-        return Err(Error::OptionNotForBackend { option: "--cuda-mode", backend: config.backend.name().to_owned() });
+        return Err(Error::OptionNotForBackend { option: "--cuda-mode", backend: config.backend.name().to_owned(), needs: "cuda" });
+    }
+    if config.peer_memory.is_some() && (config.backend != Backend::Host || config.bounce) {
+        let backend = if config.bounce { "host with --bounce".to_owned() } else { config.backend.name().to_owned() };
+        return Err(Error::OptionNotForBackend { option: "--peer-memory", backend, needs: "host (without --bounce)" });
     }
     match config.backend {
         #[cfg(feature = "host")]
         Backend::Host => {
             if config.device.is_some() {
                 return Err(Error::NoDevices { backend: config.backend.name().to_owned() });
+            }
+            if let Some(pci) = &config.peer_memory {
+                let staging = Arc::new(gpuring_host::PeerStaging::new(pci, geometry, queue_capacity)?);
+                let consumer = gpuring_host::HostConsumer::start(staging.clone())?;
+                let device = Some(format!("peer memory of PCI device {pci}"));
+                return with_consumer(staging, device, || Ok(consumer.join().map(|_| ConsumerDone::default())?), sources, config, progress);
             }
             let staging = Arc::new(gpuring_host::HostStaging::new(geometry, queue_capacity)?);
             let consumer = gpuring_host::HostConsumer::start(staging.clone())?;
@@ -404,6 +424,7 @@ struct Driven {
     seconds: f64,
     digests: Vec<StreamDigest>,
     nvme_fixed: Option<bool>,
+    registered: bool,
 }
 
 fn drive<S: StagingMemory>(staging: Arc<S>, sources: &[Source], config: &IngestConfig, progress: &mut dyn FnMut(u64)) -> Result<Driven, Error> {
@@ -416,11 +437,12 @@ fn drive<S: StagingMemory>(staging: Arc<S>, sources: &[Source], config: &IngestC
             progress(bytes);
         }
     };
-    let mut nvme_fixed = None;
+    let (mut nvme_fixed, mut registered) = (None, false);
     let stats = if config.bounce {
         gpuring_uring::bounce::ingest(&*staging, sources, &options, on_event)?
     } else {
         let mut driver = Driver::new(staging, options)?;
+        registered = driver.registered();
         let result = driver.ingest(sources, on_event);
         driver.close_queue();
         if sources.iter().any(|s| s.kind == SourceKind::Nvme) {
@@ -428,7 +450,7 @@ fn drive<S: StagingMemory>(staging: Arc<S>, sources: &[Source], config: &IngestC
         }
         result?
     };
-    Ok(Driven { memory_kind, telemetry: stats.telemetry, seconds: stats.elapsed.as_secs_f64(), digests, nvme_fixed })
+    Ok(Driven { memory_kind, telemetry: stats.telemetry, seconds: stats.elapsed.as_secs_f64(), digests, nvme_fixed, registered })
 }
 
 fn finish(driven: Driven, device: Option<String>, done: ConsumerDone, sources: &[Source], config: &IngestConfig) -> Result<IngestReport, Error> {
@@ -470,6 +492,7 @@ fn finish(driven: Driven, device: Option<String>, done: ConsumerDone, sources: &
         consumer_mode: done.mode,
         device_copy_bytes: done.device_copy_bytes,
         nvme_fixed_buffers: driven.nvme_fixed,
+        slots_registered: driven.registered,
         telemetry: TelemetryReport::from(t),
         zero_bounce: verdict.zero_bounce,
         dma_only: verdict.dma_only,

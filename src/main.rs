@@ -101,6 +101,12 @@ enum Command {
         /// (fixed), by plain address (plain), or whichever the kernel takes (auto).
         #[arg(long, requires = "nvme", default_value = "auto", value_parser = ["auto", "fixed", "plain"])]
         nvme_buffers: String,
+        /// Put the slots in this PCI device's peer memory (P2PDMA), e.g. an
+        /// NVMe controller's memory buffer: its address, as `gpuring probe`
+        /// lists it (0000:03:00.0). With --direct or --nvme the disk writes
+        /// into that device's memory, no host RAM in between. Host backend only.
+        #[arg(long, value_name = "PCI")]
+        peer_memory: Option<String>,
         /// Files or directories.
         #[arg(required_unless_present = "nvme")]
         paths: Vec<PathBuf>,
@@ -215,6 +221,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             lba,
             blocks,
             nvme_buffers,
+            peer_memory,
             paths,
         } => {
             let nvme_fixed = match nvme_buffers.as_str() {
@@ -223,8 +230,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 _ => None,
             };
             let (slots, slot_size) = ingest::default_ring(slots, slot_size);
-            let config =
-                IngestConfig { backend, device, slots, slot_size, direct, bounce, verify: !no_verify, nvme_fixed, cuda_mode, ..IngestConfig::default() };
+            let config = IngestConfig {
+                backend,
+                device,
+                slots,
+                slot_size,
+                direct,
+                bounce,
+                verify: !no_verify,
+                nvme_fixed,
+                cuda_mode,
+                peer_memory,
+                ..IngestConfig::default()
+            };
             let mut inputs = gpuring::inputs::collect(&paths)?;
             if let Some(dev) = nvme {
                 inputs.sources.push(gpuring::inputs::nvme_source(dev, lba, blocks)?);
@@ -349,6 +367,9 @@ fn print_report(r: &IngestReport, skipped: usize) {
     outln!("zero-bounce: {}; DMA-only: {}", yes(r.zero_bounce), yes(r.dma_only));
     if let Some(mode) = r.consumer_mode {
         outln!("consumer: {mode} mode; the copy engine moved {} into device memory", Bytes(r.device_copy_bytes));
+    }
+    if !r.slots_registered && !r.bounce {
+        outln!("slots: not registered with io_uring (the kernel refuses peer memory as fixed buffers); read by address");
     }
     if let Some(fixed) = r.nvme_fixed_buffers {
         outln!("nvme: reads {}", if fixed { "into the registered slot buffers" } else { "by plain address (this kernel refused fixed buffers)" });

@@ -42,6 +42,8 @@ pub fn report(slots: u32, slot_size: usize, dir: &Path) -> Report {
     checks.push(item("memory", probe::memlock_check(slots, slot_size)));
     checks.push(item("direct_io", probe::direct_io_check(dir)));
     checks.extend(nvme_checks());
+    #[cfg(feature = "host")]
+    checks.extend(peer_memory_checks());
     let mut peer_dma = Vec::new();
     for backend in crate::ingest::BACKENDS {
         let (rows, devices) = backend_checks(backend.name());
@@ -66,6 +68,79 @@ pub fn report(slots: u32, slot_size: usize, dir: &Path) -> Report {
         modes.insert("cuda", CudaMode::ALL.iter().map(|m| m.name()).collect());
     }
     Report { backends: crate::ingest::BACKENDS.iter().map(|b| b.name()).collect(), modes, checks }
+}
+
+/// One row per PCI device that publishes peer memory (P2PDMA): its size,
+/// whether io_uring can register it, and for each NVMe block device whether
+/// an O_DIRECT read lands in it (the kernel's distance verdict on that
+/// pair, tried, never assumed).
+#[cfg(feature = "host")]
+pub fn peer_memory_checks() -> Vec<Item> {
+    let devices = gpuring_host::peer_memory_devices();
+    if devices.is_empty() {
+        let detail = "no PCI device publishes peer memory (none has /sys/bus/pci/devices/*/p2pmem: the kernel lacks CONFIG_PCI_P2PDMA, or no device, such as an NVMe controller with a memory buffer, offers any)";
+        return vec![Item { group: "peer", name: "p2pmem".into(), ok: false, detail: detail.into() }];
+    }
+    let blocks: Vec<std::path::PathBuf> =
+        gpuring_uring::nvme::list_namespaces().iter().filter_map(|ng| gpuring_uring::nvme::NvmeDevice::open(ng).ok().and_then(|d| d.block_device)).collect();
+    devices
+        .iter()
+        .map(|m| {
+            let mut detail =
+                format!("{} of peer memory, {} available, published: {}", gpuring_core::Bytes(m.size), gpuring_core::Bytes(m.available), m.published);
+            let staging = gpuring_core::SlotGeometry::new(1, 64 << 10)
+                .map_err(|e| e.to_string())
+                .and_then(|g| gpuring_host::PeerStaging::new(&m.device, g, 1).map_err(|e| e.to_string()));
+            match &staging {
+                Err(e) => detail += &format!("; cannot map it: {e}"),
+                Ok(staging) => {
+                    detail += &format!("; io_uring fixed buffers: {}", peer_registration(staging));
+                    for block in &blocks {
+                        detail += &format!("; O_DIRECT read from {} into it: {}", block.display(), peer_read(staging, block));
+                    }
+                    if blocks.is_empty() {
+                        detail += "; no NVMe block device to try a peer read from";
+                    }
+                }
+            }
+            Item { group: "peer", name: m.device.clone(), ok: m.published && staging.is_ok(), detail }
+        })
+        .collect()
+}
+
+/// Whether io_uring registers the peer memory as a fixed buffer.
+#[cfg(feature = "host")]
+fn peer_registration(staging: &gpuring_host::PeerStaging) -> String {
+    use gpuring_core::StagingMemory;
+    let mut ring = match gpuring_uring::Ring::new(1) {
+        Ok(ring) => ring,
+        Err(e) => return format!("not tried ({e})"),
+    };
+    let slot = (staging.slot_ptr(0).as_ptr(), staging.geometry().slot_size());
+    // SAFETY: the mapping outlives `ring`, which is dropped (unregistering
+    // it) before this function returns.
+    match unsafe { ring.register_buffers(&[slot]) } {
+        Ok(()) => "yes".into(),
+        Err(e) => format!("no ({e}); gpuring reads into it by address"),
+    }
+}
+
+/// One O_DIRECT read of 4 KiB from the start of `block` into the peer memory.
+#[cfg(feature = "host")]
+fn peer_read(staging: &gpuring_host::PeerStaging, block: &Path) -> String {
+    use gpuring_core::StagingMemory;
+    let fd = match rustix::fs::open(block, rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECT | rustix::fs::OFlags::CLOEXEC, rustix::fs::Mode::empty()) {
+        Ok(fd) => fd,
+        Err(e) => return format!("not tried (opening it: {e})"),
+    };
+    // SAFETY: the slot is 64 KiB of the staging's mapping, which no one
+    // else uses; the read writes at most 4 KiB of it.
+    let buf = unsafe { std::slice::from_raw_parts_mut(staging.slot_ptr(0).as_ptr(), 4096) };
+    match rustix::io::pread(&fd, buf, 0) {
+        Ok(n) => format!("yes ({n} bytes)"),
+        Err(rustix::io::Errno::INVAL) => "no (EINVAL: the kernel's P2PDMA distance rules refuse this pair; put both devices behind one PCIe switch)".into(),
+        Err(e) => format!("no ({e})"),
+    }
 }
 
 /// One row per NVMe namespace character device: its geometry, from the

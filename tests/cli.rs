@@ -297,6 +297,23 @@ fn vulkan_ingest_and_device_selection_from_the_command_line() {
     }
 }
 
+/// `--peer-memory` (slots in a PCI device's P2PDMA memory; proven in the
+/// guest of `cargo xtask nvme-vm`): here, a device that publishes none and
+/// a backend that cannot take it are errors with a fix, before any read.
+#[test]
+fn peer_memory_is_refused_where_there_is_none() {
+    let dir = test_dir();
+    let file = make_file(dir.path(), "p", 65536, 9);
+    let path = file.to_str().unwrap();
+    let out = gpuring(&["ingest", "--peer-memory", "0000:ff:1f.7", "--direct", path]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out).1;
+    assert!(err.contains("peer memory of PCI device 0000:ff:1f.7: there is no such PCI device. Fix: "), "{err}");
+    let out = gpuring(&["ingest", "--peer-memory", "0000:ff:1f.7", "--bounce", path]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).1.contains("--peer-memory applies to --backend host (without --bounce), not to backend `host with --bounce`"), "{}", text(&out).1);
+}
+
 /// CUDA from the command line. Without a driver (CI): the clear error in
 /// ingest and bench and the probe's reason, exit status 2, no panic. With
 /// one (`cargo xtask hwtest` on a GPU machine): every consumer mode

@@ -563,3 +563,96 @@ fn eio_from_a_block_device_mid_file_names_file_offset_and_slot_buffered_and_dire
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains(&*dm.path.to_string_lossy()) && stderr.contains("into slot") && stderr.contains("Fix:"), "{stderr}");
 }
+
+/// The PCI device whose peer memory (P2PDMA) holds the slots in the
+/// `peer_` tests: `cargo xtask nvme-vm` sets it in its 7.2 guest, where an
+/// emulated NVMe controller publishes its memory buffer.
+fn peer_pci() -> String {
+    std::env::var("GPURING_PEER_PCI").expect("GPURING_PEER_PCI names a PCI device that publishes peer memory (cargo xtask nvme-vm sets it)")
+}
+
+#[test]
+#[ignore = "needs a PCI device publishing P2PDMA memory beside the NVMe namespace: cargo xtask nvme-vm runs these in its 7.2 guest"]
+fn peer_memory_takes_o_direct_and_passthrough_reads_from_another_device() {
+    use gpuring::core::{MemoryKind, StagingMemory};
+    use gpuring::host::PeerStaging;
+    let dev = open();
+    let ns = dev.namespace;
+    let block = dev.block_device.clone().unwrap();
+    let lba = ns.lba_size as u64;
+    let slot = (128usize << 10).max(ns.lba_size as usize);
+    // 8 MiB of each, through 8 slots of the peer device's memory.
+    let (slba, blocks) = (64, (8 << 20) / lba);
+    let staging = Arc::new(PeerStaging::new(&peer_pci(), SlotGeometry::new(8, slot).unwrap(), 8).unwrap());
+    assert_eq!(staging.kind(), MemoryKind::DevicePeer);
+    let consumer = HostConsumer::start(staging.clone()).unwrap();
+    let mut driver = Driver::new(staging, DriverOptions { direct: true, ..DriverOptions::default() }).unwrap();
+    assert!(!driver.registered(), "the kernel registered peer memory as fixed buffers: update the docs, which say it refuses");
+    let sources = [Source::nvme(char_device(), Some(slba..slba + blocks)), Source::range(&block, slba * lba..(slba + blocks) * lba)];
+    let mut segments = Vec::new();
+    let result = driver.ingest(&sources, |e| {
+        if let Event::Released { source, offset, bytes, checksum, checksummed, .. } = e {
+            assert!(checksummed);
+            segments.push((source, offset, bytes, checksum));
+        }
+    });
+    driver.close_queue();
+    let nvme_fixed = driver.nvme_fixed();
+    drop(driver);
+    consumer.join().unwrap();
+    let stats = result.unwrap();
+    assert_eq!(nvme_fixed, Some(false), "passthrough into peer memory goes by address");
+    for &(source, offset, bytes, checksum) in &segments {
+        assert_eq!(checksum, slot_checksum(&image_bytes(offset, bytes as usize)), "source {source}: bytes at {offset} differ from the image");
+    }
+    for source in 0..2 {
+        let total: u64 = segments.iter().filter(|s| s.0 == source).map(|s| s.2).sum();
+        assert_eq!(total, blocks * lba, "source {source} read whole");
+    }
+    let t = stats.telemetry;
+    assert_eq!((t.dma.bytes, t.kernel_copy.bytes, t.bounce.bytes), (2 * blocks * lba, 0, 0), "every byte is the NVMe device's DMA");
+    println!("peer memory of {}: {} segments, {} bytes, all DMA", peer_pci(), segments.len(), t.dma.bytes);
+}
+
+#[test]
+#[ignore = "needs a PCI device publishing P2PDMA memory beside the NVMe namespace: cargo xtask nvme-vm runs these in its 7.2 guest"]
+fn peer_memory_from_the_command_line_is_verified_and_probed() {
+    let pci = peer_pci();
+    let dev = open();
+    let block = dev.block_device.clone().unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(gpuring_bin()).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let (d, b) = (char_device(), block.clone());
+    let stdout = run(&[
+        "ingest",
+        "--json",
+        "--direct",
+        "--slots",
+        "8",
+        "--slot-size",
+        "256K",
+        "--peer-memory",
+        &pci,
+        "--nvme",
+        d.to_str().unwrap(),
+        b.to_str().unwrap(),
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["memory_kind"], "device_peer", "{stdout}");
+    assert_eq!(v["device"], format!("peer memory of PCI device {pci}"), "{stdout}");
+    assert_eq!(v["slots_registered"], false, "{stdout}");
+    assert_eq!(v["nvme_fixed_buffers"], false, "{stdout}");
+    assert_eq!((v["dma_only"].clone(), v["zero_bounce"].clone(), v["complete"].clone()), (true.into(), true.into(), true.into()), "{stdout}");
+    assert_eq!(v["checksum"]["match"], true, "{stdout}");
+    assert_eq!(v["bytes"], 2 * dev.capacity_bytes(), "{stdout}");
+    println!("ingest --peer-memory {pci}: {} bytes, {} GiB/s", v["bytes"], v["gib_per_s"]);
+    let probe = run(&["probe"]);
+    let row = probe.lines().find(|l| l.starts_with("peer") && l.contains(&pci)).unwrap_or_else(|| panic!("no peer row for {pci}: {probe}"));
+    println!("{row}");
+    assert!(row.contains(" yes ") && row.contains("published: true"), "{row}");
+    assert!(row.contains("io_uring fixed buffers: no"), "{row}");
+    assert!(row.contains(&format!("O_DIRECT read from {} into it: yes", block.display())), "{row}");
+}

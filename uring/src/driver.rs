@@ -47,7 +47,7 @@ use std::time::{Duration, Instant};
 use gpuring_core::io_queue::{Completion, EntryKind, Producer, Released, CONSUMED};
 use gpuring_core::nvme;
 use gpuring_core::pending::{Judge, Progress, Target};
-use gpuring_core::{PendingRead, PendingTable, SlotGeometry, SlotState, StagingMemory, Telemetry};
+use gpuring_core::{MemoryKind, PendingRead, PendingTable, SlotGeometry, SlotState, StagingMemory, Telemetry};
 use rustix::io::Errno;
 
 use crate::error::IngestError;
@@ -175,6 +175,10 @@ pub struct Driver<S: StagingMemory> {
     broken: bool,
     /// Whether NVMe Reads use fixed buffers, once known.
     nvme_fixed: Option<bool>,
+    /// Whether the slots are registered with io_uring (fixed buffers); not
+    /// for a device's peer memory, which the kernel refuses to register:
+    /// then reads go by address.
+    registered: bool,
     /// Per slot: `EAGAIN` answers in a row to its read (retried up to [`AGAIN_RETRIES`]).
     again: Vec<u8>,
 }
@@ -198,15 +202,31 @@ impl<S: StagingMemory> Driver<S> {
         // SAFETY: the slots are valid for the life of `staging`, which this
         // driver keeps alive until after the ring is dropped (and leaks it if
         // the ring cannot be drained).
-        unsafe { ring.register_buffers(&buffers)? };
+        let registered = match unsafe { ring.register_buffers(&buffers) } {
+            Ok(()) => true,
+            // A device's peer memory: the kernel pins registered buffers
+            // without FOLL_PCI_P2PDMA and refuses such pages (EFAULT), but
+            // reads by address may still reach them.
+            Err(IngestError::Ring { errno: Errno::FAULT, .. }) if staging.kind() == MemoryKind::DevicePeer => false,
+            Err(e) => return Err(e),
+        };
+        let mut nvme_fixed = options.nvme_fixed;
+        if !registered {
+            if nvme_fixed == Some(true) {
+                let what = "NVMe Reads into registered slots were asked for, but the kernel refuses to register peer memory (EFAULT). Fix: leave --nvme-buffers at its default or pass plain".into();
+                return Err(IngestError::RingGeometry { what });
+            }
+            nvme_fixed = Some(false);
+        }
         Ok(Self {
+            registered,
             ring,
             staging,
             geometry,
             pending: PendingTable::new(vec![SlotState::Free; geometry.slot_count() as usize]),
             producer,
             telemetry: Telemetry::new(),
-            nvme_fixed: options.nvme_fixed,
+            nvme_fixed,
             options,
             cqes: Vec::new(),
             batch: Vec::new(),
@@ -231,6 +251,13 @@ impl<S: StagingMemory> Driver<S> {
     /// The staging memory.
     pub fn staging(&self) -> &Arc<S> {
         &self.staging
+    }
+
+    /// Whether the slots are registered with io_uring as fixed buffers
+    /// (`false`: a device's peer memory, which the kernel refuses to
+    /// register; reads then go to the slots by address).
+    pub fn registered(&self) -> bool {
+        self.registered
     }
 
     /// Whether NVMe Reads used the registered slot buffers (`None`: no NVMe
@@ -430,10 +457,15 @@ impl<S: StagingMemory> Driver<S> {
         // Nothing else touches the slot while it is in flight in the pending
         // table; the fd stays open while its source has outstanding segments;
         // the ring drains before the driver (and the staging memory) drops.
-        // SAFETY: per the three lines above, and the slot is registered buffer `slot`.
+        // SAFETY: per the three lines above; when registered, the slot is
+        // registered buffer `slot`.
         unsafe {
             let buf = self.staging.slot_ptr(slot).as_ptr().add(done as usize);
-            self.ring.push_read_fixed(std::os::fd::AsFd::as_fd(&file.fd), buf, submit_len, offset + done as u64, slot as u16, slot as u64)
+            let fd = std::os::fd::AsFd::as_fd(&file.fd);
+            match self.registered {
+                true => self.ring.push_read_fixed(fd, buf, submit_len, offset + done as u64, slot as u16, slot as u64),
+                false => self.ring.push_read(fd, buf, submit_len, offset + done as u64, slot as u64),
+            }
         }
     }
 

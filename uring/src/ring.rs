@@ -223,6 +223,19 @@ impl Ring {
         unsafe { self.push(&entry) }
     }
 
+    /// Queue a plain `READ` of `len` bytes at file `offset` into `buf`, for
+    /// memory that cannot be registered (a device's peer memory).
+    ///
+    /// # Safety
+    /// `buf..buf+len` must stay valid, and untouched by anyone else, until
+    /// this request's completion is reaped or the ring is dropped. `fd` must
+    /// stay open until then.
+    pub unsafe fn push_read(&mut self, fd: BorrowedFd<'_>, buf: *mut u8, len: u32, offset: u64, user_data: u64) -> Result<(), IngestError> {
+        let entry = opcode::Read::new(types::Fd(fd.as_raw_fd()), buf, len).offset(offset).build().user_data(user_data);
+        // SAFETY: the caller keeps the buffer and the fd valid until completion.
+        unsafe { self.push(&entry) }
+    }
+
     /// Queue an NVMe passthrough command (`IORING_OP_URING_CMD` with
     /// `cmd_op`, the 72-byte `struct nvme_uring_cmd` in `cmd`) on the
     /// namespace's character device `fd`. With `buf_index`, the command's data

@@ -36,9 +36,58 @@ use anyhow::{bail, Context, Result};
 
 use crate::{ensure_installed, ensure_package, run, step, under_ci};
 
-/// The guest kernel: Debian 12's 6.12 package (PLATFORM.md).
-const KERNEL_PACKAGE: &str = "linux-image-6.12.117+deb12-amd64";
-const KERNEL_RELEASE: &str = "6.12.117+deb12-amd64";
+/// A guest kernel: Debian packages unpacked under `target/nvme-vm/<dir>`.
+struct Kernel {
+    /// Short name, in the summary lines.
+    name: &'static str,
+    /// Its `uname -r`.
+    release: &'static str,
+    /// The packages holding the image and the modules.
+    packages: &'static [&'static str],
+    /// Where apt finds them: `None`, the system's sources (Debian 12);
+    /// `Some(line)`, a private apt configuration with this source line (the
+    /// system's sources stay untouched; Debian's archive keyring verifies it).
+    source: Option<&'static str>,
+    /// The image, inside the unpacked packages.
+    vmlinuz: &'static str,
+    /// The modules' directory, inside the unpacked packages.
+    modules: &'static str,
+    /// Whether the guest gets a second controller with a memory buffer
+    /// published as P2PDMA memory, both behind one emulated PCIe switch,
+    /// and runs the `peer` suite (the kernel has CONFIG_PCI_P2PDMA).
+    peer: bool,
+    /// Why the task leaves this kernel out unless `GPURING_NVME_VM_KERNELS`
+    /// names it (`None`: it runs).
+    held_back: Option<&'static str>,
+}
+
+/// The guest kernels (PLATFORM.md): Debian 12's 6.12 (6.1 refuses
+/// fixed-buffer passthrough into large registered buffers; no P2PDMA), and
+/// Debian unstable's 7.2, built with CONFIG_PCI_P2PDMA.
+const KERNELS: [Kernel; 2] = [
+    Kernel {
+        name: "6.12",
+        release: "6.12.117+deb12-amd64",
+        packages: &["linux-image-6.12.117+deb12-amd64"],
+        source: None,
+        vmlinuz: "boot/vmlinuz-6.12.117+deb12-amd64",
+        modules: "lib/modules/6.12.117+deb12-amd64",
+        peer: false,
+        held_back: None,
+    },
+    Kernel {
+        name: "7.2",
+        release: "7.2.13+deb14-amd64",
+        packages: &["linux-binary-7.2.13+deb14-amd64", "linux-modules-7.2.13+deb14-amd64"],
+        source: Some("deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian sid main"),
+        vmlinuz: "usr/lib/modules/7.2.13+deb14-amd64/vmlinuz",
+        modules: "usr/lib/modules/7.2.13+deb14-amd64",
+        peer: true,
+        held_back: Some(
+            "its nvme-core does not load in the guest: insmod says `Unknown symbol nvme_tls_psk_refresh (err -2)` although nvme-keyring, which exports it, is loaded (seen 2026-12-01); set GPURING_NVME_VM_KERNELS=6.12,7.2 to try it",
+        ),
+    },
+];
 /// Modules, in load order: NVMe, device-mapper for the test that makes a
 /// block device fail mid-file (the `error` target is in dm-mod), and NVMe
 /// over Fabrics: the target (`nvmet`, `nvmet-tcp`, configured through
@@ -77,32 +126,78 @@ pub fn run_task(cargo: fn() -> Command) -> Result<()> {
     }
     let work = PathBuf::from("target/nvme-vm");
     std::fs::create_dir_all(&work).context("creating target/nvme-vm")?;
-    let kernel = fetch_kernel(&work)?;
     let (gpuring, tests) = build_static(cargo)?;
-    step("nvme-vm: disk image and initramfs");
     let disk = work.join("disk.img");
     write_image(&disk)?;
-    let initramfs = pack_initramfs(&work, &kernel, &gpuring, &tests)?;
-    step("nvme-vm: booting QEMU (TCG) with an emulated NVMe controller");
-    boot(&kernel.join(format!("boot/vmlinuz-{KERNEL_RELEASE}")), &initramfs, &disk)
+    let mut failed = Vec::new();
+    let asked = std::env::var("GPURING_NVME_VM_KERNELS").ok();
+    for kernel in &KERNELS {
+        let wanted = asked.as_deref().map(|list| list.split(',').any(|k| k.trim() == kernel.name));
+        let skip = match (kernel.held_back, wanted) {
+            (_, Some(false)) => Some("GPURING_NVME_VM_KERNELS leaves it out"),
+            (Some(why), None) => Some(why),
+            _ => None,
+        };
+        if let Some(why) = skip {
+            println!("nvme-vm: {}: not run: {why}", kernel.name);
+            continue;
+        }
+        let root = fetch_kernel(&work, kernel)?;
+        step(&format!("nvme-vm: initramfs for {}", kernel.release));
+        let initramfs = pack_initramfs(&work, kernel, &root, &gpuring, &tests)?;
+        step(&format!("nvme-vm: booting {} in QEMU (TCG){}", kernel.release, if kernel.peer { ", NVMe controllers behind a PCIe switch" } else { "" }));
+        if let Err(e) = boot(kernel, &root.join(kernel.vmlinuz), &initramfs, &disk) {
+            println!("nvme-vm: {}: {e:#}", kernel.name);
+            failed.push(kernel.name);
+        }
+    }
+    if !failed.is_empty() {
+        bail!("the guest suites failed on kernel(s) {}", failed.join(", "));
+    }
+    Ok(())
 }
 
-/// Unpack the guest kernel package into `work/kernel`, downloading it once.
-fn fetch_kernel(work: &Path) -> Result<PathBuf> {
-    let root = work.join("kernel");
-    if root.join(format!("boot/vmlinuz-{KERNEL_RELEASE}")).exists() {
+/// Unpack `kernel`'s packages into `work/kernel-<name>`, downloading them
+/// once.
+fn fetch_kernel(work: &Path, kernel: &Kernel) -> Result<PathBuf> {
+    let root = work.join(format!("kernel-{}", kernel.name));
+    if root.join(kernel.vmlinuz).exists() {
         return Ok(root);
     }
-    step(&format!("nvme-vm: fetching {KERNEL_PACKAGE}"));
-    let deb = || std::fs::read_dir(work).ok()?.filter_map(|e| e.ok()).map(|e| e.path()).find(|p| p.extension().is_some_and(|x| x == "deb"));
-    if deb().is_none() {
-        run(Command::new("apt-get").args(["download", KERNEL_PACKAGE]).current_dir(work)).or_else(|_| {
-            run(Command::new("apt-get").args(["update", "-qq"]))?;
-            run(Command::new("apt-get").args(["download", KERNEL_PACKAGE]).current_dir(work))
+    let debs = work.join(format!("debs-{}", kernel.name));
+    std::fs::create_dir_all(&debs)?;
+    step(&format!("nvme-vm: fetching {}", kernel.packages.join(", ")));
+    let downloaded = |package: &str| {
+        std::fs::read_dir(&debs)
+            .ok()?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "deb") && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("{package}_"))))
+    };
+    let mut apt: Vec<String> = Vec::new();
+    if let Some(line) = kernel.source {
+        // A private configuration: the system's sources and lists stay as
+        // they are.
+        let conf = std::fs::canonicalize(work)?.join(format!("apt-{}", kernel.name));
+        std::fs::create_dir_all(conf.join("lists/partial"))?;
+        std::fs::write(conf.join("sources.list"), format!("{line}\n"))?;
+        apt = vec![
+            format!("-oDir::Etc::SourceList={}", conf.join("sources.list").display()),
+            "-oDir::Etc::SourceParts=/dev/null".into(),
+            format!("-oDir::State::Lists={}", conf.join("lists").display()),
+        ];
+        run(Command::new("apt-get").args(&apt).args(["update", "-qq"]))?;
+    }
+    for package in kernel.packages.iter().copied().filter(|p| downloaded(p).is_none()) {
+        run(Command::new("apt-get").args(&apt).args(["download", package]).current_dir(&debs)).or_else(|_| {
+            run(Command::new("apt-get").args(&apt).args(["update", "-qq"]))?;
+            run(Command::new("apt-get").args(&apt).args(["download", package]).current_dir(&debs))
         })?;
     }
-    let deb = deb().context("apt-get download left no .deb")?;
-    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
+    for package in kernel.packages {
+        let deb = downloaded(package).with_context(|| format!("apt-get download left no .deb of {package}"))?;
+        run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
+    }
     Ok(root)
 }
 
@@ -147,7 +242,11 @@ fn write_image(path: &Path) -> Result<()> {
 /// The guest's `/init`: the suite on the local namespace, then the same
 /// suite on that namespace exported by the kernel's NVMe target over TCP on
 /// the loopback address and connected by the kernel's initiator (NVMe over
-/// Fabrics); one `gpuring-vm: suite NAME exit N` line each.
+/// Fabrics), then, where a controller publishes P2PDMA memory, the `peer_`
+/// tests with the slots in that memory; one `gpuring-vm: suite NAME exit N`
+/// line each. Controllers are found by serial number (`gpuring0` holds the
+/// pattern image, `gpuring-peer` the memory buffer), whatever order the
+/// kernel numbered them in.
 const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
 export PATH=/bin
@@ -157,29 +256,41 @@ mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 mount -t tmpfs tmp /tmp
 for m in MODULES; do
-    insmod /lib/modules/$m.ko || echo "gpuring-vm: insmod $m failed"
+    insmod /lib/modules/$m.ko || { echo "gpuring-vm: insmod $m failed:"; dmesg | tail -3; }
 done
 wait_for() {
     i=0
     while [ ! -e "$1" ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i + 1)); done
 }
+# The controller (nvmeN) whose file $1 holds $2.
+controller() {
+    for c in /sys/class/nvme/nvme*; do
+        read -r v < $c/$1 2>/dev/null
+        [ "$v" = "$2" ] && { echo ${c##*/}; return; }
+    done
+}
 suite() {
-    echo "gpuring-vm: suite $1 on $2"
-    GPURING_BIN=/gpuring GPURING_NVME_DEV=$2 /nvme-tests --ignored --test-threads=1 --nocapture
+    name=$1; dev=$2; shift 2
+    echo "gpuring-vm: suite $name on $dev"
+    GPURING_BIN=/gpuring GPURING_NVME_DEV=$dev /nvme-tests --ignored --test-threads=1 --nocapture "$@"
     code=$?
-    echo "gpuring-vm: suite $1 exit $code"
+    echo "gpuring-vm: suite $name exit $code"
     [ $code -eq 0 ] || failed=1
 }
 failed=0
-wait_for /dev/ng0n1
-echo "gpuring-vm: kernel $(uname -r), $(cat /sys/block/nvme0n1/queue/logical_block_size 2>/dev/null)-byte blocks, max_hw_sectors_kb $(cat /sys/block/nvme0n1/queue/max_hw_sectors_kb 2>/dev/null)"
+i=0
+while [ -z "$(controller serial gpuring0)" ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i + 1)); done
+data=$(controller serial gpuring0)
+for c in /sys/class/nvme/nvme*; do echo "gpuring-vm: controller ${c##*/}: serial '$(cat $c/serial)', transport $(cat $c/transport), $(basename $(readlink -f $c/device))"; done
+wait_for /dev/ng${data#nvme}n1
+echo "gpuring-vm: kernel $(uname -r), $(cat /sys/block/${data}n1/queue/logical_block_size 2>/dev/null)-byte blocks, max_hw_sectors_kb $(cat /sys/block/${data}n1/queue/max_hw_sectors_kb 2>/dev/null)"
 ls -l /dev/ng* /dev/nvme*
 cd /tmp
-suite local /dev/ng0n1
+suite local /dev/ng${data#nvme}n1 --skip peer_
 
-# NVMe over Fabrics: nvmet exports nvme0n1 over TCP on 127.0.0.1:4420 and
-# nvme-tcp connects to it. nvmet opens a block device for writing, which a
-# read-only namespace refuses: then it exports a copy in a tmpfs file.
+# NVMe over Fabrics: nvmet exports the namespace over TCP on 127.0.0.1:4420
+# and nvme-tcp connects to it. nvmet opens a block device for writing, which
+# a read-only namespace may refuse: then it exports a copy in a tmpfs file.
 ip link set lo up || ifconfig lo 127.0.0.1 up
 mount -t configfs none /sys/kernel/config
 t=/sys/kernel/config/nvmet
@@ -187,11 +298,11 @@ mkdir $t/subsystems/gpuring-fabric
 echo 1 > $t/subsystems/gpuring-fabric/attr_allow_any_host
 mkdir $t/subsystems/gpuring-fabric/namespaces/1
 n=$t/subsystems/gpuring-fabric/namespaces/1
-echo -n /dev/nvme0n1 > $n/device_path
+echo -n /dev/${data}n1 > $n/device_path
 if echo 1 > $n/enable 2>/dev/null; then
-    echo "gpuring-vm: fabric backend: block device /dev/nvme0n1"
+    echo "gpuring-vm: fabric backend: block device /dev/${data}n1"
 else
-    dd if=/dev/nvme0n1 of=/tmp/fabric.img bs=1M 2>/dev/null
+    dd if=/dev/${data}n1 of=/tmp/fabric.img bs=1M 2>/dev/null
     echo -n /tmp/fabric.img > $n/device_path
     echo 1 > $n/buffered_io
     echo 1 > $n/enable && echo "gpuring-vm: fabric backend: file /tmp/fabric.img (tmpfs; the namespace is read-only)"
@@ -203,26 +314,39 @@ echo 4420 > $t/ports/1/addr_trsvcid
 echo ipv4 > $t/ports/1/addr_adrfam
 ln -s $t/subsystems/gpuring-fabric $t/ports/1/subsystems/gpuring-fabric
 echo "transport=tcp,traddr=127.0.0.1,trsvcid=4420,nqn=gpuring-fabric" > /dev/nvme-fabrics || echo "gpuring-vm: connecting to the fabric target failed"
-wait_for /dev/ng1n1
-echo "gpuring-vm: fabric controller $(cat /sys/class/nvme/nvme1/transport 2>/dev/null) $(cat /sys/class/nvme/nvme1/address 2>/dev/null), max_hw_sectors_kb $(cat /sys/block/nvme1n1/queue/max_hw_sectors_kb 2>/dev/null)"
-suite fabric /dev/ng1n1
+i=0
+while [ -z "$(controller transport tcp)" ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i + 1)); done
+fabric=$(controller transport tcp)
+wait_for /dev/ng${fabric#nvme}n1
+echo "gpuring-vm: fabric controller $fabric: $(cat /sys/class/nvme/$fabric/transport 2>/dev/null) $(cat /sys/class/nvme/$fabric/address 2>/dev/null), max_hw_sectors_kb $(cat /sys/block/${fabric}n1/queue/max_hw_sectors_kb 2>/dev/null)"
+suite fabric /dev/ng${fabric#nvme}n1 --skip peer_
+
+# P2PDMA: the controller with a memory buffer publishes it as peer memory.
+peer=$(controller serial gpuring-peer)
+if [ -n "$peer" ]; then
+    pci=$(basename $(readlink -f /sys/class/nvme/$peer/device))
+    echo "gpuring-vm: peer memory: $pci, $(cat /sys/bus/pci/devices/$pci/p2pmem/size 2>/dev/null) bytes, published $(cat /sys/bus/pci/devices/$pci/p2pmem/published 2>/dev/null)"
+    export GPURING_PEER_PCI=$pci
+    suite peer /dev/ng${data#nvme}n1 peer_
+fi
 echo "gpuring-vm: exit $failed"
 poweroff -f
 "#;
 
 /// Pack the initramfs: busybox, the NVMe modules (decompressed, as busybox
 /// insmod wants them), the two binaries and `/init`.
-fn pack_initramfs(work: &Path, kernel: &Path, gpuring: &Path, tests: &Path) -> Result<PathBuf> {
-    let root = work.join("initramfs");
+fn pack_initramfs(work: &Path, kernel: &Kernel, unpacked: &Path, gpuring: &Path, tests: &Path) -> Result<PathBuf> {
+    let root = work.join(format!("initramfs-{}", kernel.name));
     let _ = std::fs::remove_dir_all(&root);
     for dir in ["bin", "lib/modules"] {
         std::fs::create_dir_all(root.join(dir))?;
     }
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).context("copying /bin/busybox")?;
-    let modules = find_files(&kernel.join(format!("lib/modules/{KERNEL_RELEASE}")))?;
+    let modules = find_files(&unpacked.join(kernel.modules))?;
     for name in MODULES {
         let file = format!("{name}.ko.xz");
-        let found = modules.iter().find(|p| p.file_name().is_some_and(|n| n == file.as_str())).with_context(|| format!("{file} is not in {KERNEL_PACKAGE}"))?;
+        let found =
+            modules.iter().find(|p| p.file_name().is_some_and(|n| n == file.as_str())).with_context(|| format!("{file} is not in {}", kernel.release))?;
         let ko = Command::new("xz").arg("-dc").arg(found).output().context("running xz")?;
         if !ko.status.success() {
             bail!("xz -dc {} failed", found.display());
@@ -235,7 +359,7 @@ fn pack_initramfs(work: &Path, kernel: &Path, gpuring: &Path, tests: &Path) -> R
     for exe in ["init", "bin/busybox", "gpuring", "nvme-tests"] {
         std::fs::set_permissions(root.join(exe), std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     }
-    let cpio = std::fs::canonicalize(work)?.join("initramfs.cpio");
+    let cpio = std::fs::canonicalize(work)?.join(format!("initramfs-{}.cpio", kernel.name));
     run(Command::new("sh").args(["-c", &format!("find . | /bin/busybox cpio -o -H newc > '{}'", cpio.display())]).current_dir(&root))?;
     Ok(cpio)
 }
@@ -254,19 +378,34 @@ fn find_files(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// Boot the guest and wait for its verdict, echoing its console.
-fn boot(kernel: &Path, initramfs: &Path, disk: &Path) -> Result<()> {
+fn boot(kernel: &Kernel, vmlinuz: &Path, initramfs: &Path, disk: &Path) -> Result<()> {
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args(["-accel", "tcg", "-m", "1024", "-smp", "2", "-nographic", "-no-reboot", "-net", "none", "-kernel"])
-        .arg(kernel)
+        .arg(vmlinuz)
         .arg("-initrd")
         .arg(initramfs)
         .args(["-append", "console=ttyS0 panic=-1 quiet"])
         .arg("-drive")
-        .arg(format!("file={},if=none,id=d,format=raw,readonly=on", disk.display()))
-        .args(["-device", "nvme,serial=gpuring0,drive=d"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+        .arg(format!("file={},if=none,id=d,format=raw,readonly=on", disk.display()));
+    if kernel.peer {
+        // Both controllers behind one switch: the kernel allows a peer path
+        // there, and refuses one between two root ports of q35's host
+        // bridge, which is not on its P2PDMA list (PLATFORM.md).
+        cmd.args(["-machine", "q35"]);
+        for device in [
+            "pcie-root-port,id=rp1,chassis=1,slot=1",
+            "x3130-upstream,id=up1,bus=rp1",
+            "xio3130-downstream,id=dn1,bus=up1,chassis=2,slot=1",
+            "xio3130-downstream,id=dn2,bus=up1,chassis=3,slot=1",
+            "nvme,serial=gpuring0,drive=d,bus=dn1",
+            "nvme,serial=gpuring-peer,cmb_size_mb=64,bus=dn2",
+        ] {
+            cmd.args(["-device", device]);
+        }
+    } else {
+        cmd.args(["-device", "nvme,serial=gpuring0,drive=d"]);
+    }
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
     println!("$ {cmd:?}");
     let started = Instant::now();
     let mut child = cmd.spawn().context("starting qemu-system-x86_64")?;
@@ -281,7 +420,7 @@ fn boot(kernel: &Path, initramfs: &Path, disk: &Path) -> Result<()> {
     });
     let mut exit = None;
     let mut summary = Vec::new();
-    let mut suites = Suites::default();
+    let mut suites = Suites { kernel: kernel.name, ..Suites::default() };
     loop {
         match rx.recv_timeout(Duration::from_secs(5)) {
             Ok(line) => {
@@ -289,7 +428,7 @@ fn boot(kernel: &Path, initramfs: &Path, disk: &Path) -> Result<()> {
                 println!("guest | {line}");
                 // Test output and terminal escapes can precede a marker on its line.
                 let at = |marker: &str| line.find(marker).map(|i| &line[i..]);
-                if let Some(found) = ["gpuring-vm: kernel", "gpuring-vm: fabric"].into_iter().find_map(at) {
+                if let Some(found) = ["gpuring-vm: kernel", "gpuring-vm: fabric", "gpuring-vm: peer"].into_iter().find_map(at) {
                     summary.push(found.to_owned());
                 }
                 suites.read(&line);
@@ -314,7 +453,8 @@ fn boot(kernel: &Path, initramfs: &Path, disk: &Path) -> Result<()> {
     for line in suites.lines() {
         println!("{line}");
     }
-    let missing: Vec<&str> = SUITES.iter().copied().filter(|name| !suites.list.iter().any(|s| s.name == *name && s.exit.is_some())).collect();
+    let expected: &[&str] = if kernel.peer { &["local", "fabric", "peer"] } else { &["local", "fabric"] };
+    let missing: Vec<&str> = expected.iter().copied().filter(|name| !suites.list.iter().any(|s| s.name == *name && s.exit.is_some())).collect();
     match exit {
         _ if !missing.is_empty() => bail!("the guest did not finish the suite(s) {} (see its console above)", missing.join(", ")),
         Some(0) => Ok(()),
@@ -322,9 +462,6 @@ fn boot(kernel: &Path, initramfs: &Path, disk: &Path) -> Result<()> {
         None => bail!("the guest ended without reporting its tests' result (see its console above)"),
     }
 }
-
-/// The guest's suites, in the order `/init` runs them.
-const SUITES: [&str; 2] = ["local", "fabric"];
 
 /// One suite as the guest's console reported it.
 #[derive(Debug, Default, PartialEq)]
@@ -341,6 +478,8 @@ struct Suite {
 /// What the console said of each suite.
 #[derive(Debug, Default)]
 struct Suites {
+    /// The guest kernel's short name.
+    kernel: &'static str,
     list: Vec<Suite>,
 }
 
@@ -387,12 +526,16 @@ impl Suites {
             .map(|s| {
                 let exit = s.exit.map_or_else(|| "did not finish".to_owned(), |c| format!("exit {c}"));
                 let speed = s.passthrough.map_or_else(String::new, |g| format!(", passthrough {g:.3} GiB/s"));
-                format!("nvme-vm: {}: {} passed, {} failed on {} ({exit}{speed})", s.name, s.passed, s.failed, s.device)
+                format!("nvme-vm: {} on {}: {} passed, {} failed on {} ({exit}{speed})", s.name, self.kernel, s.passed, s.failed, s.device)
             })
             .collect();
         let speed = |name: &str| self.list.iter().find(|s| s.name == name).and_then(|s| s.passthrough);
         if let (Some(local), Some(fabric)) = (speed("local"), speed("fabric")) {
-            out.push(format!("nvme-vm: fabric to local passthrough throughput: {:.2}x (TCG; NVMe/TCP over the loopback address)", fabric / local));
+            out.push(format!(
+                "nvme-vm: fabric to local passthrough throughput on {}: {:.2}x (TCG; NVMe/TCP over the loopback address)",
+                self.kernel,
+                fabric / local
+            ));
         }
         out
     }
@@ -409,7 +552,7 @@ mod tests {
 
     #[test]
     fn the_console_gives_each_suite_its_counts_and_speed() {
-        let mut suites = Suites::default();
+        let mut suites = Suites { kernel: "7.2", ..Suites::default() };
         for line in [
             "gpuring-vm: suite local on /dev/ng0n1",
             "test result: ok. 4 passed; 0 failed; 0 ignored; 0 measured; 9 filtered out; finished in 0.1s",
@@ -424,9 +567,9 @@ mod tests {
             suites.read(line);
         }
         let lines = suites.lines();
-        assert_eq!(lines[0], "nvme-vm: local: 13 passed, 0 failed on /dev/ng0n1 (exit 0, passthrough 0.250 GiB/s)");
-        assert_eq!(lines[1], "nvme-vm: fabric: 8 passed, 1 failed on /dev/ng1n1 (exit 101, passthrough 0.125 GiB/s)");
-        assert!(lines[2].starts_with("nvme-vm: fabric to local passthrough throughput: 0.50x"), "{}", lines[2]);
+        assert_eq!(lines[0], "nvme-vm: local on 7.2: 13 passed, 0 failed on /dev/ng0n1 (exit 0, passthrough 0.250 GiB/s)");
+        assert_eq!(lines[1], "nvme-vm: fabric on 7.2: 8 passed, 1 failed on /dev/ng1n1 (exit 101, passthrough 0.125 GiB/s)");
+        assert!(lines[2].starts_with("nvme-vm: fabric to local passthrough throughput on 7.2: 0.50x"), "{}", lines[2]);
         assert_eq!(suites.failed(), ["fabric"]);
     }
 

@@ -6,7 +6,9 @@
 //! kind of memory ([`HostStaging`]), and a consumer that runs on a CPU
 //! thread ([`HostConsumer`]): it reads the io_queue and hands each published
 //! slot to gpuring's checksum, exactly as the GPU backends' kernels do, or
-//! to a closure of the user's ([`HostConsumer::with`]).
+//! to a closure of the user's ([`HostConsumer::with`]). [`PeerStaging`]
+//! puts the slots in another PCI device's memory (P2PDMA) instead, for the
+//! same consumer.
 //!
 //! What every backend shares (host mappings, consumer threads and their
 //! waits, device choice, the CUDA/HIP kernel) lives in `gpuring-shared`;
@@ -19,9 +21,11 @@
 pub mod checksum;
 mod consumer;
 mod memory;
+pub mod peer;
 
 pub use consumer::HostConsumer;
 pub use gpuring_shared::{ConsumerStats, HostError, Mapping};
 pub use memory::HostStaging;
+pub use peer::{peer_memory_devices, PeerMemory, PeerStaging};
 
 pub use gpuring_core::StagingMemory;

@@ -37,6 +37,15 @@ pub enum HostError {
         /// The system's reason.
         why: String,
     },
+    /// A PCI device's peer memory (P2PDMA) could not be had.
+    PeerMemory {
+        /// The device's PCI address.
+        device: String,
+        /// What went wrong.
+        why: String,
+        /// What to do about it.
+        fix: String,
+    },
 }
 
 impl fmt::Display for HostError {
@@ -53,6 +62,7 @@ impl fmt::Display for HostError {
             }
             Self::ConsumerPanicked => write!(f, "the host consumer thread panicked. Fix: this is a bug; please report it with the panic message above"),
             Self::Thread { why } => write!(f, "could not start a consumer thread: {why}. Fix: raise the process's thread limit (ulimit -u) or free memory"),
+            Self::PeerMemory { device, why, fix } => write!(f, "peer memory of PCI device {device}: {why}. Fix: {fix}"),
         }
     }
 }
