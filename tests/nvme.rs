@@ -45,14 +45,21 @@ struct Run {
     segments: Vec<(usize, u64, u64, u64)>,
     telemetry: gpuring::core::Telemetry,
     fixed: Option<bool>,
+    /// Whether the slots were registered with io_uring.
+    registered: bool,
     seconds: f64,
 }
 
 fn drive(sources: &[Source], slots: u32, slot_size: usize, options: DriverOptions) -> Result<Run, IngestError> {
-    let staging = Arc::new(HostStaging::new(SlotGeometry::new(slots, slot_size).unwrap(), slots.next_power_of_two()).unwrap());
+    drive_into(Arc::new(HostStaging::new(SlotGeometry::new(slots, slot_size).unwrap(), slots.next_power_of_two()).unwrap()), sources, options)
+}
+
+/// As [`drive`], into `staging`.
+fn drive_into<S: gpuring::core::StagingMemory + 'static>(staging: Arc<S>, sources: &[Source], options: DriverOptions) -> Result<Run, IngestError> {
     let consumer = HostConsumer::start(staging.clone()).unwrap();
     let mut segments = Vec::new();
     let mut driver = Driver::new(staging, options)?;
+    let registered = driver.registered();
     let result = driver.ingest(sources, |e| {
         if let Event::Released { source, offset, bytes, checksum, checksummed, .. } = e {
             assert!(checksummed);
@@ -65,7 +72,7 @@ fn drive(sources: &[Source], slots: u32, slot_size: usize, options: DriverOption
     consumer.join().unwrap();
     let stats = result?;
     segments.sort();
-    Ok(Run { segments, telemetry: stats.telemetry, fixed, seconds: stats.elapsed.as_secs_f64() })
+    Ok(Run { segments, telemetry: stats.telemetry, fixed, registered, seconds: stats.elapsed.as_secs_f64() })
 }
 
 /// A slot of the namespace's max transfer, but no more than 4 MiB, so that
@@ -585,33 +592,20 @@ fn peer_memory_takes_o_direct_and_passthrough_reads_from_another_device() {
     let (slba, blocks) = (64, (8 << 20) / lba);
     let staging = Arc::new(PeerStaging::new(&peer_pci(), SlotGeometry::new(8, slot).unwrap(), 8).unwrap());
     assert_eq!(staging.kind(), MemoryKind::DevicePeer);
-    let consumer = HostConsumer::start(staging.clone()).unwrap();
-    let mut driver = Driver::new(staging, DriverOptions { direct: true, ..DriverOptions::default() }).unwrap();
-    assert!(!driver.registered(), "the kernel registered peer memory as fixed buffers: update the docs, which say it refuses");
     let sources = [Source::nvme(char_device(), Some(slba..slba + blocks)), Source::range(&block, slba * lba..(slba + blocks) * lba)];
-    let mut segments = Vec::new();
-    let result = driver.ingest(&sources, |e| {
-        if let Event::Released { source, offset, bytes, checksum, checksummed, .. } = e {
-            assert!(checksummed);
-            segments.push((source, offset, bytes, checksum));
-        }
-    });
-    driver.close_queue();
-    let nvme_fixed = driver.nvme_fixed();
-    drop(driver);
-    consumer.join().unwrap();
-    let stats = result.unwrap();
-    assert_eq!(nvme_fixed, Some(false), "passthrough into peer memory goes by address");
-    for &(source, offset, bytes, checksum) in &segments {
+    let run = drive_into(staging, &sources, DriverOptions { direct: true, ..DriverOptions::default() }).unwrap();
+    assert!(!run.registered, "the kernel registered peer memory as fixed buffers: update the docs, which say it refuses");
+    assert_eq!(run.fixed, Some(false), "passthrough into peer memory goes by address");
+    for &(source, offset, bytes, checksum) in &run.segments {
         assert_eq!(checksum, slot_checksum(&image_bytes(offset, bytes as usize)), "source {source}: bytes at {offset} differ from the image");
     }
     for source in 0..2 {
-        let total: u64 = segments.iter().filter(|s| s.0 == source).map(|s| s.2).sum();
+        let total: u64 = run.segments.iter().filter(|s| s.0 == source).map(|s| s.2).sum();
         assert_eq!(total, blocks * lba, "source {source} read whole");
     }
-    let t = stats.telemetry;
+    let t = run.telemetry;
     assert_eq!((t.dma.bytes, t.kernel_copy.bytes, t.bounce.bytes), (2 * blocks * lba, 0, 0), "every byte is the NVMe device's DMA");
-    println!("peer memory of {}: {} segments, {} bytes, all DMA", peer_pci(), segments.len(), t.dma.bytes);
+    println!("peer memory of {}: {} segments, {} bytes, all DMA", peer_pci(), run.segments.len(), t.dma.bytes);
 }
 
 #[test]
