@@ -121,6 +121,9 @@ fn peer_registration(staging: &gpuring_host::PeerStaging) -> String {
     // it) before this function returns.
     match unsafe { ring.register_buffers(&[slot]) } {
         Ok(()) => "yes".into(),
+        Err(gpuring_uring::IngestError::Ring { errno: rustix::io::Errno::FAULT, .. }) => {
+            "no (EFAULT: the kernel pins registered buffers without P2PDMA support); gpuring reads into it by address".into()
+        }
         Err(e) => format!("no ({e}); gpuring reads into it by address"),
     }
 }
@@ -139,6 +142,7 @@ fn peer_read(staging: &gpuring_host::PeerStaging, block: &Path) -> String {
     match rustix::io::pread(&fd, buf, 0) {
         Ok(n) => format!("yes ({n} bytes)"),
         Err(rustix::io::Errno::INVAL) => "no (EINVAL: the kernel's P2PDMA distance rules refuse this pair; put both devices behind one PCIe switch)".into(),
+        Err(rustix::io::Errno::REMOTEIO) => "no (EREMOTEIO: this device's driver cannot DMA into peer memory, as NVMe over TCP cannot)".into(),
         Err(e) => format!("no ({e})"),
     }
 }

@@ -27,8 +27,10 @@ pub struct Finding {
 }
 
 /// The kernel-side pieces, for `device`: nvidia-fs (GPUDirect Storage's
-/// kernel module), P2PDMA memory registered by the GPU's driver, and the
-/// device's own GPUDirect RDMA and dma-buf attributes.
+/// kernel module), P2PDMA memory registered by the GPU's driver, the
+/// device's own GPUDirect RDMA and dma-buf attributes, and what the
+/// driver's P2PDMA mode needs of the platform (the open kernel module, 565
+/// or newer; BAR1 mapped statically).
 pub fn findings(device: &DeviceInfo) -> Vec<Finding> {
     let nvfs = Path::new("/sys/module/nvidia_fs").exists() || Path::new("/proc/driver/nvidia-fs").exists();
     let p2pmem = Path::new("/sys/bus/pci/devices").join(&device.pci).join("p2pmem");
@@ -61,7 +63,47 @@ pub fn findings(device: &DeviceInfo) -> Vec<Finding> {
             ok: device.dma_buf,
             detail: format!("the device {} exporting its memory as a dma-buf", if device.dma_buf { "supports" } else { "does not support" }),
         },
+        open_kernel_module(std::fs::read_to_string("/proc/driver/nvidia/version").ok().as_deref()),
+        static_bar1(std::fs::read_to_string("/proc/driver/nvidia/params").ok().as_deref()),
     ]
+}
+
+/// The driver's P2PDMA mode (GPUDirect Storage without nvidia-fs) needs
+/// NVIDIA's open kernel module, 565 or newer: from the text of
+/// `/proc/driver/nvidia/version` (`None`: not readable).
+fn open_kernel_module(version: Option<&str>) -> Finding {
+    let name = "open_kernel_module";
+    let Some(text) = version else {
+        return Finding { name, ok: false, detail: "no /proc/driver/nvidia/version: the NVIDIA kernel module is not loaded".into() };
+    };
+    let first = text.lines().next().unwrap_or_default().trim();
+    let open = first.contains("Open Kernel Module");
+    let release = first.split_whitespace().find_map(|w| w.split('.').next()?.parse::<u32>().ok().filter(|major| *major >= 100));
+    let recent = release.is_some_and(|major| major >= 565);
+    let detail = match (open, release) {
+        (true, Some(major)) if recent => format!("the open kernel module, release {major} (P2PDMA mode needs open and 565 or newer): {first}"),
+        (true, Some(major)) => format!("the open kernel module, but release {major}: P2PDMA mode needs 565 or newer ({first})"),
+        (true, None) => format!("the open kernel module, release not read: {first}"),
+        (false, _) => format!("the proprietary kernel module: P2PDMA mode needs the open one ({first})"),
+    };
+    Finding { name, ok: open && recent, detail }
+}
+
+/// The driver's P2PDMA mode needs BAR1 mapped statically
+/// (`NVreg_RegistryDwords="RMForceStaticBar1=1"`): from the text of
+/// `/proc/driver/nvidia/params` (`None`: not readable).
+fn static_bar1(params: Option<&str>) -> Finding {
+    let name = "static_bar1";
+    let Some(text) = params else {
+        return Finding { name, ok: false, detail: "no /proc/driver/nvidia/params: the NVIDIA kernel module is not loaded".into() };
+    };
+    let dwords = text.lines().find(|l| l.trim_start().starts_with("RegistryDwords:")).unwrap_or_default();
+    let on = dwords.replace(' ', "").contains("RMForceStaticBar1=1");
+    let detail = match on {
+        true => "BAR1 is mapped statically (RegistryDwords has RMForceStaticBar1=1)".to_owned(),
+        false => "BAR1 is not forced static: P2PDMA mode needs the module parameter NVreg_RegistryDwords=\"RMForceStaticBar1=1\"".to_owned(),
+    };
+    Finding { name, ok: on, detail }
 }
 
 /// Device memory exported as a dma-buf file descriptor and mapped into this
@@ -151,5 +193,28 @@ impl Drop for DmaBufWindow {
             let _ = self.device.bind();
             sys::cuMemFree_v2(self.memory);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_driver_s_p2pdma_needs_are_read_from_its_proc_files() {
+        let open = "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  570.86.15  Release Build  (dvs-builder@U16-I3-B03-4-3)\nGCC version: gcc 12\n";
+        assert!(open_kernel_module(Some(open)).ok);
+        let old = "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  550.54.14  Release Build\n";
+        let f = open_kernel_module(Some(old));
+        assert!(!f.ok && f.detail.contains("release 550: P2PDMA mode needs 565 or newer"), "{}", f.detail);
+        let closed = "NVRM version: NVIDIA UNIX x86_64 Kernel Module  570.86.15  Release Build\n";
+        let f = open_kernel_module(Some(closed));
+        assert!(!f.ok && f.detail.starts_with("the proprietary kernel module"), "{}", f.detail);
+        assert!(!open_kernel_module(None).ok);
+        assert!(static_bar1(Some("ResmanDebugLevel: 4294967295\nRegistryDwords: \"RMForceStaticBar1=1\"\n")).ok);
+        assert!(static_bar1(Some("RegistryDwords: \"RmGpuComputeExecTimeout=0; RMForceStaticBar1=1\"\n")).ok);
+        let f = static_bar1(Some("RegistryDwords: \"\"\n"));
+        assert!(!f.ok && f.detail.contains("NVreg_RegistryDwords"), "{}", f.detail);
+        assert!(!static_bar1(None).ok);
     }
 }
