@@ -135,7 +135,7 @@ impl fmt::Display for CudaError {
             ),
             Self::Rejected { position, what } => write!(
                 f,
-                "the CUDA consumer rejected io_queue entry {position}: {what}. Fix: only gpuring's driver may publish to this queue; this is a bug if it did"
+                "the CUDA consumer rejected io_queue entry {position}: {what}. Fix: a kernel or shader of yours rejects what it cannot take, so look at why it did; with gpuring's own consumer, only gpuring's driver may publish to this queue, and this is a bug if it did"
             ),
             Self::ConsumerPanicked => write!(f, "the CUDA consumer thread panicked. Fix: this is a bug; please report it with the panic message above"),
         }

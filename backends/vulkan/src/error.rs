@@ -105,7 +105,7 @@ impl fmt::Display for VulkanError {
             ),
             Self::Rejected { position, what } => write!(
                 f,
-                "the Vulkan consumer rejected io_queue entry {position}: {what}. Fix: only gpuring's driver may publish to this queue; this is a bug if it did"
+                "the Vulkan consumer rejected io_queue entry {position}: {what}. Fix: a kernel or shader of yours rejects what it cannot take, so look at why it did; with gpuring's own consumer, only gpuring's driver may publish to this queue, and this is a bug if it did"
             ),
             Self::Shader { what } => write!(
                 f,
