@@ -36,22 +36,31 @@ use anyhow::{bail, Context, Result};
 
 use crate::{ensure_installed, ensure_package, run, step, under_ci};
 
-/// A guest kernel: Debian packages unpacked under `target/nvme-vm/<dir>`.
+/// How a Debian kernel is packaged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Packaging {
+    /// Debian 12: `linux-image-<release>`, the image in `boot/`.
+    Image,
+    /// Debian unstable: `linux-binary-<release>` (the image, in the
+    /// modules' directory) and `linux-modules-<release>`.
+    BinaryAndModules,
+}
+
+/// A guest kernel: Debian packages unpacked under `target/nvme-vm/`.
 struct Kernel {
-    /// Short name, in the summary lines.
+    /// Short name: `GPURING_NVME_VM_KERNELS` picks kernels by it.
     name: &'static str,
-    /// Its `uname -r`.
+    /// The release wanted (`uname -r`). When the archive no longer has it
+    /// (unstable moves on), the newest release of the same series
+    /// (`release_prefix`) is taken instead, and the task says so.
     release: &'static str,
-    /// The packages holding the image and the modules.
-    packages: &'static [&'static str],
+    /// What a release of the same series starts with.
+    release_prefix: &'static str,
+    packaging: Packaging,
     /// Where apt finds them: `None`, the system's sources (Debian 12);
     /// `Some(line)`, a private apt configuration with this source line (the
     /// system's sources stay untouched; Debian's archive keyring verifies it).
     source: Option<&'static str>,
-    /// The image, inside the unpacked packages.
-    vmlinuz: &'static str,
-    /// The modules' directory, inside the unpacked packages.
-    modules: &'static str,
     /// Whether the guest gets a second controller with a memory buffer
     /// published as P2PDMA memory, both behind one emulated PCIe switch,
     /// and runs the `peer` suite (the kernel has CONFIG_PCI_P2PDMA).
@@ -62,25 +71,75 @@ struct Kernel {
 /// fixed-buffer passthrough into large registered buffers; no P2PDMA), and
 /// Debian unstable's 7.2, built with CONFIG_PCI_P2PDMA.
 const KERNELS: [Kernel; 2] = [
-    Kernel {
-        name: "6.12",
-        release: "6.12.117+deb12-amd64",
-        packages: &["linux-image-6.12.117+deb12-amd64"],
-        source: None,
-        vmlinuz: "boot/vmlinuz-6.12.117+deb12-amd64",
-        modules: "lib/modules/6.12.117+deb12-amd64",
-        peer: false,
-    },
+    Kernel { name: "6.12", release: "6.12.117+deb12-amd64", release_prefix: "6.12.", packaging: Packaging::Image, source: None, peer: false },
     Kernel {
         name: "7.2",
         release: "7.2.13+deb14-amd64",
-        packages: &["linux-binary-7.2.13+deb14-amd64", "linux-modules-7.2.13+deb14-amd64"],
+        release_prefix: "7.",
+        packaging: Packaging::BinaryAndModules,
         source: Some("deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian sid main"),
-        vmlinuz: "usr/lib/modules/7.2.13+deb14-amd64/vmlinuz",
-        modules: "usr/lib/modules/7.2.13+deb14-amd64",
         peer: true,
     },
 ];
+
+/// A kernel with the release found in the archive (or unpacked already).
+struct Guest<'a> {
+    kernel: &'a Kernel,
+    release: String,
+}
+
+impl Guest<'_> {
+    /// The package holding the image, named by apt.
+    fn image_package(packaging: Packaging, release: &str) -> String {
+        match packaging {
+            Packaging::Image => format!("linux-image-{release}"),
+            Packaging::BinaryAndModules => format!("linux-binary-{release}"),
+        }
+    }
+
+    fn packages(&self) -> Vec<String> {
+        match self.kernel.packaging {
+            Packaging::Image => vec![Self::image_package(Packaging::Image, &self.release)],
+            Packaging::BinaryAndModules => vec![Self::image_package(Packaging::BinaryAndModules, &self.release), format!("linux-modules-{}", self.release)],
+        }
+    }
+
+    /// The image, inside the unpacked packages.
+    fn vmlinuz(&self) -> String {
+        match self.kernel.packaging {
+            Packaging::Image => format!("boot/vmlinuz-{}", self.release),
+            Packaging::BinaryAndModules => format!("usr/lib/modules/{}/vmlinuz", self.release),
+        }
+    }
+
+    /// The modules' directory, inside the unpacked packages.
+    fn modules(&self) -> String {
+        match self.kernel.packaging {
+            Packaging::Image => format!("lib/modules/{}", self.release),
+            Packaging::BinaryAndModules => format!("usr/lib/modules/{}", self.release),
+        }
+    }
+
+    /// `major.minor`, for the summary lines.
+    fn label(&self) -> String {
+        self.release.split(['.', '+', '-']).take(2).collect::<Vec<_>>().join(".")
+    }
+}
+
+/// The newest release among apt's package `names` of `packaging`'s image
+/// whose release starts with `prefix` (flavours such as `-cloud-amd64` or
+/// `-rt-amd64` left out).
+fn newest_release(names: &str, packaging: Packaging, prefix: &str) -> Option<String> {
+    let image = Guest::image_package(packaging, "");
+    let version = |release: &str| -> Vec<u64> { release.split(['.', '+', '-']).map_while(|p| p.trim_start_matches("deb").parse().ok()).collect() };
+    names
+        .lines()
+        .filter_map(|name| name.trim().strip_prefix(&image))
+        .filter(|release| release.starts_with(prefix) && release.ends_with("-amd64") && release.matches('-').count() == 1)
+        .max_by_key(|release| version(release))
+        .map(str::to_owned)
+}
+
 /// Modules, in load order: NVMe, device-mapper for the test that makes a
 /// block device fail mid-file (the `error` target is in dm-mod), and NVMe
 /// over Fabrics: the target (`nvmet`, `nvmet-tcp`, configured through
@@ -131,13 +190,13 @@ pub fn run_task(cargo: fn() -> Command) -> Result<()> {
             println!("nvme-vm: {}: not run: GPURING_NVME_VM_KERNELS leaves it out", kernel.name);
             continue;
         }
-        let root = fetch_kernel(&work, kernel)?;
-        step(&format!("nvme-vm: initramfs for {}", kernel.release));
-        let initramfs = pack_initramfs(&work, kernel, &root, &gpuring, &tests)?;
-        step(&format!("nvme-vm: booting {} in QEMU (TCG){}", kernel.release, if kernel.peer { ", NVMe controllers behind a PCIe switch" } else { "" }));
-        if let Err(e) = boot(kernel, &root.join(kernel.vmlinuz), &initramfs, &disk) {
-            println!("nvme-vm: {}: {e:#}", kernel.name);
-            failed.push(kernel.name);
+        let (guest, root) = fetch_kernel(&work, kernel)?;
+        step(&format!("nvme-vm: initramfs for {}", guest.release));
+        let initramfs = pack_initramfs(&work, &guest, &root, &gpuring, &tests)?;
+        step(&format!("nvme-vm: booting {} in QEMU (TCG){}", guest.release, if kernel.peer { ", NVMe controllers behind a PCIe switch" } else { "" }));
+        if let Err(e) = boot(&guest, &root.join(guest.vmlinuz()), &initramfs, &disk) {
+            println!("nvme-vm: {}: {e:#}", guest.label());
+            failed.push(guest.label());
         }
     }
     if !failed.is_empty() {
@@ -147,15 +206,17 @@ pub fn run_task(cargo: fn() -> Command) -> Result<()> {
 }
 
 /// Unpack `kernel`'s packages into `work/kernel-<name>`, downloading them
-/// once.
-fn fetch_kernel(work: &Path, kernel: &Kernel) -> Result<PathBuf> {
+/// once; the release unpacked is in its file `release`.
+fn fetch_kernel<'a>(work: &Path, kernel: &'a Kernel) -> Result<(Guest<'a>, PathBuf)> {
     let root = work.join(format!("kernel-{}", kernel.name));
-    if root.join(kernel.vmlinuz).exists() {
-        return Ok(root);
+    if let Ok(release) = std::fs::read_to_string(root.join("release")) {
+        let guest = Guest { kernel, release: release.trim().to_owned() };
+        if root.join(guest.vmlinuz()).exists() {
+            return Ok((guest, root));
+        }
     }
     let debs = work.join(format!("debs-{}", kernel.name));
     std::fs::create_dir_all(&debs)?;
-    step(&format!("nvme-vm: fetching {}", kernel.packages.join(", ")));
     let downloaded = |package: &str| {
         std::fs::read_dir(&debs)
             .ok()?
@@ -177,17 +238,44 @@ fn fetch_kernel(work: &Path, kernel: &Kernel) -> Result<PathBuf> {
         ];
         run(Command::new("apt-get").args(&apt).args(["update", "-qq"]))?;
     }
-    for package in kernel.packages.iter().copied().filter(|p| downloaded(p).is_none()) {
+    let guest = Guest { kernel, release: resolve_release(kernel, &apt)? };
+    let packages = guest.packages();
+    step(&format!("nvme-vm: fetching {}", packages.join(", ")));
+    for package in packages.iter().map(String::as_str).filter(|p| downloaded(p).is_none()) {
         run(Command::new("apt-get").args(&apt).args(["download", package]).current_dir(&debs)).or_else(|_| {
             run(Command::new("apt-get").args(&apt).args(["update", "-qq"]))?;
             run(Command::new("apt-get").args(&apt).args(["download", package]).current_dir(&debs))
         })?;
     }
-    for package in kernel.packages {
+    for package in &packages {
         let deb = downloaded(package).with_context(|| format!("apt-get download left no .deb of {package}"))?;
         run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
     }
-    Ok(root)
+    std::fs::write(root.join("release"), &guest.release)?;
+    Ok((guest, root))
+}
+
+/// The release to fetch: `kernel.release` while the archive has it, else
+/// the newest of its series (said on the console).
+fn resolve_release(kernel: &Kernel, apt: &[String]) -> Result<String> {
+    let wanted = Guest::image_package(kernel.packaging, kernel.release);
+    let known = || crate::succeeds(Command::new("apt-cache").args(apt).args(["show", "--no-all-versions", &wanted]));
+    if known() {
+        return Ok(kernel.release.to_owned());
+    }
+    if kernel.source.is_none() {
+        // The system's lists may be missing or old (a fresh machine).
+        run(Command::new("apt-get").args(["update", "-qq"]))?;
+        if known() {
+            return Ok(kernel.release.to_owned());
+        }
+    }
+    let out =
+        Command::new("apt-cache").args(apt).args(["pkgnames", &Guest::image_package(kernel.packaging, "")]).output().context("running apt-cache pkgnames")?;
+    let release = newest_release(&String::from_utf8_lossy(&out.stdout), kernel.packaging, kernel.release_prefix)
+        .with_context(|| format!("the archive has neither {wanted} nor another {}* release", kernel.release_prefix))?;
+    println!("nvme-vm: the archive no longer has {wanted}; taking {release}, the newest of its series");
+    Ok(release)
 }
 
 /// Build `gpuring` and the NVMe test binary statically linked; their paths.
@@ -324,18 +412,18 @@ poweroff -f
 
 /// Pack the initramfs: busybox, the NVMe modules (decompressed, as busybox
 /// insmod wants them), the two binaries and `/init`.
-fn pack_initramfs(work: &Path, kernel: &Kernel, unpacked: &Path, gpuring: &Path, tests: &Path) -> Result<PathBuf> {
-    let root = work.join(format!("initramfs-{}", kernel.name));
+fn pack_initramfs(work: &Path, guest: &Guest<'_>, unpacked: &Path, gpuring: &Path, tests: &Path) -> Result<PathBuf> {
+    let root = work.join(format!("initramfs-{}", guest.kernel.name));
     let _ = std::fs::remove_dir_all(&root);
     for dir in ["bin", "lib/modules"] {
         std::fs::create_dir_all(root.join(dir))?;
     }
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).context("copying /bin/busybox")?;
-    let modules = find_files(&unpacked.join(kernel.modules))?;
+    let modules = find_files(&unpacked.join(guest.modules()))?;
     for name in MODULES {
         let file = format!("{name}.ko.xz");
         let found =
-            modules.iter().find(|p| p.file_name().is_some_and(|n| n == file.as_str())).with_context(|| format!("{file} is not in {}", kernel.release))?;
+            modules.iter().find(|p| p.file_name().is_some_and(|n| n == file.as_str())).with_context(|| format!("{file} is not in {}", guest.release))?;
         let ko = Command::new("xz").arg("-dc").arg(found).output().context("running xz")?;
         if !ko.status.success() {
             bail!("xz -dc {} failed", found.display());
@@ -348,7 +436,7 @@ fn pack_initramfs(work: &Path, kernel: &Kernel, unpacked: &Path, gpuring: &Path,
     for exe in ["init", "bin/busybox", "gpuring", "nvme-tests"] {
         std::fs::set_permissions(root.join(exe), std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     }
-    let cpio = std::fs::canonicalize(work)?.join(format!("initramfs-{}.cpio", kernel.name));
+    let cpio = std::fs::canonicalize(work)?.join(format!("initramfs-{}.cpio", guest.kernel.name));
     run(Command::new("sh").args(["-c", &format!("find . | /bin/busybox cpio -o -H newc > '{}'", cpio.display())]).current_dir(&root))?;
     Ok(cpio)
 }
@@ -367,7 +455,8 @@ fn find_files(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// Boot the guest and wait for its verdict, echoing its console.
-fn boot(kernel: &Kernel, vmlinuz: &Path, initramfs: &Path, disk: &Path) -> Result<()> {
+fn boot(guest: &Guest<'_>, vmlinuz: &Path, initramfs: &Path, disk: &Path) -> Result<()> {
+    let kernel = guest.kernel;
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args(["-accel", "tcg", "-m", "1024", "-smp", "2", "-nographic", "-no-reboot", "-net", "none", "-kernel"])
         .arg(vmlinuz)
@@ -409,7 +498,7 @@ fn boot(kernel: &Kernel, vmlinuz: &Path, initramfs: &Path, disk: &Path) -> Resul
     });
     let mut exit = None;
     let mut summary = Vec::new();
-    let mut suites = Suites { kernel: kernel.name, ..Suites::default() };
+    let mut suites = Suites { kernel: guest.label(), ..Suites::default() };
     loop {
         match rx.recv_timeout(Duration::from_secs(5)) {
             Ok(line) => {
@@ -467,8 +556,8 @@ struct Suite {
 /// What the console said of each suite.
 #[derive(Debug, Default)]
 struct Suites {
-    /// The guest kernel's short name.
-    kernel: &'static str,
+    /// The guest kernel's `major.minor`.
+    kernel: String,
     list: Vec<Suite>,
 }
 
@@ -541,7 +630,7 @@ mod tests {
 
     #[test]
     fn the_console_gives_each_suite_its_counts_and_speed() {
-        let mut suites = Suites { kernel: "7.2", ..Suites::default() };
+        let mut suites = Suites { kernel: "7.2".into(), ..Suites::default() };
         for line in [
             "gpuring-vm: suite local on /dev/ng0n1",
             "test result: ok. 4 passed; 0 failed; 0 ignored; 0 measured; 9 filtered out; finished in 0.1s",
@@ -560,6 +649,20 @@ mod tests {
         assert_eq!(lines[1], "nvme-vm: fabric on 7.2: 8 passed, 1 failed on /dev/ng1n1 (exit 101, passthrough 0.125 GiB/s)");
         assert!(lines[2].starts_with("nvme-vm: fabric to local passthrough throughput on 7.2: 0.50x"), "{}", lines[2]);
         assert_eq!(suites.failed(), ["fabric"]);
+    }
+
+    #[test]
+    fn the_newest_release_of_a_series_is_found_among_apt_s_names() {
+        let names = "linux-binary-7.2.13+deb14-amd64\nlinux-binary-7.2.13+deb14-cloud-amd64\nlinux-binary-7.10.2+deb14-amd64\nlinux-binary-7.3.1+deb14-rt-amd64\nlinux-binary-6.19.4+deb14-amd64\n";
+        assert_eq!(newest_release(names, Packaging::BinaryAndModules, "7.").as_deref(), Some("7.10.2+deb14-amd64"));
+        assert_eq!(newest_release(names, Packaging::BinaryAndModules, "6.").as_deref(), Some("6.19.4+deb14-amd64"));
+        assert_eq!(newest_release(names, Packaging::Image, "7."), None);
+        let guest = Guest { kernel: &KERNELS[1], release: "7.10.2+deb14-amd64".into() };
+        assert_eq!(guest.label(), "7.10");
+        assert_eq!(guest.packages(), ["linux-binary-7.10.2+deb14-amd64", "linux-modules-7.10.2+deb14-amd64"]);
+        assert_eq!(guest.vmlinuz(), "usr/lib/modules/7.10.2+deb14-amd64/vmlinuz");
+        let old = Guest { kernel: &KERNELS[0], release: KERNELS[0].release.into() };
+        assert_eq!((old.label().as_str(), old.vmlinuz().as_str()), ("6.12", "boot/vmlinuz-6.12.117+deb12-amd64"));
     }
 
     #[test]
