@@ -15,7 +15,6 @@ use std::sync::Arc;
 
 use gpuring::core::SlotGeometry;
 use gpuring::rocm::{RocmConsumer, RocmStaging, UserKernel};
-use gpuring::uring::{Driver, DriverOptions};
 
 mod common;
 
@@ -38,13 +37,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     // consumer_status and the 256 counts of its output; no stream is passed.
     let consumer = unsafe { RocmConsumer::with_kernel(staging.clone(), &kernel, None)? };
     let device = staging.device().info().name.clone();
-    let mut driver = Driver::new(staging, DriverOptions::default())?;
-    let ingested = driver.ingest(&sources, |_| {});
-    driver.close_queue();
+    let ingested = common::ingest(staging, &sources);
     let (consumed, output) = consumer.finish()?;
     let stats = ingested?;
-    let histogram = common::counts(&output);
     eprintln!("{} files, {} bytes on {device} in {:.3} s, {} launches", sources.len(), consumed.bytes, stats.elapsed.as_secs_f64(), consumed.launches);
-    common::print(sources.len(), consumed.bytes, &histogram);
+    common::print_output(sources.len(), consumed.bytes, &output);
     Ok(())
 }

@@ -14,10 +14,9 @@
 use std::sync::Arc;
 
 use gpuring::core::SlotGeometry;
-use gpuring::uring::{Driver, DriverOptions};
+use gpuring::vulkan::{Shader, VulkanConsumer, VulkanStaging};
 
 mod common;
-use gpuring::vulkan::{Shader, VulkanConsumer, VulkanStaging};
 
 /// The shader. `Shader::wgsl` puts the contract (`GPURING_*`,
 /// `gpuring_entry_word`) and the bindings (`params`, `queue`, `slots`,
@@ -80,13 +79,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let shader = Shader::wgsl(HISTOGRAM, "histogram")?.with_output(256 * 4);
     let consumer = VulkanConsumer::with_shader(staging.clone(), &shader)?;
     let device = staging.context().info().name.clone();
-    let mut driver = Driver::new(staging, DriverOptions::default())?;
-    let ingested = driver.ingest(&sources, |_| {});
-    driver.close_queue();
+    let ingested = common::ingest(staging, &sources);
     let (consumed, output) = consumer.finish()?;
     let stats = ingested?;
-    let histogram = common::counts(&output);
     eprintln!("{} files, {} bytes on {device} in {:.3} s, {} slots", sources.len(), consumed.bytes, stats.elapsed.as_secs_f64(), consumed.entries);
-    common::print(sources.len(), consumed.bytes, &histogram);
+    common::print_output(sources.len(), consumed.bytes, &output);
     Ok(())
 }

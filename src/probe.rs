@@ -41,9 +41,11 @@ pub fn report(slots: u32, slot_size: usize, dir: &Path) -> Report {
     let mut checks: Vec<Item> = probe::uring_checks().into_iter().map(|c| item("io_uring", c)).collect();
     checks.push(item("memory", probe::memlock_check(slots, slot_size)));
     checks.push(item("direct_io", probe::direct_io_check(dir)));
-    checks.extend(nvme_checks());
+    // Each namespace is opened (Identify sent) once, for both groups of rows.
+    let namespaces = nvme_devices();
+    checks.extend(nvme_checks(&namespaces));
     #[cfg(feature = "host")]
-    checks.extend(peer_memory_checks());
+    checks.extend(peer_memory_checks(&namespaces));
     let mut peer_dma = Vec::new();
     for backend in crate::ingest::BACKENDS {
         let (rows, devices) = backend_checks(backend.name());
@@ -75,14 +77,13 @@ pub fn report(slots: u32, slot_size: usize, dir: &Path) -> Report {
 /// an O_DIRECT read lands in it (the kernel's distance verdict on that
 /// pair, tried, never assumed).
 #[cfg(feature = "host")]
-pub fn peer_memory_checks() -> Vec<Item> {
+pub fn peer_memory_checks(namespaces: &[Namespace]) -> Vec<Item> {
     let devices = gpuring_host::peer_memory_devices();
     if devices.is_empty() {
         let detail = "no PCI device publishes peer memory (none has /sys/bus/pci/devices/*/p2pmem: the kernel lacks CONFIG_PCI_P2PDMA, or no device, such as an NVMe controller with a memory buffer, offers any)";
         return vec![Item { group: "peer", name: "p2pmem".into(), ok: false, detail: detail.into() }];
     }
-    let blocks: Vec<std::path::PathBuf> =
-        gpuring_uring::nvme::list_namespaces().iter().filter_map(|ng| gpuring_uring::nvme::NvmeDevice::open(ng).ok().and_then(|d| d.block_device)).collect();
+    let blocks: Vec<&std::path::PathBuf> = namespaces.iter().filter_map(|(_, dev)| dev.as_ref().ok()?.block_device.as_ref()).collect();
     devices
         .iter()
         .map(|m| {
@@ -147,26 +148,33 @@ fn peer_read(staging: &gpuring_host::PeerStaging, block: &Path) -> String {
     }
 }
 
+/// An NVMe namespace character device, opened (or why not).
+pub type Namespace = (std::path::PathBuf, Result<gpuring_uring::nvme::NvmeDevice, gpuring_uring::IngestError>);
+
+/// Every NVMe namespace character device on this machine, opened.
+pub fn nvme_devices() -> Vec<Namespace> {
+    gpuring_uring::nvme::list_namespaces().into_iter().map(|path| (path.clone(), gpuring_uring::nvme::NvmeDevice::open(&path))).collect()
+}
+
 /// One row per NVMe namespace character device: its geometry, from the
 /// device, and whether a passthrough read works, fixed and plain.
-pub fn nvme_checks() -> Vec<Item> {
-    let namespaces = gpuring_uring::nvme::list_namespaces();
+pub fn nvme_checks(namespaces: &[Namespace]) -> Vec<Item> {
     if namespaces.is_empty() {
         let detail = "no NVMe character devices (/dev/ngXnY) on this machine (`cargo xtask nvme-vm` tests passthrough on an emulated one)";
         return vec![Item { group: "nvme", name: "namespaces".into(), ok: false, detail: detail.into() }];
     }
     namespaces
         .iter()
-        .map(|path| {
+        .map(|(path, opened)| {
             let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            match gpuring_uring::nvme::NvmeDevice::open(path) {
+            match opened {
                 Err(e) => Item { group: "nvme", name, ok: false, detail: e.to_string() },
                 Ok(dev) => {
                     let ns = dev.namespace;
                     let l = dev.limits;
                     let kb = |b: Option<u32>| b.map_or("none".to_owned(), |b| format!("{}", gpuring_core::Bytes(b as u64)));
-                    let fixed = gpuring_uring::nvme::try_read(&dev, true);
-                    let plain = gpuring_uring::nvme::try_read(&dev, false);
+                    let fixed = gpuring_uring::nvme::try_read(dev, true);
+                    let plain = gpuring_uring::nvme::try_read(dev, false);
                     let verdict = |r: &Result<(), gpuring_uring::IngestError>| match r {
                         Ok(()) => "yes".to_owned(),
                         Err(e) => format!("no ({e})"),

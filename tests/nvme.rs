@@ -284,14 +284,17 @@ fn gpuring_bin() -> PathBuf {
     std::env::var_os("GPURING_BIN").map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_gpuring")), PathBuf::from)
 }
 
+/// Run the `gpuring` command: (success, stdout, stderr).
+fn run_gpuring(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(gpuring_bin()).args(args).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
 #[test]
 #[ignore = "needs an NVMe namespace with the pattern image: cargo xtask nvme-vm runs these in a QEMU guest"]
 fn the_command_line_reads_and_verifies_a_namespace_and_probes_it() {
     let dev = char_device();
-    let run = |args: &[&str]| {
-        let out = Command::new(gpuring_bin()).args(args).output().unwrap();
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
-    };
+    let run = run_gpuring;
     let d = dev.to_str().unwrap();
     for args in [vec!["ingest", "--json", "--nvme", d, "--lba", "8", "--blocks", "3000"], vec!["ingest", "--json", "--nvme", d, "--nvme-buffers", "plain"]] {
         let (ok, stdout, stderr) = run(&args);
@@ -615,9 +618,9 @@ fn peer_memory_from_the_command_line_is_verified_and_probed() {
     let dev = open();
     let block = dev.block_device.clone().unwrap();
     let run = |args: &[&str]| {
-        let out = Command::new(gpuring_bin()).args(args).output().unwrap();
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let (ok, stdout, stderr) = run_gpuring(args);
+        assert!(ok, "{args:?}: {stderr}");
+        stdout
     };
     let (d, b) = (char_device(), block.clone());
     let stdout = run(&[

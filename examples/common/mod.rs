@@ -3,7 +3,10 @@
 
 #![allow(dead_code)] // each example uses what it needs of this
 
-use gpuring::uring::Source;
+use std::sync::Arc;
+
+use gpuring::core::StagingMemory;
+use gpuring::uring::{Driver, DriverOptions, IngestStats, Source};
 
 /// The files named on the command line, as sources; a usage error without any.
 pub fn sources(example: &str) -> Result<Vec<Source>, Box<dyn std::error::Error>> {
@@ -14,10 +17,32 @@ pub fn sources(example: &str) -> Result<Vec<Source>, Box<dyn std::error::Error>>
     Ok(paths.iter().map(Source::file).collect())
 }
 
+/// Read `sources` into `staging` (whose consumer runs already), then close
+/// the queue so that the consumer finishes, even when no driver could start.
+/// Join the consumer before looking at the result: its error explains a
+/// driver's.
+pub fn ingest<S: StagingMemory>(staging: Arc<S>, sources: &[Source]) -> Result<IngestStats, Box<dyn std::error::Error>> {
+    let mut driver = match Driver::new(staging.clone(), DriverOptions::default()) {
+        Ok(driver) => driver,
+        Err(e) => {
+            staging.queue().close();
+            return Err(e.into());
+        }
+    };
+    let ingested = driver.ingest(sources, |_| {});
+    driver.close_queue();
+    Ok(ingested?)
+}
+
 /// 256 little-endian u32 counts (a bin holds at most 4 GiB - 1 bytes), as
 /// the GPU examples' kernels and shader leave them in their output buffer.
 pub fn counts(output: &[u8]) -> Vec<u64> {
     output.chunks_exact(4).take(256).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as u64).collect()
+}
+
+/// The last line, from a GPU consumer's output buffer of 256 counts.
+pub fn print_output(files: usize, bytes: u64, output: &[u8]) {
+    print(files, bytes, &counts(output));
 }
 
 /// The last line: `{"files": N, "bytes": N, "histogram": [256 counts]}`.

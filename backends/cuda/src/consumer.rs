@@ -135,9 +135,7 @@ impl CudaConsumer {
     pub fn start(staging: Arc<CudaStaging>, mode: Mode) -> Result<Self, CudaError> {
         let device = staging.device.clone();
         let geometry = staging.geometry();
-        if geometry.slot_size() as u64 > u32::MAX as u64 {
-            return Err(CudaError::Unsupported { device: device.info.name.clone(), what: "a slot of 4 GiB or more".into() });
-        }
+        refuse_huge_slots(&staging)?;
         if mode == Mode::User {
             let what = "a kernel to run: the user mode runs a kernel of the caller's, through CudaConsumer::with_kernel".into();
             return Err(CudaError::Unsupported { device: device.info.name.clone(), what });
@@ -212,9 +210,7 @@ impl CudaConsumer {
     /// writes into this process's mapped pages, which Rust cannot check.
     pub unsafe fn with_kernel(staging: Arc<CudaStaging>, kernel: &UserKernel, stream: Option<Arc<CudaStream>>) -> Result<Self, CudaError> {
         let device = staging.device.clone();
-        if staging.geometry().slot_size() as u64 > u32::MAX as u64 {
-            return Err(CudaError::Unsupported { device: device.info.name.clone(), what: "a slot of 4 GiB or more".into() });
-        }
+        refuse_huge_slots(&staging)?;
         device.bind()?;
         let (major, minor) = device.info.compute_capability;
         let ptx = compile_kernel(kernel, major, minor)?;
@@ -275,6 +271,15 @@ impl Drop for CudaConsumer {
             let _ = handle.join();
         }
     }
+}
+
+/// Slots of 4 GiB or more cannot be indexed by the kernels' 32-bit sizes:
+/// refused before any thread starts.
+fn refuse_huge_slots(staging: &CudaStaging) -> Result<(), CudaError> {
+    if staging.geometry().slot_size() as u64 > u32::MAX as u64 {
+        return Err(CudaError::Unsupported { device: staging.device.info.name.clone(), what: "a slot of 4 GiB or more".into() });
+    }
+    Ok(())
 }
 
 /// Runs on the driver's callback thread after a batch's release: wake the

@@ -263,12 +263,11 @@ impl Launcher<'_> {
     /// Launch `f` as (`grid`, `block` threads) on the stream with `args`
     /// (pointers to each argument, in the kernel's parameter order).
     fn launch_one(&mut self, name: &'static str, f: hipFunction_t, grid: (u32, u32), block: u32, args: &mut [*mut c_void]) -> Result<(), RocmError> {
-        let hip = self.resources.hip;
+        let (hip, stream, params) = (self.resources.hip, self.resources.stream, args.as_mut_ptr());
         // SAFETY: `args` point at live values whose types match the kernel's
         // parameters in order (the callers below, and for a user's kernel the
         // signature `with_kernel`'s caller promised); HIP copies them at launch.
-        let code =
-            unsafe { (hip.rt.hipModuleLaunchKernel)(f, grid.0, grid.1, 1, block, 1, 1, 0, self.resources.stream, args.as_mut_ptr(), std::ptr::null_mut()) };
+        let code = unsafe { (hip.rt.hipModuleLaunchKernel)(f, grid.0, grid.1, 1, block, 1, 1, 0, stream, params, std::ptr::null_mut()) };
         hip.check(name, code)?;
         self.launches += 1;
         Ok(())
