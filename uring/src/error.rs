@@ -81,6 +81,37 @@ pub enum IngestError {
         /// The errno.
         errno: Errno,
     },
+    /// A read into a caller's buffer ([`crate::read_into`]) failed.
+    ReadInto {
+        /// The path.
+        path: PathBuf,
+        /// Byte offset of the failed read.
+        offset: u64,
+        /// The errno.
+        errno: Errno,
+    },
+    /// A request's destination window runs past the end of the destination.
+    DestinationTooSmall {
+        /// The request's index.
+        index: usize,
+        /// Its file.
+        path: PathBuf,
+        /// Where its window starts.
+        dst_offset: u64,
+        /// Its length.
+        bytes: u64,
+        /// The destination's length.
+        dst_len: u64,
+    },
+    /// Two requests' destination windows overlap.
+    DestinationsOverlap {
+        /// The lower request index.
+        first: usize,
+        /// The higher one.
+        second: usize,
+        /// A destination offset both write.
+        at: u64,
+    },
     /// The file ended before the size it had when it was opened.
     Shrank {
         /// The path.
@@ -264,6 +295,20 @@ impl fmt::Display for IngestError {
                 f,
                 "{}: read at byte {offset} into slot {slot} failed: {errno}. Fix: check the device and file system (dmesg), then retry",
                 path.display()
+            ),
+            Self::ReadInto { path, offset, errno } => write!(
+                f,
+                "{}: read at byte {offset} into the destination failed: {errno}. Fix: check the device and file system (dmesg), then retry",
+                path.display()
+            ),
+            Self::DestinationTooSmall { index, path, dst_offset, bytes, dst_len } => write!(
+                f,
+                "request {index} ({}): its {bytes} bytes at destination offset {dst_offset} end past the destination's {dst_len} bytes. Fix: give a larger destination, or a smaller offset",
+                path.display()
+            ),
+            Self::DestinationsOverlap { first, second, at } => write!(
+                f,
+                "requests {first} and {second} both write destination offset {at}: their destination windows overlap. Fix: give each request its own window"
             ),
             Self::Shrank { path, size, ended_at } => write!(
                 f,

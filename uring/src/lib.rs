@@ -34,11 +34,13 @@ pub mod fault;
 pub mod memlock;
 pub mod nvme;
 pub mod probe;
+pub mod read_into;
 pub mod ring;
 pub mod source;
 mod wait;
 
 pub use driver::{Driver, DriverOptions, Event, Ingest, IngestStats, Poll};
 pub use error::IngestError;
+pub use read_into::{read_into, ReadIntoOptions, ReadIntoStats, ReadRequest};
 pub use ring::Ring;
 pub use source::{Source, SourceKind};

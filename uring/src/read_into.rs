@@ -1,0 +1,456 @@
+//! Reading byte ranges of files into memory the caller owns.
+//!
+//! [`read_into`] takes a list of [`ReadRequest`]s (a file, a byte range of
+//! it, and where in the destination the range goes) and reads them, through
+//! one io_uring, straight into the caller's `&mut [u8]`: the kernel copies
+//! from the page cache into it (buffered), or the device writes it
+//! (`O_DIRECT`), with no staging slot and no copy in between.
+//!
+//! Under `O_DIRECT` a range's file offset, length and destination address
+//! must be aligned to the file's direct-I/O alignment. Whatever part of a
+//! range is not (its unaligned head and tail, or all of it when the
+//! destination address and the file offset disagree modulo the alignment)
+//! is read aligned into a scratch buffer, and only the asked window is
+//! copied out: those bytes are counted as `bounce` in the telemetry, and
+//! the run is then not zero-bounce.
+//!
+//! Before anything is read, the requests are checked
+//! ([`check_requests`]): a destination window past the end of the
+//! destination, two windows that overlap, or a range past the end of its
+//! file is an error naming the request, and nothing is written. A
+//! zero-length request is allowed and does nothing (its file is not even
+//! opened).
+//!
+//! The call returns only once the kernel has finished with every request
+//! it was given, whatever went wrong: the destination is borrowed for the
+//! call, and nothing writes into it after.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use gpuring_core::telemetry::Path as BytePath;
+use gpuring_core::Telemetry;
+
+use crate::error::IngestError;
+use crate::ring::Ring;
+use crate::source::{dio_alignment, OpenSource, Source};
+
+/// One range to read: bytes `range` of the file at `path`, into the
+/// destination at `dst_offset`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadRequest {
+    /// The file (or block device).
+    pub path: PathBuf,
+    /// The bytes to read, as file offsets.
+    pub range: Range<u64>,
+    /// Where in the destination the first byte goes.
+    pub dst_offset: u64,
+}
+
+impl ReadRequest {
+    /// Bytes `range` of `path`, to `dst_offset` in the destination.
+    pub fn new(path: impl Into<PathBuf>, range: Range<u64>, dst_offset: u64) -> Self {
+        Self { path: path.into(), range, dst_offset }
+    }
+
+    /// Bytes asked for (0 for an empty or reversed range).
+    pub fn len(&self) -> u64 {
+        self.range.end.saturating_sub(self.range.start)
+    }
+
+    /// Whether the request reads nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The destination window, `dst_offset .. dst_offset + len`.
+    pub fn dst_range(&self) -> Range<u64> {
+        self.dst_offset..self.dst_offset.saturating_add(self.len())
+    }
+}
+
+/// How [`read_into`] reads.
+#[derive(Clone, Debug)]
+pub struct ReadIntoOptions {
+    /// Open the files with `O_DIRECT` (the device writes the destination).
+    pub direct: bool,
+    /// Reads in flight at most.
+    pub depth: u32,
+    /// Bytes per read at most (a multiple of 4096).
+    pub chunk: u32,
+    /// Give up when reads are in flight and none completes for this long.
+    pub read_timeout: Duration,
+}
+
+impl Default for ReadIntoOptions {
+    fn default() -> Self {
+        Self { direct: false, depth: 32, chunk: 4 << 20, read_timeout: crate::ring::DEVICE_TIMEOUT }
+    }
+}
+
+/// What [`read_into`] did.
+#[derive(Clone, Copy, Debug)]
+pub struct ReadIntoStats {
+    /// Every read: bytes by path (`kernel_copy` buffered, `dma` direct,
+    /// `bounce` for unaligned windows under `O_DIRECT`).
+    pub telemetry: Telemetry,
+    /// Bytes put into the destination.
+    pub bytes: u64,
+    /// Wall time of the call.
+    pub elapsed: Duration,
+}
+
+/// Check `requests` against a destination of `dst_len` bytes, without
+/// touching a file: every non-empty request's window must lie inside the
+/// destination and no two windows may overlap. Empty requests are ignored;
+/// a reversed range (start past end) is an error.
+pub fn check_requests(requests: &[ReadRequest], dst_len: u64) -> Result<(), IngestError> {
+    let mut windows = Vec::with_capacity(requests.len());
+    for (index, r) in requests.iter().enumerate() {
+        if r.range.start > r.range.end {
+            return Err(IngestError::BadRange { path: r.path.clone(), start: r.range.start, end: r.range.end, size: 0 });
+        }
+        if r.is_empty() {
+            continue;
+        }
+        let end = r.dst_offset.checked_add(r.len());
+        if end.is_none_or(|end| end > dst_len) {
+            return Err(IngestError::DestinationTooSmall { index, path: r.path.clone(), dst_offset: r.dst_offset, bytes: r.len(), dst_len });
+        }
+        windows.push((r.dst_range(), index));
+    }
+    windows.sort_by_key(|(w, _)| w.start);
+    for pair in windows.windows(2) {
+        let ((a, first), (b, second)) = (&pair[0], &pair[1]);
+        if b.start < a.end {
+            let (first, second) = ((*first).min(*second), (*first).max(*second));
+            let at = b.start;
+            return Err(IngestError::DestinationsOverlap { first, second, at });
+        }
+    }
+    Ok(())
+}
+
+/// Open the files of the non-empty `requests` (each path once) for reads
+/// of at most `chunk` bytes, and check every range against its file's
+/// size. Returns the files and, per request, the index of its file.
+fn open_files(requests: &[ReadRequest], direct: bool, chunk: u32) -> Result<(Vec<OpenSource>, Vec<usize>), IngestError> {
+    let mut files: Vec<OpenSource> = Vec::new();
+    let mut by_path: HashMap<&std::path::Path, usize> = HashMap::new();
+    let mut which = Vec::with_capacity(requests.len());
+    for r in requests {
+        if r.is_empty() {
+            which.push(usize::MAX);
+            continue;
+        }
+        let index = match by_path.get(r.path.as_path()) {
+            Some(&i) => i,
+            None => {
+                files.push(OpenSource::open(&Source::file(&r.path), direct, chunk as usize)?);
+                by_path.insert(&r.path, files.len() - 1);
+                files.len() - 1
+            }
+        };
+        let size = files[index].size;
+        if r.range.end > size {
+            return Err(IngestError::BadRange { path: r.path.clone(), start: r.range.start, end: r.range.end, size });
+        }
+        which.push(index);
+    }
+    Ok((files, which))
+}
+
+/// Where a read's bytes go.
+#[derive(Clone, Copy, Debug)]
+enum Target {
+    /// Straight into the destination at this offset.
+    Direct { dst: u64 },
+    /// Into scratch buffer `scratch`; then bytes `skip .. skip + want` of it
+    /// are copied to the destination at `dst`.
+    Scratch { scratch: usize, skip: u32, want: u32, dst: u64 },
+}
+
+/// One read: `len` bytes of file `file` at `offset`, `done` of them in.
+#[derive(Clone, Copy, Debug)]
+struct Op {
+    file: usize,
+    offset: u64,
+    len: u32,
+    /// Bytes that must arrive (a scratch read may ask past the window, up
+    /// to the alignment, and past the end of the file).
+    need: u32,
+    done: u32,
+    into: Target,
+}
+
+/// A piece of a request, before it becomes reads: file bytes `start..end`
+/// to destination offset `dst`, straight or through scratch.
+#[derive(Clone, Copy, Debug)]
+struct Piece {
+    file: usize,
+    start: u64,
+    end: u64,
+    dst: u64,
+    scratch: bool,
+}
+
+/// Cut `r` (whose file is `file`, aligned to `align` bytes of file offset
+/// and `mem_align` of memory, 0 for buffered) into pieces: under
+/// `O_DIRECT`, the aligned middle goes straight into the destination when
+/// its address is aligned too, the rest through scratch.
+fn pieces(r: &ReadRequest, file: usize, align: u64, mem_align: u64, dst_base: usize, out: &mut Vec<Piece>) {
+    let (s, e, d) = (r.range.start, r.range.end, r.dst_offset);
+    if align == 0 {
+        out.push(Piece { file, start: s, end: e, dst: d, scratch: false });
+        return;
+    }
+    let mid_start = s.next_multiple_of(align);
+    let mid_end = e / align * align;
+    if mid_start >= mid_end || !(dst_base as u64 + d + (mid_start - s)).is_multiple_of(mem_align.max(1)) {
+        out.push(Piece { file, start: s, end: e, dst: d, scratch: true });
+        return;
+    }
+    if s < mid_start {
+        out.push(Piece { file, start: s, end: mid_start, dst: d, scratch: true });
+    }
+    out.push(Piece { file, start: mid_start, end: mid_end, dst: d + (mid_start - s), scratch: false });
+    if mid_end < e {
+        out.push(Piece { file, start: mid_end, end: e, dst: d + (mid_end - s), scratch: true });
+    }
+}
+
+/// Read every request into `dst`, as the module documents. On an error
+/// nothing more is submitted, every read in flight is waited for, and the
+/// first error is returned (some windows may then be filled, others not).
+pub fn read_into(requests: &[ReadRequest], dst: &mut [u8], options: &ReadIntoOptions) -> Result<ReadIntoStats, IngestError> {
+    let started = Instant::now();
+    if options.chunk == 0 || !options.chunk.is_multiple_of(4096) || options.depth == 0 {
+        let what = format!(
+            "read_into with chunks of {} bytes and depth {}: chunks must be a non-zero multiple of 4096, depth at least 1",
+            options.chunk, options.depth
+        );
+        return Err(IngestError::RingGeometry { what });
+    }
+    check_requests(requests, dst.len() as u64)?;
+    let (files, which) = open_files(requests, options.direct, options.chunk)?;
+    let mut plan = Vec::new();
+    for (r, &file) in requests.iter().zip(&which) {
+        if file == usize::MAX {
+            continue;
+        }
+        let (align, mem_align) = match files[file].dio_align {
+            0 => (0, 0),
+            a => (a as u64, dio_alignment(&files[file].fd).map_or(4096, |(_, m)| m as u64)),
+        };
+        pieces(r, file, align, mem_align, dst.as_ptr() as usize, &mut plan);
+    }
+    let mut ring = Ring::new(options.depth)?;
+    let mut job = Job {
+        ring: &mut ring,
+        files: &files,
+        dst,
+        telemetry: Telemetry::new(),
+        ops: Vec::new(),
+        free_ops: Vec::new(),
+        scratch: Vec::new(),
+        free_scratch: Vec::new(),
+        chunk: options.chunk,
+    };
+    let result = job.run(&plan, options);
+    let telemetry = job.telemetry;
+    // Whatever happened, the kernel must be done with the destination before
+    // it is handed back.
+    drain(&mut ring);
+    result?;
+    let bytes = requests.iter().map(ReadRequest::len).sum();
+    Ok(ReadIntoStats { telemetry, bytes, elapsed: started.elapsed() })
+}
+
+/// Wait until no request of `ring` is in flight, however long it takes: the
+/// memory they write is the caller's, borrowed only for the call. A ring
+/// that cannot even be waited on leaves no sound way out: abort.
+fn drain(ring: &mut Ring) {
+    while ring.in_flight() > 0 {
+        match ring.cancel_all() {
+            Ok(()) => {}
+            Err(IngestError::DeviceStalled { what, seconds }) => {
+                eprintln!("gpuring: read_into: still waiting after {seconds} s for {what}: the kernel has not finished writing the destination");
+            }
+            Err(e) => {
+                eprintln!("gpuring: read_into: cannot wait for the reads in flight ({e}); aborting rather than return memory the kernel may still write");
+                std::process::abort();
+            }
+        }
+    }
+}
+
+/// One `read_into` call's state.
+struct Job<'a> {
+    ring: &'a mut Ring,
+    files: &'a [OpenSource],
+    dst: &'a mut [u8],
+    telemetry: Telemetry,
+    /// Reads by `user_data`; `None` once finished.
+    ops: Vec<Option<Op>>,
+    free_ops: Vec<usize>,
+    /// Scratch buffers (each `chunk` bytes at a 4096-byte aligned start,
+    /// inside a vector one page longer), made as needed.
+    scratch: Vec<(Vec<u8>, usize)>,
+    free_scratch: Vec<usize>,
+    chunk: u32,
+}
+
+impl Job<'_> {
+    fn run(&mut self, plan: &[Piece], options: &ReadIntoOptions) -> Result<(), IngestError> {
+        let mut next = 0usize;
+        let mut at = plan.first().map_or(0, |p| p.start);
+        let mut in_flight = 0u32;
+        let mut last = Instant::now();
+        loop {
+            while in_flight < options.depth && next < plan.len() {
+                let piece = plan[next];
+                let op = self.cut(piece, at);
+                at += op_window(&op);
+                if at >= piece.end {
+                    next += 1;
+                    at = plan.get(next).map_or(0, |p| p.start);
+                }
+                let window = op_window(&op);
+                self.telemetry.on_submit(window)?;
+                self.push(op)?;
+                in_flight += 1;
+            }
+            if in_flight == 0 {
+                return Ok(());
+            }
+            self.ring.submit()?;
+            if !self.ring.wait_until(last + options.read_timeout)? {
+                let what = format!("{in_flight} read(s) into the destination");
+                return Err(IngestError::DeviceStalled { what, seconds: options.read_timeout.as_secs() });
+            }
+            let mut done = Vec::new();
+            self.ring.reap(|user_data, res| done.push((user_data as usize, res)));
+            if !done.is_empty() {
+                last = Instant::now();
+            }
+            for (id, res) in done {
+                if !self.complete(id, res)? {
+                    continue;
+                }
+                in_flight -= 1;
+            }
+        }
+    }
+
+    /// The next read of `piece`, starting at file offset `at`.
+    fn cut(&mut self, piece: Piece, at: u64) -> Op {
+        let chunk = self.chunk as u64;
+        if !piece.scratch {
+            let len = (piece.end - at).min(chunk) as u32;
+            return Op { file: piece.file, offset: at, len, need: len, done: 0, into: Target::Direct { dst: piece.dst + (at - piece.start) } };
+        }
+        let align = (self.files[piece.file].dio_align as u64).max(1);
+        let read_start = at / align * align;
+        let skip = at - read_start;
+        let want = (piece.end - at).min(chunk - skip);
+        let len = (skip + want).next_multiple_of(align).min(chunk) as u32;
+        let scratch = self.take_scratch();
+        let into = Target::Scratch { scratch, skip: skip as u32, want: want as u32, dst: piece.dst + (at - piece.start) };
+        Op { file: piece.file, offset: read_start, len, need: (skip + want) as u32, done: 0, into }
+    }
+
+    fn take_scratch(&mut self) -> usize {
+        if let Some(i) = self.free_scratch.pop() {
+            return i;
+        }
+        let buffer = vec![0u8; self.chunk as usize + 4096];
+        let start = buffer.as_ptr().align_offset(4096);
+        self.scratch.push((buffer, start));
+        self.scratch.len() - 1
+    }
+
+    /// Queue `op` (new, or the rest of a short read).
+    fn push(&mut self, op: Op) -> Result<(), IngestError> {
+        let id = match self.free_ops.pop() {
+            Some(id) => id,
+            None => {
+                self.ops.push(None);
+                self.ops.len() - 1
+            }
+        };
+        let buf = match op.into {
+            // In bounds: `check_requests` put every window inside `dst`.
+            Target::Direct { dst } => self.dst[dst as usize + op.done as usize..].as_mut_ptr(),
+            Target::Scratch { scratch, .. } => {
+                let (buffer, start) = &mut self.scratch[scratch];
+                buffer[*start + op.done as usize..].as_mut_ptr()
+            }
+        };
+        self.ops[id] = Some(op);
+        let len = op.len - op.done;
+        // The target is `len` bytes of the destination (checked in bounds
+        // above, and borrowed mutably by this job) or of a scratch buffer
+        // this job owns and hands to one read at a time; `read_into` drains
+        // the ring before either goes; the file stays open as long.
+        // SAFETY: per the lines above.
+        unsafe { self.ring.push_read(self.files[op.file].fd.as_fd(), buf, len, op.offset + op.done as u64, id as u64) }
+    }
+
+    /// Handle read `id`'s completion: whether the read is finished (else the
+    /// rest was queued again).
+    fn complete(&mut self, id: usize, res: i32) -> Result<bool, IngestError> {
+        let mut op = self.ops[id].take().expect("a completion for a read in flight");
+        self.free_ops.push(id);
+        let file = &self.files[op.file];
+        if res < 0 {
+            self.telemetry.on_failure()?;
+            let errno = rustix::io::Errno::from_raw_os_error(-res);
+            return Err(IngestError::ReadInto { path: file.path.clone(), offset: op.offset + op.done as u64, errno });
+        }
+        let got = res as u32;
+        op.done += got;
+        let path = match op.into {
+            Target::Direct { .. } => file.path_kind,
+            Target::Scratch { .. } => BytePath::Bounce,
+        };
+        if op.done < op.need {
+            if got == 0 {
+                self.telemetry.on_failure()?;
+                return Err(IngestError::Shrank { path: file.path.clone(), size: file.size, ended_at: op.offset + op.done as u64 });
+            }
+            // A short read: count what came, queue the rest.
+            let counted = if matches!(op.into, Target::Direct { .. }) { got as u64 } else { 0 };
+            self.telemetry.on_complete(path, counted, true)?;
+            self.telemetry.on_submit(0)?;
+            self.push(op)?;
+            return Ok(false);
+        }
+        match op.into {
+            Target::Direct { .. } => {
+                self.telemetry.on_complete(path, got as u64, false)?;
+            }
+            Target::Scratch { scratch, skip, want, dst } => {
+                let (buffer, start) = &self.scratch[scratch];
+                let from = start + skip as usize;
+                self.dst[dst as usize..dst as usize + want as usize].copy_from_slice(&buffer[from..from + want as usize]);
+                self.free_scratch.push(scratch);
+                self.telemetry.on_complete(path, want as u64, false)?;
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// Bytes of the destination `op` fills.
+fn op_window(op: &Op) -> u64 {
+    match op.into {
+        Target::Direct { .. } => op.len as u64,
+        Target::Scratch { want, .. } => want as u64,
+    }
+}
+
+#[cfg(test)]
+mod tests;
