@@ -57,18 +57,19 @@ impl ReadRequest {
     }
 
     /// Bytes asked for (0 for an empty or reversed range).
-    pub fn len(&self) -> u64 {
+    pub fn bytes(&self) -> u64 {
         self.range.end.saturating_sub(self.range.start)
     }
 
-    /// Whether the request reads nothing.
+    /// Whether the request reads nothing (a reversed range is not empty:
+    /// it is an error, reported with its file's size).
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.range.start == self.range.end
     }
 
     /// The destination window, `dst_offset .. dst_offset + len`.
     pub fn dst_range(&self) -> Range<u64> {
-        self.dst_offset..self.dst_offset.saturating_add(self.len())
+        self.dst_offset..self.dst_offset.saturating_add(self.bytes())
     }
 }
 
@@ -105,20 +106,17 @@ pub struct ReadIntoStats {
 
 /// Check `requests` against a destination of `dst_len` bytes, without
 /// touching a file: every non-empty request's window must lie inside the
-/// destination and no two windows may overlap. Empty requests are ignored;
-/// a reversed range (start past end) is an error.
+/// destination and no two windows may overlap. Empty requests are ignored.
+/// (Ranges are checked against their files once those are opened.)
 pub fn check_requests(requests: &[ReadRequest], dst_len: u64) -> Result<(), IngestError> {
     let mut windows = Vec::with_capacity(requests.len());
     for (index, r) in requests.iter().enumerate() {
-        if r.range.start > r.range.end {
-            return Err(IngestError::BadRange { path: r.path.clone(), start: r.range.start, end: r.range.end, size: 0 });
-        }
-        if r.is_empty() {
+        if r.bytes() == 0 {
             continue;
         }
-        let end = r.dst_offset.checked_add(r.len());
+        let end = r.dst_offset.checked_add(r.bytes());
         if end.is_none_or(|end| end > dst_len) {
-            return Err(IngestError::DestinationTooSmall { index, path: r.path.clone(), dst_offset: r.dst_offset, bytes: r.len(), dst_len });
+            return Err(IngestError::DestinationTooSmall { index, path: r.path.clone(), dst_offset: r.dst_offset, bytes: r.bytes(), dst_len });
         }
         windows.push((r.dst_range(), index));
     }
@@ -155,7 +153,7 @@ fn open_files(requests: &[ReadRequest], direct: bool, chunk: u32) -> Result<(Vec
             }
         };
         let size = files[index].size;
-        if r.range.end > size {
+        if r.range.end > size || r.range.start > r.range.end {
             return Err(IngestError::BadRange { path: r.path.clone(), start: r.range.start, end: r.range.end, size });
         }
         which.push(index);
@@ -265,7 +263,7 @@ pub fn read_into(requests: &[ReadRequest], dst: &mut [u8], options: &ReadIntoOpt
     // it is handed back.
     drain(&mut ring);
     result?;
-    let bytes = requests.iter().map(ReadRequest::len).sum();
+    let bytes = requests.iter().map(ReadRequest::bytes).sum();
     Ok(ReadIntoStats { telemetry, bytes, elapsed: started.elapsed() })
 }
 

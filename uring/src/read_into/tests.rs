@@ -56,7 +56,7 @@ fn bad_requests_name_what_is_wrong_and_write_nothing() {
         (vec![ReadRequest::new(&a, 0..5000, 4000)], "end past the destination's 8192 bytes"),
         (vec![ReadRequest::new(&a, 0..100, 0), ReadRequest::new(&a, 200..300, 50)], "requests 0 and 1 both write destination offset 50"),
         (vec![ReadRequest::new(&a, 9000..10_001, 0)], "runs past the end of the file (10000 bytes)"),
-        (vec![ReadRequest::new(&a, 20..10, 0)], "is empty"),
+        (vec![ReadRequest::new(&a, Range { start: 20, end: 10 }, 0)], "is empty"),
         (vec![ReadRequest::new(dir.path().join("missing"), 0..1, 0)], "no such file"),
         (vec![ReadRequest::new(&a, 0..1, u64::MAX)], "end past the destination"),
     ];
