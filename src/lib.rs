@@ -25,6 +25,7 @@ pub mod error;
 pub mod ingest;
 pub mod inputs;
 pub mod probe;
+pub mod read_into;
 
 pub use error::Error;
 pub use gpuring_core as core;

@@ -21,6 +21,7 @@
 //! It talks to no GPU API and does not depend on `gpuring-uring`.
 
 pub mod batch;
+pub mod copy;
 pub mod kernel;
 mod memory;
 mod select;

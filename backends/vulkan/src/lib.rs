@@ -31,13 +31,17 @@
 mod bar;
 mod consumer;
 mod context;
+mod copy;
 mod error;
 mod memory;
 pub mod shader;
 
+/// The `ash` this crate is built on, for naming `vk` types in the same version.
+pub use ash;
 pub use bar::BarWindow;
 pub use consumer::VulkanConsumer;
 pub use context::{devices, Context, DeviceInfo};
+pub use copy::{read_buffer, CopyConsumer, DeviceBuffer};
 pub use error::VulkanError;
 pub use memory::VulkanStaging;
 pub use shader::Shader;

@@ -1,0 +1,232 @@
+//! Read file ranges into memory the user owns, on every backend.
+//!
+//! A [`ReadRequest`] names a file, a byte range of it, and where in the
+//! destination the range goes. Every function here checks all requests
+//! before it reads anything (a window past the destination's end, two
+//! windows that overlap, a range past its file's end: an error naming the
+//! request, and nothing written); a zero-length request does nothing.
+//!
+//! - [`host`]: into a `&mut [u8]`; the kernel (buffered) or the device
+//!   (`O_DIRECT`) writes it, with no slot and no copy in between
+//!   ([`gpuring_uring::read_into`]).
+//! - [`vulkan`] / [`vulkan_buffer`]: into a device-local `vk::Buffer`; the
+//!   bytes go storage → registered slot → the copy engine
+//!   (`vkCmdCopyBuffer`, batched) → the buffer, overlapped with the next
+//!   reads; a slot is read into again only once its copy has finished.
+//! - `cuda` (feature `cuda`): into a cudarc `CudaSlice<u8>`, by
+//!   `cuMemcpyHtoDAsync` on the caller's stream.
+//! - `rocm` (feature `rocm`): into a device pointer, by `hipMemcpyHtoDAsync`.
+//!
+//! On the GPU paths the copy engine's bytes are `device_copy_bytes` in the
+//! report; no byte is copied by the CPU, so `zero_bounce` holds. Under
+//! `O_DIRECT` a range is read from its start rounded down to 4096 bytes, and
+//! only the asked window is copied.
+//!
+//! [`verify`] compares every destination window with an independent
+//! `pread` of its range (on a GPU, the window read back by the copy engine).
+//!
+//! ```no_run
+//! use gpuring::read_into::{self, ReadIntoOptions, ReadRequest};
+//!
+//! let mut weights = vec![0u8; 8 << 20];
+//! let requests = [ReadRequest::new("model.bin", 4096..(4 << 20) + 4096, 0), ReadRequest::new("model.bin", 0..4096, 4 << 20)];
+//! let report = read_into::host(&requests, &mut weights, &ReadIntoOptions::default())?;
+//! let matched = read_into::verify(&requests, |r| Ok(weights[r.dst_range().start as usize..r.dst_range().end as usize].to_vec()))?;
+//! assert!(matched.iter().all(|&m| m));
+//! println!("{:.2} GiB/s", report.gib_per_s);
+//! # Ok::<(), gpuring::Error>(())
+//! ```
+
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use gpuring_core::{StagingMemory, Telemetry};
+use gpuring_shared::copy::{CopyPlan, CopyStats, CopyWindow};
+use gpuring_uring::read_into::check_requests;
+use gpuring_uring::{Driver, DriverOptions, Source};
+pub use gpuring_uring::{ReadIntoOptions, ReadRequest};
+use serde::Serialize;
+
+use crate::ingest::TelemetryReport;
+use crate::Error;
+
+/// How a GPU `read_into` stages its reads.
+#[derive(Clone, Debug)]
+pub struct SlotOptions {
+    /// Read with `O_DIRECT`.
+    pub direct: bool,
+    /// Slots in the staging ring.
+    pub slots: u32,
+    /// Bytes per slot (a multiple of 4096).
+    pub slot_size: usize,
+}
+
+impl Default for SlotOptions {
+    fn default() -> Self {
+        let (slots, slot_size) = crate::ingest::default_ring(None, None);
+        Self { direct: false, slots, slot_size }
+    }
+}
+
+/// What a `read_into` did.
+#[derive(Clone, Debug, Serialize)]
+pub struct ReadIntoReport {
+    /// The backend (`host`, `vulkan`, `cuda`, `rocm`).
+    pub backend: &'static str,
+    /// Bytes put into the destination.
+    pub bytes: u64,
+    /// Wall time, seconds.
+    pub seconds: f64,
+    /// `bytes / seconds`, GiB/s.
+    pub gib_per_s: f64,
+    /// How the bytes arrived (in slots on a GPU, in the destination on host).
+    pub telemetry: TelemetryReport,
+    /// Bytes the GPU's copy engine moved from slots into the destination.
+    pub device_copy_bytes: u64,
+    /// No byte was copied by the CPU in userspace.
+    pub zero_bounce: bool,
+    /// Every byte was written by the device.
+    pub dma_only: bool,
+}
+
+impl ReadIntoReport {
+    fn new(backend: &'static str, telemetry: &Telemetry, bytes: u64, seconds: f64, device_copy_bytes: u64) -> Result<Self, Error> {
+        let verdict = telemetry.validate().map_err(|e| Error::Ingest(e.into()))?;
+        let gib_per_s = if seconds > 0.0 { bytes as f64 / seconds / (1u64 << 30) as f64 } else { 0.0 };
+        Ok(Self {
+            backend,
+            bytes,
+            seconds,
+            gib_per_s,
+            telemetry: telemetry.into(),
+            device_copy_bytes,
+            zero_bounce: verdict.zero_bounce,
+            dma_only: verdict.dma_only,
+        })
+    }
+}
+
+/// Read `requests` into `dst`, in host memory (see the module docs).
+pub fn host(requests: &[ReadRequest], dst: &mut [u8], options: &ReadIntoOptions) -> Result<ReadIntoReport, Error> {
+    let stats = gpuring_uring::read_into(requests, dst, options)?;
+    ReadIntoReport::new("host", &stats.telemetry, stats.bytes, stats.elapsed.as_secs_f64(), 0)
+}
+
+/// Compare every non-empty request's destination window (as `read_back`
+/// returns it) with an independent `pread` of its range: one verdict per
+/// request (`true` for empty ones).
+pub fn verify(requests: &[ReadRequest], mut read_back: impl FnMut(&ReadRequest) -> Result<Vec<u8>, Error>) -> Result<Vec<bool>, Error> {
+    let mut files: Vec<(&std::path::Path, std::fs::File)> = Vec::new();
+    let mut verdicts = Vec::with_capacity(requests.len());
+    for r in requests {
+        if r.is_empty() {
+            verdicts.push(true);
+            continue;
+        }
+        let at = match files.iter().position(|(p, _)| *p == r.path.as_path()) {
+            Some(at) => at,
+            None => {
+                let file = std::fs::File::open(&r.path).map_err(|e| reference_error(r, e))?;
+                files.push((&r.path, file));
+                files.len() - 1
+            }
+        };
+        let mut want = vec![0u8; r.bytes() as usize];
+        files[at].1.read_exact_at(&mut want, r.range.start).map_err(|e| reference_error(r, e))?;
+        let got = read_back(r)?;
+        verdicts.push(got == want);
+    }
+    Ok(verdicts)
+}
+
+fn reference_error(r: &ReadRequest, e: std::io::Error) -> Error {
+    let errno = rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO);
+    Error::Ingest(gpuring_uring::IngestError::Open { path: r.path.clone(), errno })
+}
+
+/// The sources and the copy plan for `requests` into `dst_len` bytes:
+/// one source per non-empty request (its index is the entries' tag), from
+/// the range start rounded down to 4096 under `O_DIRECT`.
+fn plan(requests: &[ReadRequest], dst_len: u64, direct: bool) -> Result<(Vec<Source>, CopyPlan), Error> {
+    check_requests(requests, dst_len)?;
+    let mut sources = Vec::new();
+    let mut windows = Vec::new();
+    for r in requests.iter().filter(|r| !r.is_empty()) {
+        let start = if direct { r.range.start / 4096 * 4096 } else { r.range.start };
+        sources.push(Source::range(&r.path, start..r.range.end));
+        windows.push(CopyWindow { start: r.range.start, end: r.range.end, dst: r.dst_offset });
+    }
+    Ok((sources, CopyPlan { windows, dst_len }))
+}
+
+/// Read `requests` through `staging`'s slots while a copy consumer, which
+/// `start` launches with the plan, moves each slot into the destination;
+/// `join` waits for it. The GPU backends' common part.
+fn through_slots<S: StagingMemory, C>(
+    backend: &'static str,
+    staging: Arc<S>,
+    requests: &[ReadRequest],
+    dst_len: u64,
+    direct: bool,
+    start: impl FnOnce(CopyPlan) -> Result<C, Error>,
+    join: impl FnOnce(C) -> Result<CopyStats, Error>,
+) -> Result<ReadIntoReport, Error> {
+    let (sources, plan) = plan(requests, dst_len, direct)?;
+    let bytes = plan.bytes();
+    let started = std::time::Instant::now();
+    let consumer = start(plan)?;
+    let driven = (|| {
+        let mut driver = Driver::new(staging.clone(), DriverOptions { direct, ..DriverOptions::default() })?;
+        let result = driver.ingest(&sources, |_| {});
+        driver.close_queue();
+        result
+    })();
+    // The driver closes the queue when it drops; if it was never built,
+    // close it here so the consumer stops.
+    staging.queue().close();
+    // A consumer failure explains a stalled driver: report it first.
+    let copied = join(consumer)?;
+    let stats = driven?;
+    if copied.bytes != bytes {
+        let what = format!("the copy engine moved {} bytes, but the requests asked for {bytes}", copied.bytes);
+        return Err(Error::Ingest(gpuring_uring::IngestError::ConsumerStalled { outstanding: 0, why: what }));
+    }
+    ReadIntoReport::new(backend, &stats.telemetry, bytes, started.elapsed().as_secs_f64(), copied.bytes)
+}
+
+/// Read `requests` into `dst`, through slots imported into its device and
+/// that device's copy engine (see the module docs).
+///
+/// Its context's queue must not be submitted to by anyone else during the
+/// call: true of every context gpuring made ([`gpuring_vulkan::Context::new`]);
+/// on a device of yours ([`gpuring_vulkan::Context::from_device`]), do not
+/// submit to that queue meanwhile.
+#[cfg(feature = "vulkan")]
+pub fn vulkan(requests: &[ReadRequest], dst: &gpuring_vulkan::DeviceBuffer, options: &SlotOptions) -> Result<ReadIntoReport, Error> {
+    // SAFETY: a `DeviceBuffer` is a bound TRANSFER_DST buffer of its
+    // context's device, `len` bytes, borrowed for the call; the queue rule
+    // is the one `Context::from_device` already puts on its caller.
+    unsafe { vulkan_buffer(dst.context(), requests, dst.buffer(), dst.len(), options) }
+}
+
+/// As [`vulkan`], into a buffer of yours.
+///
+/// # Safety
+/// `dst` must be a buffer of `ctx`'s device with `TRANSFER_DST` usage,
+/// bound to memory, at least `dst_len` bytes, alive and unused by anything
+/// else for the call; nothing else may submit to `ctx`'s queue during it.
+#[cfg(feature = "vulkan")]
+pub unsafe fn vulkan_buffer(
+    ctx: &Arc<gpuring_vulkan::Context>,
+    requests: &[ReadRequest],
+    dst: gpuring_vulkan::ash::vk::Buffer,
+    dst_len: u64,
+    options: &SlotOptions,
+) -> Result<ReadIntoReport, Error> {
+    let geometry = gpuring_core::SlotGeometry::new(options.slots, options.slot_size)?;
+    let staging = Arc::new(gpuring_vulkan::VulkanStaging::on(ctx.clone(), geometry, options.slots)?);
+    // SAFETY: the caller's promise covers `dst`; `through_slots` joins the
+    // consumer before it returns.
+    let start = |plan| Ok(unsafe { gpuring_vulkan::CopyConsumer::start(staging.clone(), dst, plan) }?);
+    through_slots("vulkan", staging.clone(), requests, dst_len, options.direct, start, |c: gpuring_vulkan::CopyConsumer| Ok(c.join()?))
+}
