@@ -230,3 +230,60 @@ pub unsafe fn vulkan_buffer(
     let start = |plan| Ok(unsafe { gpuring_vulkan::CopyConsumer::start(staging.clone(), dst, plan) }?);
     through_slots("vulkan", staging.clone(), requests, dst_len, options.direct, start, |c: gpuring_vulkan::CopyConsumer| Ok(c.join()?))
 }
+
+/// Read `requests` into `dst`, device memory of `stream`'s context, through
+/// slots mapped into that device and its copy engine
+/// (`cuMemcpyHtoDAsync` on `stream`; see the module docs). Returns once
+/// every copy has finished.
+#[cfg(feature = "cuda")]
+pub fn cuda(
+    requests: &[ReadRequest],
+    dst: &mut gpuring_cuda::cudarc::driver::CudaSlice<u8>,
+    stream: &Arc<gpuring_cuda::cudarc::driver::CudaStream>,
+    options: &SlotOptions,
+) -> Result<ReadIntoReport, Error> {
+    use gpuring_cuda::cudarc::driver::DevicePtrMut;
+    let device = gpuring_cuda::Device::from_context(stream.context().clone())?;
+    if !Arc::ptr_eq(dst.context(), stream.context()) {
+        let what = "a destination of another context than the stream's: allocate it on the stream's context".into();
+        return Err(gpuring_cuda::CudaError::Unsupported { device: device.info().name.clone(), what }.into());
+    }
+    let geometry = gpuring_core::SlotGeometry::new(options.slots, options.slot_size)?;
+    let staging = Arc::new(gpuring_cuda::CudaStaging::on(device, geometry, options.slots)?);
+    let len = dst.len() as u64;
+    // `_written` makes later work on `dst`'s stream wait for this call's.
+    let (ptr, _written) = dst.device_ptr_mut(stream);
+    // SAFETY: `dst` is borrowed mutably for the call, `len` bytes of the
+    // stream's context; `through_slots` joins the consumer before it returns.
+    let start = |plan| Ok(unsafe { gpuring_cuda::CudaCopyConsumer::start(staging.clone(), ptr, plan, stream.clone()) }?);
+    through_slots("cuda", staging.clone(), requests, len, options.direct, start, |c: gpuring_cuda::CudaCopyConsumer| Ok(c.join()?))
+}
+
+/// Read `requests` into `dst_len` bytes of device memory at `dst` on
+/// `device`, through slots mapped into it and its copy engine
+/// (`hipMemcpyAsync` on `stream`, yours, or `None` for a new one; see the
+/// module docs). Returns once every copy has finished.
+///
+/// # Safety
+/// `dst .. dst + dst_len` is device memory of `device`, alive and unused by
+/// anything else for the call; a `stream` of yours is a live stream of it.
+#[cfg(feature = "rocm")]
+pub unsafe fn rocm(
+    device: &Arc<gpuring_rocm::Device>,
+    requests: &[ReadRequest],
+    dst: *mut std::ffi::c_void,
+    dst_len: u64,
+    stream: Option<gpuring_rocm::hip_sys::hiprt::hipStream_t>,
+    options: &SlotOptions,
+) -> Result<ReadIntoReport, Error> {
+    let geometry = gpuring_core::SlotGeometry::new(options.slots, options.slot_size)?;
+    let staging = Arc::new(gpuring_rocm::RocmStaging::on(device.clone(), geometry, options.slots)?);
+    // SAFETY: the caller's promise covers `dst` and `stream`; `through_slots`
+    // joins the consumer before it returns.
+    let start = |plan| Ok(unsafe { gpuring_rocm::RocmConsumer::copy_into(staging.clone(), dst, plan, stream) }?);
+    let join = |c: gpuring_rocm::RocmConsumer| {
+        let stats = c.join()?;
+        Ok(CopyStats { entries: stats.entries, bytes: stats.device_copy_bytes, copies: 0, batches: 0 })
+    };
+    through_slots("rocm", staging.clone(), requests, dst_len, options.direct, start, join)
+}

@@ -293,7 +293,7 @@ unsafe extern "C" fn after_release(staging: *mut c_void) {
 }
 
 /// Whether everything queued on `stream` has finished.
-fn stream_idle(stream: &CudaStream) -> Result<bool, CudaError> {
+pub(crate) fn stream_idle(stream: &CudaStream) -> Result<bool, CudaError> {
     // SAFETY: the stream is alive (borrowed).
     match unsafe { sys::cuStreamQuery(stream.cu_stream()) } {
         sys::CUresult::CUDA_ERROR_NOT_READY => Ok(false),
@@ -302,7 +302,7 @@ fn stream_idle(stream: &CudaStream) -> Result<bool, CudaError> {
 }
 
 /// The engine's error for a failure.
-fn failure(failure: Failure) -> CudaError {
+pub(crate) fn failure(failure: Failure) -> CudaError {
     match failure {
         Failure::Timeout { what, seconds } => CudaError::Timeout { what, seconds },
         Failure::Rejected { position, what } => CudaError::Rejected { position, what },

@@ -25,6 +25,7 @@
 
 pub mod baseline;
 mod consumer;
+mod copy;
 pub mod device;
 mod error;
 mod kernel;
@@ -32,6 +33,9 @@ mod memory;
 pub mod peer;
 
 pub use consumer::{CudaConsumer, CudaStats, Mode};
+pub use copy::CudaCopyConsumer;
+/// The cudarc this crate is built on, for naming its types in the same version.
+pub use cudarc;
 pub use device::{devices, Device, DeviceInfo};
 pub use error::CudaError;
 pub use gpuring_shared::kernel::UserKernel;

@@ -34,6 +34,8 @@ pub(crate) type StreamCallback = Option<unsafe extern "C" fn(hipStream_t, c_int,
 
 /// `hipSuccess`, `HIPRTC_SUCCESS`.
 pub(crate) const SUCCESS: c_int = 0;
+/// `hipMemcpyHostToDevice`, a `hipMemcpyKind`.
+pub(crate) const HOST_TO_DEVICE: c_int = 1;
 /// `hipMemcpyDeviceToHost`, a `hipMemcpyKind`.
 pub(crate) const DEVICE_TO_HOST: c_int = 2;
 /// `hipErrorNotReady`: a stream still has work.
@@ -92,6 +94,7 @@ functions! {
         hipFree: fn(*mut c_void) -> c_int = "hipError_t (*)(void*)";
         hipMemset: fn(*mut c_void, c_int, usize) -> c_int = "hipError_t (*)(void*, int, size_t)";
         hipMemcpy: fn(*mut c_void, *const c_void, usize, c_int) -> c_int = "hipError_t (*)(void*, const void*, size_t, hipMemcpyKind)";
+        hipMemcpyAsync: fn(*mut c_void, *const c_void, usize, c_int, hipStream_t) -> c_int = "hipError_t (*)(void*, const void*, size_t, hipMemcpyKind, hipStream_t)";
         hipStreamCreateWithFlags: fn(*mut hipStream_t, c_uint) -> c_int = "hipError_t (*)(hipStream_t*, unsigned int)";
         hipStreamDestroy: fn(hipStream_t) -> c_int = "hipError_t (*)(hipStream_t)";
         hipStreamQuery: fn(hipStream_t) -> c_int = "hipError_t (*)(hipStream_t)";

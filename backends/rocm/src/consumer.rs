@@ -25,11 +25,12 @@ use std::thread::JoinHandle;
 
 use gpuring_core::StagingMemory;
 use gpuring_shared::batch::{run_batches, Batch, BatchDevice, Failure, Release};
+use gpuring_shared::copy::CopyPlan;
 use gpuring_shared::kernel::{chunks_per_slot, UserKernel, CHUNK_WORDS, THREADS};
 use gpuring_shared::{spawn_consumer, wake_consumer, wake_producer};
 use hip_sys::hiprt::{hipFunction_t, hipStreamNonBlocking, hipStream_t};
 
-use crate::api::{Hip, DEVICE_TO_HOST, NOT_READY};
+use crate::api::{Hip, DEVICE_TO_HOST, HOST_TO_DEVICE, NOT_READY};
 use crate::error::RocmError;
 use crate::kernel::{compile_kernel, Kernels, Module};
 use crate::memory::RocmStaging;
@@ -46,6 +47,9 @@ pub struct RocmStats {
     pub skipped: u64,
     /// Kernel launches (two per batch for gpuring's kernels, one for yours).
     pub launches: u64,
+    /// Bytes the copy engine moved into a buffer of yours
+    /// ([`RocmConsumer::copy_into`]).
+    pub device_copy_bytes: u64,
 }
 
 /// A stream and a zeroed device buffer (the batched kernels' scratch lanes,
@@ -66,6 +70,9 @@ impl Resources {
         if this.own_stream {
             // SAFETY: a valid output; a failure leaves it null, which `Drop` skips.
             hip.check("hipStreamCreateWithFlags", unsafe { (hip.rt.hipStreamCreateWithFlags)(&mut this.stream, hipStreamNonBlocking) })?;
+        }
+        if bytes == 0 {
+            return Ok(this);
         }
         // SAFETY: as above.
         hip.check("hipMalloc", unsafe { (hip.rt.hipMalloc)(&mut this.buffer, bytes) })?;
@@ -164,6 +171,22 @@ impl RocmConsumer {
         Self::spawn("gpuring-rocm-user", staging, Release::Host, work, resources)
     }
 
+    /// Copy each published slot's window into device memory of yours by
+    /// `plan` (the copy consumer of `read_into`): one `hipMemcpyAsync` per
+    /// entry on `stream` (yours, or `None`: a new one); the host thread
+    /// waits for each batch's copies before it releases the batch. Takes
+    /// the queue's consumer end.
+    ///
+    /// # Safety
+    /// `dst .. dst + plan.dst_len` is device memory of the staging's device,
+    /// alive and not used by anything else until the consumer is joined (or
+    /// dropped); a `stream` of yours is a live stream of that device that
+    /// outlives the consumer.
+    pub unsafe fn copy_into(staging: Arc<RocmStaging>, dst: *mut c_void, plan: CopyPlan, stream: Option<hipStream_t>) -> Result<Self, RocmError> {
+        let resources = Resources::new(staging.device.hip, 0, stream)?;
+        Self::spawn("gpuring-rocm-copy", staging, Release::Host, Work::Copy { plan, dst }, resources)
+    }
+
     /// Start the consumer thread: the engine on `work`'s kernels.
     fn spawn(name: &str, staging: Arc<RocmStaging>, release: Release, work: Work, resources: Resources) -> Result<Self, RocmError> {
         let stop = Arc::new(AtomicBool::new(false));
@@ -172,9 +195,10 @@ impl RocmConsumer {
             // Takes the queue's one consumer end: a second consumer is an error.
             spawn_consumer(name, &staging, move |staging, consumer| {
                 let result = staging.device.bind().and_then(|()| {
-                    let mut launcher = Launcher { staging, resources: &resources, work: &work, launches: 0 };
+                    let mut launcher = Launcher { staging, resources: &resources, work: &work, launches: 0, copied: 0 };
                     let done = run_batches(&staging.queue(), staging.geometry(), consumer, &stop, release, &mut launcher)?;
-                    Ok(RocmStats { entries: done.entries, bytes: done.bytes, skipped: done.skipped, launches: launcher.launches })
+                    let (launches, device_copy_bytes) = (launcher.launches, launcher.copied);
+                    Ok(RocmStats { entries: done.entries, bytes: done.bytes, skipped: done.skipped, launches, device_copy_bytes })
                 });
                 if let Err(e @ RocmError::Timeout { .. }) = &result {
                     // The device may still run a kernel on this memory:
@@ -184,7 +208,7 @@ impl RocmConsumer {
                 }
                 let stats = result?;
                 // The stream is idle: the output is final.
-                let output = if release == Release::Host { resources.read()? } else { Vec::new() };
+                let output = if release == Release::Host && resources.bytes > 0 { resources.read()? } else { Vec::new() };
                 Ok((stats, output))
             })
             .map_err(RocmError::from)?
@@ -245,6 +269,8 @@ enum Work {
         // Keeps `function` loaded.
         _module: Module,
     },
+    /// Copies of each entry's window into the caller's device memory.
+    Copy { plan: CopyPlan, dst: *mut c_void },
 }
 
 // SAFETY: function handles are process-wide in HIP (see `Module`); only
@@ -257,6 +283,8 @@ struct Launcher<'a> {
     resources: &'a Resources,
     work: &'a Work,
     launches: u64,
+    /// Bytes queued for the copy engine.
+    copied: u64,
 }
 
 impl Launcher<'_> {
@@ -286,6 +314,27 @@ impl BatchDevice for Launcher<'_> {
         let Batch { mut first, mut count, mut capacity, mut slot_count, mut slot_bytes } = *batch;
         let (mut queue_ptr, mut slots_ptr, mut buffer) = (self.staging.queue.device_ptr(), self.staging.slots.device_ptr(), self.resources.buffer);
         match self.work {
+            Work::Copy { plan, dst } => {
+                let (hip, q, base) = (self.resources.hip, self.staging.queue(), self.staging.slot_ptr(0).as_ptr());
+                for position in batch.positions() {
+                    let region = plan.region(&q.entry(position).completion(), slot_count, slot_bytes as u64);
+                    let Some(r) = region.map_err(|what| RocmError::Rejected { position, what })? else { continue };
+                    // The source lies in the slot region (`region` checked
+                    // slot and length), page-locked by the staging, and
+                    // stays ours until the batch is released, after the
+                    // stream is idle; the destination window lies inside
+                    // the caller's memory (checked against `dst_len`),
+                    // which `copy_into`'s caller keeps alive until the join.
+                    // SAFETY: per the lines above.
+                    let code = unsafe {
+                        let from = base.add(r.slot_offset as usize).cast::<c_void>();
+                        (hip.rt.hipMemcpyAsync)(dst.add(r.dst as usize), from, r.len as usize, HOST_TO_DEVICE, self.resources.stream)
+                    };
+                    hip.check("hipMemcpyAsync", code)?;
+                    self.copied += r.len;
+                }
+                Ok(())
+            }
             Work::User { function, block, .. } => {
                 // name(queue, slots, first, count, capacity, slot_count, slot_bytes, output)
                 let mut args = [

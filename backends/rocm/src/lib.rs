@@ -31,5 +31,7 @@ pub use consumer::{RocmConsumer, RocmStats};
 pub use device::{devices, runtime, Device, DeviceInfo};
 pub use error::RocmError;
 pub use gpuring_shared::kernel::UserKernel;
+/// The hip-sys this crate is built on, for naming its types (`hipStream_t`).
+pub use hip_sys;
 pub use kernel::compile_kernel;
 pub use memory::RocmStaging;
