@@ -69,6 +69,16 @@ pub enum Error {
         /// The namespace's character device.
         path: PathBuf,
     },
+    /// A checkpoint file (safetensors, or a sharded checkpoint's index) is
+    /// not one gpuring can load.
+    Checkpoint {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+        /// How to fix it.
+        fix: &'static str,
+    },
     /// Walking a directory or reading for verification failed.
     Io {
         /// The path.
@@ -112,6 +122,7 @@ impl fmt::Display for Error {
                 "{}: no block device of this namespace was found in /sys/block to verify against. Fix: pass --no-verify, or check that the kernel exposes /dev/nvmeXnY",
                 path.display()
             ),
+            Self::Checkpoint { path, what, fix } => write!(f, "{}: {what}. Fix: {fix}", path.display()),
             Self::Io { path, op, error } => write!(f, "{}: {op} failed: {error}. Fix: check the path and its permissions", path.display()),
         }
     }

@@ -24,6 +24,7 @@
 pub mod error;
 pub mod ingest;
 pub mod inputs;
+pub mod load;
 pub mod probe;
 pub mod read_into;
 

@@ -1,4 +1,4 @@
-//! The `gpuring` command: `ingest`, `bench`, `probe` and `header`.
+//! The `gpuring` command: `ingest`, `load`, `bench`, `probe` and `header`.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -109,6 +109,26 @@ enum Command {
         peer_memory: Option<String>,
         /// Files or directories.
         #[arg(required_unless_present = "nvme")]
+        paths: Vec<PathBuf>,
+    },
+    /// Load safetensors checkpoints (files, or a sharded checkpoint's
+    /// model.safetensors.index.json) into one buffer of the backend's
+    /// device, every tensor read with read_into, and verify each against the
+    /// file.
+    Load {
+        #[command(flatten)]
+        ring: RingArgs,
+        /// Read with O_DIRECT.
+        #[arg(long)]
+        direct: bool,
+        /// Skip the comparison of every tensor with an independent read.
+        #[arg(long)]
+        no_verify: bool,
+        /// Print one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Safetensors files, or index files (*.index.json).
+        #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
     /// Measure gpuring against fio, the read()+copy bounce path and memcpy,
@@ -270,6 +290,48 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 print_report(&report, inputs.skipped.len());
             }
             let ok = report.complete && (!report.checksum.verified || report.checksum.matched);
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Load { ring: RingArgs { backend, device, slots, slot_size, cuda_mode }, direct, no_verify, json, paths } => {
+            if cuda_mode.is_some() {
+                return Err(Error::OptionNotForBackend { option: "--cuda-mode", backend: "load".into(), needs: "cuda with ingest" }.into());
+            }
+            let (slots, slot_size) = ingest::default_ring(slots, slot_size);
+            let checkpoint = gpuring::load::Checkpoint::open(&paths)?;
+            let config =
+                gpuring::load::LoadConfig { backend, device, direct, slots: gpuring::read_into::SlotOptions { direct, slots, slot_size }, verify: !no_verify };
+            let report = gpuring::load::load(&checkpoint, &config)?;
+            if json {
+                outln!("{}", serde_json::to_string(&report).context("encoding the report")?);
+            } else {
+                for t in &report.tensors {
+                    let verdict = if !report.checksum.verified {
+                        "unverified"
+                    } else if t.matched {
+                        "match"
+                    } else {
+                        "MISMATCH"
+                    };
+                    outln!("{:<40} {:<5} {:<20} {:>12} {verdict}", t.name, t.dtype, format!("{:?}", t.shape), t.bytes);
+                }
+                outln!(
+                    "{} tensors from {} file(s), {} in {:.3} s: {:.2} GiB/s on {}; checksum {}",
+                    report.tensors.len(),
+                    report.files,
+                    Bytes(report.bytes),
+                    report.seconds,
+                    report.gib_per_s,
+                    report.backend,
+                    if !report.checksum.verified {
+                        "not verified"
+                    } else if report.checksum.matched {
+                        "match"
+                    } else {
+                        "MISMATCH"
+                    }
+                );
+            }
+            let ok = !report.checksum.verified || report.checksum.matched;
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::Bench { json, dir, size, small_files, small_size, runs, ring: RingArgs { backend, device, slots, slot_size, cuda_mode }, no_fio } => {

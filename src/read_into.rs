@@ -37,6 +37,9 @@
 //! # Ok::<(), gpuring::Error>(())
 //! ```
 
+// The slot path serves only the GPU backends.
+#![cfg_attr(not(any(feature = "vulkan", feature = "cuda", feature = "rocm")), allow(dead_code, unused_imports))]
+
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 

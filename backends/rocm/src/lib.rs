@@ -34,4 +34,4 @@ pub use gpuring_shared::kernel::UserKernel;
 /// The hip-sys this crate is built on, for naming its types (`hipStream_t`).
 pub use hip_sys;
 pub use kernel::compile_kernel;
-pub use memory::RocmStaging;
+pub use memory::{DeviceBuffer, RocmStaging};

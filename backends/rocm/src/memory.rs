@@ -148,3 +148,77 @@ unsafe impl StagingMemory for RocmStaging {
         &self.ends
     }
 }
+
+/// Device memory gpuring allocates (`hipMalloc`; for `gpuring load` and the
+/// bench), freed on drop.
+pub struct DeviceBuffer {
+    ptr: *mut c_void,
+    len: usize,
+    device: Arc<Device>,
+}
+
+// SAFETY: HIP device allocations may be used from any thread.
+unsafe impl Send for DeviceBuffer {}
+// SAFETY: `&DeviceBuffer` only reads it back (synchronous copies).
+unsafe impl Sync for DeviceBuffer {}
+
+impl std::fmt::Debug for DeviceBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceBuffer").field("len", &self.len).finish()
+    }
+}
+
+impl DeviceBuffer {
+    /// `len` bytes (at least 1) of `device`'s memory, zeroed.
+    pub fn new(device: &Arc<Device>, len: usize) -> Result<Self, RocmError> {
+        device.bind()?;
+        let hip = device.hip;
+        let mut this = Self { ptr: std::ptr::null_mut(), len, device: device.clone() };
+        // SAFETY: a valid output; a failure leaves it null, which `Drop` skips.
+        hip.check("hipMalloc", unsafe { (hip.rt.hipMalloc)(&mut this.ptr, len.max(1)) })?;
+        // SAFETY: `ptr` holds at least `len` bytes of device memory.
+        hip.check("hipMemset", unsafe { (hip.rt.hipMemset)(this.ptr, 0, len) })?;
+        Ok(this)
+    }
+
+    /// The device address.
+    pub fn as_ptr(&self) -> *mut c_void {
+        self.ptr
+    }
+
+    /// Its length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it holds no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Copy `len` bytes at `offset` back to the host (synchronous).
+    pub fn read(&self, offset: usize, len: usize) -> Result<Vec<u8>, RocmError> {
+        if offset.checked_add(len).is_none_or(|end| end > self.len) {
+            let what = format!("a read-back of {len} bytes at {offset} from a buffer of {}", self.len);
+            return Err(RocmError::Unsupported { device: self.device.info.name.clone(), what });
+        }
+        self.device.bind()?;
+        let hip = self.device.hip;
+        let mut out = vec![0u8; len];
+        // SAFETY: the window lies inside the allocation (checked above) and
+        // `out` holds `len` bytes; the copy is synchronous.
+        let code = unsafe { (hip.rt.hipMemcpy)(out.as_mut_ptr().cast(), self.ptr.cast::<u8>().add(offset).cast(), len, crate::api::DEVICE_TO_HOST) };
+        hip.check("hipMemcpy (read-back)", code)?;
+        Ok(out)
+    }
+}
+
+impl Drop for DeviceBuffer {
+    fn drop(&mut self) {
+        if !self.ptr.is_null() {
+            // SAFETY: allocated in `new`; whoever copied into it (read_into)
+            // waited for its copies before returning.
+            unsafe { (self.device.hip.rt.hipFree)(self.ptr) };
+        }
+    }
+}

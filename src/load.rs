@@ -1,0 +1,372 @@
+//! Load a safetensors checkpoint into one device buffer (an arena, each
+//! tensor at an offset aligned to [`TENSOR_ALIGN`]), with
+//! [`read_into`](crate::read_into), and verify every tensor.
+//!
+//! [`Checkpoint::open`] reads only each file's header: its length (8
+//! bytes), then the JSON, which the `safetensors` crate parses and
+//! validates (dtypes, shapes, contiguous offsets that match them). gpuring
+//! adds what needs the file's size: a header longer than the file, tensor
+//! data past the end (a truncated file) or bytes after the last tensor. A
+//! sharded checkpoint's `model.safetensors.index.json` names its files
+//! (`weight_map`); every tensor it maps must be in the file it names.
+//!
+//! ```no_run
+//! use gpuring::load::{self, Checkpoint, LoadConfig};
+//!
+//! let checkpoint = Checkpoint::open(&["model.safetensors.index.json".into()])?;
+//! let report = load::load(&checkpoint, &LoadConfig::default())?;
+//! assert!(report.checksum.matched);
+//! for t in &report.tensors {
+//!     println!("{} {} {:?} at {}", t.name, t.dtype, t.shape, t.offset);
+//! }
+//! # Ok::<(), gpuring::Error>(())
+//! ```
+
+// The slot path serves only the GPU backends.
+#![cfg_attr(not(any(feature = "vulkan", feature = "cuda", feature = "rocm")), allow(dead_code, unused_imports))]
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use safetensors::tensor::Metadata;
+use serde::Serialize;
+
+use crate::ingest::{Backend, TelemetryReport};
+use crate::read_into::{self, ReadIntoOptions, ReadIntoReport, ReadRequest, SlotOptions};
+use crate::Error;
+
+/// Where each tensor starts in the arena: a multiple of this many bytes
+/// (CUDA's and HIP's allocation alignment, and every dtype's).
+pub const TENSOR_ALIGN: u64 = 256;
+/// The largest header the `safetensors` crate reads (100 MB).
+const MAX_HEADER: u64 = 100_000_000;
+
+/// One tensor of a checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Tensor {
+    /// Its name.
+    pub name: String,
+    /// Its dtype, as safetensors writes it (`F32`, `BF16`, ...).
+    pub dtype: String,
+    /// Its shape (empty for a scalar).
+    pub shape: Vec<usize>,
+    /// Its file.
+    #[serde(skip)]
+    pub file: PathBuf,
+    /// Its bytes in the file.
+    #[serde(skip)]
+    pub range: Range<u64>,
+    /// Where it starts in the arena.
+    pub offset: u64,
+    /// Its length in bytes.
+    pub bytes: u64,
+}
+
+/// The tensors of one or more safetensors files, placed in one arena.
+#[derive(Clone, Debug)]
+pub struct Checkpoint {
+    /// The safetensors files, in the order given (an index's in name order).
+    pub files: Vec<PathBuf>,
+    /// Every tensor, file by file, in file order.
+    pub tensors: Vec<Tensor>,
+    /// The arena's length.
+    pub arena_bytes: u64,
+}
+
+fn bad(path: &Path, what: impl Into<String>, fix: &'static str) -> Error {
+    Error::Checkpoint { path: path.to_owned(), what: what.into(), fix }
+}
+
+const FIX_FILE: &str = "the file is damaged or not a safetensors file: write it again (safetensors' save_file) or download it again";
+
+/// The tensors of the safetensors file at `path`, from its header: (name,
+/// dtype, shape, file range), in file order.
+fn read_header(path: &Path) -> Result<Vec<(String, String, Vec<usize>, Range<u64>)>, Error> {
+    let file = std::fs::File::open(path).map_err(|error| Error::Io { path: path.to_owned(), op: "open", error })?;
+    let size = file.metadata().map_err(|error| Error::Io { path: path.to_owned(), op: "stat", error })?.len();
+    let mut len = [0u8; 8];
+    if size < 8 {
+        return Err(bad(path, format!("{size} bytes is too short for a safetensors file (an 8-byte header length first)"), FIX_FILE));
+    }
+    file.read_exact_at(&mut len, 0).map_err(|error| Error::Io { path: path.to_owned(), op: "read the header length", error })?;
+    let n = u64::from_le_bytes(len);
+    if n > MAX_HEADER {
+        return Err(bad(path, format!("the header claims {n} bytes, more than the 100 MB a safetensors header may have"), FIX_FILE));
+    }
+    if n > size - 8 {
+        return Err(bad(path, format!("the header claims {n} bytes, but the file has only {} after the length: the file is truncated", size - 8), FIX_FILE));
+    }
+    let mut header = vec![0u8; n as usize];
+    file.read_exact_at(&mut header, 8).map_err(|error| Error::Io { path: path.to_owned(), op: "read the header", error })?;
+    let metadata: Metadata = serde_json::from_slice(&header).map_err(|e| bad(path, format!("invalid safetensors header: {e}"), FIX_FILE))?;
+    let data_start = 8 + n;
+    let data_len = metadata.data_len() as u64;
+    let have = size - data_start;
+    if data_len > have {
+        let what = format!("its tensors need {data_len} bytes of data but the file has {have} after the header: the file is truncated");
+        return Err(bad(path, what, FIX_FILE));
+    }
+    if data_len < have {
+        return Err(bad(path, format!("{} bytes follow the last tensor's data (the header accounts for {data_len})", have - data_len), FIX_FILE));
+    }
+    let infos = metadata.tensors();
+    let mut tensors: Vec<_> = metadata
+        .offset_keys()
+        .into_iter()
+        .map(|name| {
+            let info = infos[&name];
+            let (s, e) = info.data_offsets;
+            let dtype = format!("{:?}", info.dtype);
+            (name, dtype, info.shape.clone(), data_start + s as u64..data_start + e as u64)
+        })
+        .collect();
+    tensors.sort_by_key(|t| t.3.start);
+    Ok(tensors)
+}
+
+/// A sharded checkpoint's index: its files (in name order) and which file
+/// each tensor is in.
+fn read_index(path: &Path) -> Result<(Vec<PathBuf>, HashMap<String, PathBuf>), Error> {
+    const FIX: &str = "a sharded checkpoint's index is JSON with a \"weight_map\" object from tensor names to file names beside it: write it again";
+    let text = std::fs::read(path).map_err(|error| Error::Io { path: path.to_owned(), op: "read", error })?;
+    let value: serde_json::Value = serde_json::from_slice(&text).map_err(|e| bad(path, format!("invalid JSON: {e}"), FIX))?;
+    let map = value.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| bad(path, "no \"weight_map\" object", FIX))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut by_tensor = HashMap::new();
+    let mut files = BTreeMap::new();
+    for (name, file) in map {
+        let file = file.as_str().ok_or_else(|| bad(path, format!("tensor {name}'s file is not a string"), FIX))?;
+        if file.contains('/') {
+            return Err(bad(path, format!("tensor {name}'s file {file} is not a file name beside the index"), FIX));
+        }
+        let file = dir.join(file);
+        files.insert(file.clone(), ());
+        by_tensor.insert(name.clone(), file);
+    }
+    Ok((files.into_keys().collect(), by_tensor))
+}
+
+impl Checkpoint {
+    /// Open the checkpoint made of `paths`: safetensors files, or indexes
+    /// (`*.index.json`) of sharded ones. Reads only headers.
+    pub fn open(paths: &[PathBuf]) -> Result<Self, Error> {
+        let mut files = Vec::new();
+        let mut mapped: Vec<(PathBuf, HashMap<String, PathBuf>)> = Vec::new();
+        for path in paths {
+            if path.to_string_lossy().ends_with(".json") {
+                let (shards, map) = read_index(path)?;
+                files.extend(shards);
+                mapped.push((path.clone(), map));
+            } else {
+                files.push(path.clone());
+            }
+        }
+        if files.is_empty() {
+            return Err(Error::NothingToIngest { why: "no safetensors file was given".into() });
+        }
+        let mut tensors = Vec::new();
+        let mut arena = 0u64;
+        let mut seen: HashMap<String, PathBuf> = HashMap::new();
+        for file in &files {
+            for (name, dtype, shape, range) in read_header(file)? {
+                if let Some(first) = seen.insert(name.clone(), file.clone()) {
+                    let what = format!("tensor {name} is also in {}", first.display());
+                    return Err(bad(file, what, "load each tensor from one file: pass each shard once, or the index alone"));
+                }
+                let bytes = range.end - range.start;
+                tensors.push(Tensor { name, dtype, shape, file: file.clone(), range, offset: arena, bytes });
+                arena = (arena + bytes).next_multiple_of(TENSOR_ALIGN);
+            }
+        }
+        for (index, map) in &mapped {
+            for (name, file) in map {
+                if seen.get(name) != Some(file) {
+                    let what = format!("it maps tensor {name} to {}, which does not hold it", file.display());
+                    return Err(bad(index, what, "write the index again, or pass the safetensors files themselves"));
+                }
+            }
+        }
+        Ok(Self { files, tensors, arena_bytes: arena })
+    }
+
+    /// One read request per tensor, into its arena offset.
+    pub fn requests(&self) -> Vec<ReadRequest> {
+        self.tensors.iter().map(|t| ReadRequest::new(&t.file, t.range.clone(), t.offset)).collect()
+    }
+
+    /// Bytes of tensor data.
+    pub fn bytes(&self) -> u64 {
+        self.tensors.iter().map(|t| t.bytes).sum()
+    }
+}
+
+/// How to load.
+#[derive(Clone, Debug)]
+pub struct LoadConfig {
+    /// The backend whose memory holds the arena.
+    pub backend: Backend,
+    /// The GPU backend's device (an index or part of a name).
+    pub device: Option<String>,
+    /// Read with `O_DIRECT`.
+    pub direct: bool,
+    /// The GPU backends' staging ring.
+    pub slots: SlotOptions,
+    /// Compare every tensor in the arena with an independent read.
+    pub verify: bool,
+}
+
+impl Default for LoadConfig {
+    fn default() -> Self {
+        Self { backend: Backend::Host, device: None, direct: false, slots: SlotOptions::default(), verify: true }
+    }
+}
+
+/// One loaded tensor.
+#[derive(Clone, Debug, Serialize)]
+pub struct LoadedTensor {
+    /// Its name.
+    pub name: String,
+    /// Its dtype.
+    pub dtype: String,
+    /// Its shape.
+    pub shape: Vec<usize>,
+    /// Its length in bytes.
+    pub bytes: u64,
+    /// Its offset in the arena.
+    pub offset: u64,
+    /// Whether the arena holds exactly the file's bytes (`false` also when
+    /// verification was skipped).
+    #[serde(rename = "match")]
+    pub matched: bool,
+}
+
+/// Whether every tensor matched.
+#[derive(Clone, Debug, Serialize)]
+pub struct LoadChecksum {
+    /// Every tensor was compared and matched.
+    #[serde(rename = "match")]
+    pub matched: bool,
+    /// Whether tensors were compared at all.
+    pub verified: bool,
+    /// Tensors that did not match.
+    pub mismatched: Vec<String>,
+}
+
+/// What `load` did.
+#[derive(Clone, Debug, Serialize)]
+pub struct LoadReport {
+    /// The backend.
+    pub backend: &'static str,
+    /// Every tensor.
+    pub tensors: Vec<LoadedTensor>,
+    /// Safetensors files read.
+    pub files: usize,
+    /// Bytes of tensor data.
+    pub bytes: u64,
+    /// The arena's length (tensors at 256-byte aligned offsets).
+    pub arena_bytes: u64,
+    /// Seconds the reads took (verification not included).
+    pub seconds: f64,
+    /// GiB/s of tensor data.
+    pub gib_per_s: f64,
+    /// How the bytes came.
+    pub telemetry: TelemetryReport,
+    /// Bytes the GPU's copy engine moved from slots into the arena.
+    pub device_copy_bytes: u64,
+    /// No byte was copied by the CPU in userspace.
+    pub zero_bounce: bool,
+    /// The verdicts.
+    pub checksum: LoadChecksum,
+}
+
+/// Allocate the arena on `config`'s backend, read every tensor into it, and
+/// verify each (read back from the device, compared with a `pread`).
+pub fn load(checkpoint: &Checkpoint, config: &LoadConfig) -> Result<LoadReport, Error> {
+    let requests = checkpoint.requests();
+    let len = checkpoint.arena_bytes;
+    let (report, matched) = match config.backend {
+        Backend::Host => {
+            let mut arena = vec![0u8; len as usize];
+            let options = ReadIntoOptions { direct: config.direct, ..ReadIntoOptions::default() };
+            let report = read_into::host(&requests, &mut arena, &options)?;
+            let matched = verified(config, &requests, |r| Ok(arena[r.dst_range().start as usize..r.dst_range().end as usize].to_vec()))?;
+            (report, matched)
+        }
+        #[cfg(feature = "vulkan")]
+        Backend::Vulkan => {
+            let ctx = Arc::new(gpuring_vulkan::Context::new(config.device.as_deref())?);
+            let arena = gpuring_vulkan::DeviceBuffer::new(&ctx, len)?;
+            let report = read_into::vulkan(&requests, &arena, &slot_options(config))?;
+            let matched = verified(config, &requests, |r| Ok(arena.read(r.dst_offset, r.bytes())?))?;
+            (report, matched)
+        }
+        #[cfg(feature = "cuda")]
+        Backend::Cuda => {
+            let device = gpuring_cuda::Device::open(config.device.as_deref())?;
+            let stream = device.context().new_stream().map_err(|e| gpuring_cuda::CudaError::Call { call: "cuStreamCreate", error: e })?;
+            let mut arena =
+                stream.alloc_zeros::<u8>(len.max(1) as usize).map_err(|e| gpuring_cuda::CudaError::Call { call: "cuMemAlloc (arena)", error: e })?;
+            let report = read_into::cuda(&requests, &mut arena, &stream, &slot_options(config))?;
+            let matched = verified(config, &requests, |r| {
+                let window = arena.slice(r.dst_offset as usize..(r.dst_offset + r.bytes()) as usize);
+                Ok(stream.clone_dtoh(&window).map_err(|e| gpuring_cuda::CudaError::Call { call: "cuMemcpyDtoH (read-back)", error: e })?)
+            })?;
+            (report, matched)
+        }
+        #[cfg(feature = "rocm")]
+        Backend::Rocm => {
+            let device = gpuring_rocm::Device::open(config.device.as_deref())?;
+            let arena = gpuring_rocm::DeviceBuffer::new(&device, len as usize)?;
+            // SAFETY: the arena is `len` bytes of `device`'s memory, alive
+            // and used by nothing else for the call; gpuring's own stream.
+            let report = unsafe { read_into::rocm(&device, &requests, arena.as_ptr(), len, None, &slot_options(config)) }?;
+            let matched = verified(config, &requests, |r| Ok(arena.read(r.dst_offset as usize, r.bytes() as usize)?))?;
+            (report, matched)
+        }
+        #[allow(unreachable_patterns)]
+        other => return Err(Error::BackendNotBuilt { name: other.name().into() }),
+    };
+    Ok(report_of(checkpoint, config, report, matched))
+}
+
+fn slot_options(config: &LoadConfig) -> SlotOptions {
+    SlotOptions { direct: config.direct, ..config.slots.clone() }
+}
+
+/// Per request, whether it matched (all `false` without verification).
+fn verified(config: &LoadConfig, requests: &[ReadRequest], read_back: impl FnMut(&ReadRequest) -> Result<Vec<u8>, Error>) -> Result<Vec<bool>, Error> {
+    if !config.verify {
+        return Ok(vec![false; requests.len()]);
+    }
+    read_into::verify(requests, read_back)
+}
+
+fn report_of(checkpoint: &Checkpoint, config: &LoadConfig, r: ReadIntoReport, matched: Vec<bool>) -> LoadReport {
+    let tensors: Vec<LoadedTensor> = checkpoint
+        .tensors
+        .iter()
+        .zip(&matched)
+        .map(|(t, &m)| LoadedTensor { name: t.name.clone(), dtype: t.dtype.clone(), shape: t.shape.clone(), bytes: t.bytes, offset: t.offset, matched: m })
+        .collect();
+    let mismatched: Vec<String> = tensors.iter().filter(|t| !t.matched).map(|t| t.name.clone()).collect();
+    LoadReport {
+        backend: r.backend,
+        files: checkpoint.files.len(),
+        bytes: r.bytes,
+        arena_bytes: checkpoint.arena_bytes,
+        seconds: r.seconds,
+        gib_per_s: r.gib_per_s,
+        telemetry: r.telemetry,
+        device_copy_bytes: r.device_copy_bytes,
+        zero_bounce: r.zero_bounce,
+        checksum: LoadChecksum {
+            matched: config.verify && mismatched.is_empty(),
+            verified: config.verify,
+            mismatched: if config.verify { mismatched } else { Vec::new() },
+        },
+        tensors,
+    }
+}
