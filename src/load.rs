@@ -82,9 +82,9 @@ fn bad(path: &Path, what: impl Into<String>, fix: &'static str) -> Error {
 
 const FIX_FILE: &str = "the file is damaged or not a safetensors file: write it again (safetensors' save_file) or download it again";
 
-/// The tensors of the safetensors file at `path`, from its header: (name,
-/// dtype, shape, file range), in file order.
-fn read_header(path: &Path) -> Result<Vec<(String, String, Vec<usize>, Range<u64>)>, Error> {
+/// The tensors of the safetensors file at `path`, from its header, in file
+/// order (their arena offsets still 0).
+fn read_header(path: &Path) -> Result<Vec<Tensor>, Error> {
     let file = std::fs::File::open(path).map_err(|error| Error::Io { path: path.to_owned(), op: "open", error })?;
     let size = file.metadata().map_err(|error| Error::Io { path: path.to_owned(), op: "stat", error })?.len();
     let mut len = [0u8; 8];
@@ -119,11 +119,19 @@ fn read_header(path: &Path) -> Result<Vec<(String, String, Vec<usize>, Range<u64
         .map(|name| {
             let info = infos[&name];
             let (s, e) = info.data_offsets;
-            let dtype = format!("{:?}", info.dtype);
-            (name, dtype, info.shape.clone(), data_start + s as u64..data_start + e as u64)
+            let range = data_start + s as u64..data_start + e as u64;
+            Tensor {
+                name,
+                dtype: format!("{:?}", info.dtype),
+                shape: info.shape.clone(),
+                file: path.to_owned(),
+                bytes: range.end - range.start,
+                range,
+                offset: 0,
+            }
         })
         .collect();
-    tensors.sort_by_key(|t| t.3.start);
+    tensors.sort_by_key(|t| t.range.start);
     Ok(tensors)
 }
 
@@ -171,14 +179,14 @@ impl Checkpoint {
         let mut arena = 0u64;
         let mut seen: HashMap<String, PathBuf> = HashMap::new();
         for file in &files {
-            for (name, dtype, shape, range) in read_header(file)? {
-                if let Some(first) = seen.insert(name.clone(), file.clone()) {
-                    let what = format!("tensor {name} is also in {}", first.display());
+            for mut tensor in read_header(file)? {
+                if let Some(first) = seen.insert(tensor.name.clone(), file.clone()) {
+                    let what = format!("tensor {} is also in {}", tensor.name, first.display());
                     return Err(bad(file, what, "load each tensor from one file: pass each shard once, or the index alone"));
                 }
-                let bytes = range.end - range.start;
-                tensors.push(Tensor { name, dtype, shape, file: file.clone(), range, offset: arena, bytes });
-                arena = (arena + bytes).next_multiple_of(TENSOR_ALIGN);
+                tensor.offset = arena;
+                arena = (arena + tensor.bytes).next_multiple_of(TENSOR_ALIGN);
+                tensors.push(tensor);
             }
         }
         for (index, map) in &mapped {
