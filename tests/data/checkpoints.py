@@ -13,7 +13,7 @@ import struct
 import sys
 
 import numpy as np
-from safetensors import serialize_file
+from safetensors import safe_open, serialize_file
 from safetensors import _safetensors_rust as _rust
 from safetensors.numpy import save_file
 
@@ -95,6 +95,15 @@ def main():
     os.makedirs(bad, exist_ok=True)
     write_good(good)
     write_bad(bad, good)
+    # What safetensors itself reads back from each good file: name, dtype
+    # and shape of every tensor, for the tests to compare gpuring's with.
+    manifest = {}
+    for name in sorted(os.listdir(good)):
+        if name.endswith(".safetensors"):
+            with safe_open(os.path.join(good, name), framework="np") as f:
+                manifest[name] = {k: {"dtype": f.get_slice(k).get_dtype(), "shape": list(f.get_slice(k).get_shape())} for k in f.keys()}
+    with open(os.path.join(out, "manifest.json"), "w") as f:
+        json.dump(manifest, f)
     for d in (good, bad):
         for name in sorted(os.listdir(d)):
             print(os.path.join(d, name), os.path.getsize(os.path.join(d, name)))

@@ -197,9 +197,40 @@ fn ensure_nvrtc() -> Result<Option<std::path::PathBuf>> {
     Ok(None)
 }
 
+/// Python with `safetensors` and `numpy`, for the load tests' checkpoints
+/// (tests/data/checkpoints.py writes them with those libraries): a virtual
+/// environment in `target/pyenv`, made and filled with pip once. Returns
+/// its interpreter, which the tests find in `GPURING_PYTHON`.
+fn ensure_safetensors() -> Result<Option<std::path::PathBuf>> {
+    let env = std::env::current_dir()?.join("target/pyenv");
+    let python = env.join("bin/python3");
+    let ready = |python: &std::path::Path| succeeds(Command::new(python).args(["-c", "import safetensors, numpy"]));
+    if ready(&python) {
+        return Ok(Some(python));
+    }
+    let venv = |env: &std::path::Path| succeeds(Command::new("python3").args(["-m", "venv"]).arg(env));
+    if !venv(&env) {
+        // Debian's python3 keeps venv (and its pip) in python3-venv.
+        ensure_installed("Python's venv module", "python3 -m venv --help", &["python3-venv"], "the load tests' checkpoints")?;
+        let _ = std::fs::remove_dir_all(&env);
+        venv(&env);
+    }
+    println!("installing Python's safetensors and numpy with pip into target/pyenv, for the load tests' checkpoints");
+    let installed = Command::new(&python).args(["-m", "pip", "install", "--quiet", "safetensors>=0.4", "numpy"]).status().is_ok_and(|s| s.success());
+    if installed && ready(&python) {
+        return Ok(Some(python));
+    }
+    if under_ci() {
+        bail!("Python's safetensors and numpy could not be installed into target/pyenv with pip; the load tests need them to write checkpoints");
+    }
+    println!("note: Python's safetensors and numpy could not be installed; the load tests will say they skip");
+    Ok(None)
+}
+
 fn ci() -> Result<()> {
     ensure_prerequisites()?;
     let nvrtc = ensure_nvrtc()?;
+    let python = ensure_safetensors()?;
     step("formatting");
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     step("clippy, warnings denied");
@@ -209,7 +240,7 @@ fn ci() -> Result<()> {
     step("no_std build of gpuring-core");
     run(cargo().args(["build", "-p", "gpuring-core", "--target", NO_STD_TARGET]))?;
     step("tests");
-    let (passed, failed) = run_tests(nvrtc.as_deref())?;
+    let (passed, failed) = run_tests(nvrtc.as_deref(), python.as_deref())?;
     examples(cargo)?;
     miri()?;
     step("loom model check of the io_queue protocol");
@@ -340,12 +371,15 @@ fn miri() -> Result<()> {
 
 /// Run the workspace's tests, echoing their output, and add up cargo's
 /// `test result:` lines.
-fn run_tests(nvrtc: Option<&std::path::Path>) -> Result<(u64, u64)> {
+fn run_tests(nvrtc: Option<&std::path::Path>, python: Option<&std::path::Path>) -> Result<(u64, u64)> {
     use std::io::{BufRead, BufReader};
     let mut cmd = cargo();
     cmd.args(["test", "--workspace", "--features", FEATURES]).stdout(std::process::Stdio::piped());
     if let Some(dir) = nvrtc {
         cmd.env("CUDA_PATH", dir);
+    }
+    if let Some(python) = python {
+        cmd.env("GPURING_PYTHON", python);
     }
     println!("$ {cmd:?}");
     let mut child = cmd.spawn().context("starting cargo test")?;
