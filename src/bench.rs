@@ -9,6 +9,15 @@
 //! shared machine spreads over all cases instead of sinking one. Each case
 //! reports the median of its runs and the spread (min and max).
 //!
+//! Besides the ingest cases, `read-into` reads the large file into a new
+//! buffer of the backend's (`gpuring-read-into`) against `pread()` into a
+//! host buffer (`pread-into`), and `load` loads a checkpoint of about the
+//! large file's size in 300 tensors, written with the `safetensors` crate
+//! (`gpuring-load`), against that crate over a mmap with each tensor copied
+//! into a host arena (`mmap-load`, what Rust programs do today). For a GPU
+//! backend both baselines stop in host memory; on CUDA the `read-htod` case
+//! is the one that reaches the device.
+//!
 //! Cache state per case: the buffered and small-file cases read warm data
 //! (the bench reads it once first); the direct cases start with the large
 //! file dropped from the page cache (`POSIX_FADV_DONTNEED`), though O_DIRECT
@@ -56,8 +65,9 @@ pub struct BenchConfig {
 pub struct CaseReport {
     /// Case name, e.g. `gpuring-buffered`.
     pub name: String,
-    /// The data set and cache state: `large-buffered`, `large-direct` or
-    /// `small-files`.
+    /// The data set and cache state: `large-buffered`, `large-direct`,
+    /// `small-files`, `read-into` (the large file, warm, into a new buffer)
+    /// or `load` (the checkpoint, warm, into a new arena).
     pub group: &'static str,
     /// Median throughput.
     pub gib_per_s: f64,
@@ -106,6 +116,14 @@ pub struct Ratios {
     /// cuda: over the pinned host-to-device copy of as many bytes, the PCIe
     /// ceiling (null for other backends).
     pub vs_pinned_htod: Option<f64>,
+    /// read-into: over `pread()` of the same file straight into a host
+    /// buffer, what a program does without gpuring (null for other cases).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vs_pread: Option<f64>,
+    /// load: over the `safetensors` crate over a mmap of the checkpoint,
+    /// each tensor then copied into the host arena (null for other cases).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vs_mmap: Option<f64>,
 }
 
 /// Whether fio ran, and why not.
@@ -178,6 +196,14 @@ enum Kind {
     ReadHtod,
     /// cuda: pinned host-to-device copies.
     PinnedHtod,
+    /// `read_into` of the large file into a buffer of the backend's.
+    ReadInto,
+    /// `pread()` of the large file straight into a host buffer.
+    PreadInto,
+    /// `gpuring load` of the checkpoint (verification off).
+    Load,
+    /// The `safetensors` crate over a mmap, each tensor copied into an arena.
+    MmapLoad,
 }
 
 struct Case {
@@ -190,6 +216,8 @@ struct Case {
 /// The data set on disk.
 struct Data {
     large: PathBuf,
+    /// A safetensors checkpoint of about `size` bytes in a few hundred tensors.
+    checkpoint: gpuring::load::Checkpoint,
     small_dir: PathBuf,
     small: Vec<Source>,
 }
@@ -212,6 +240,10 @@ pub fn run(config: &BenchConfig, say: &mut dyn FnMut(&str)) -> Result<BenchRepor
         add("read-htod", Kind::ReadHtod, "large-buffered");
         add("pinned-htod", Kind::PinnedHtod, "large-buffered");
     }
+    add("gpuring-read-into", Kind::ReadInto, "read-into");
+    add("pread-into", Kind::PreadInto, "read-into");
+    add("gpuring-load", Kind::Load, "load");
+    add("mmap-load", Kind::MmapLoad, "load");
     for run in 1..=config.runs {
         say(&format!("run {run} of {}", config.runs));
         let mut warm_group = "";
@@ -225,6 +257,10 @@ pub fn run(config: &BenchConfig, say: &mut dyn FnMut(&str)) -> Result<BenchRepor
                 Kind::Gpuring | Kind::Bounce => in_process(&data, case, config)?,
                 Kind::Fio => run_fio(&data, case.group, config)?,
                 Kind::ReadHtod | Kind::PinnedHtod => cuda_baseline(&data, case, config)?,
+                Kind::ReadInto => read_into(&data, config)?,
+                Kind::PreadInto => pread_into(&data, config)?,
+                Kind::Load => load(&data, config)?,
+                Kind::MmapLoad => mmap_load(&data)?,
             };
             say(&format!("  {:<20} {:>7.2} GiB/s", case.name, sample.gib_per_s()));
             case.samples.push(sample);
@@ -263,7 +299,72 @@ fn prepare(config: &BenchConfig, say: &mut dyn FnMut(&str)) -> Result<Data, Erro
         }
         small.push(Source::file(path));
     }
-    Ok(Data { large, small_dir, small })
+    let checkpoint = checkpoint(dir, config.size, say)?;
+    Ok(Data { large, checkpoint, small_dir, small })
+}
+
+/// A tensor the bench's checkpoint is written from, made when written.
+struct Generated {
+    shape: Vec<usize>,
+    seed: u64,
+}
+
+impl safetensors::View for Generated {
+    fn dtype(&self) -> safetensors::Dtype {
+        safetensors::Dtype::F32
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        let mut x = self.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let bytes = (0..self.data_len() / 4)
+            .flat_map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x as u32).to_le_bytes()
+            })
+            .collect();
+        std::borrow::Cow::Owned(bytes)
+    }
+    fn data_len(&self) -> usize {
+        self.shape.iter().product::<usize>() * 4
+    }
+}
+
+/// The shapes of the bench's checkpoint: `layers` layers of a weight
+/// matrix (about `size / layers` bytes), a bias and a norm, as a model's
+/// checkpoint has: about `size` bytes in `3 * layers` tensors.
+fn checkpoint_shapes(size: u64, layers: usize) -> Vec<(String, Vec<usize>)> {
+    let cols = 1024;
+    let rows = ((size / layers as u64 / 4 / cols as u64) as usize).max(1);
+    (0..layers)
+        .flat_map(|i| {
+            [
+                (format!("layers.{i:03}.weight"), vec![rows + i % 3, cols]),
+                (format!("layers.{i:03}.bias"), vec![cols]),
+                (format!("layers.{i:03}.norm"), vec![cols + 2 * (i % 5)]),
+            ]
+        })
+        .collect()
+}
+
+/// Write the checkpoint with the `safetensors` crate unless it is there.
+fn checkpoint(dir: &Path, size: u64, say: &mut dyn FnMut(&str)) -> Result<gpuring::load::Checkpoint, Error> {
+    let path = dir.join(format!("checkpoint-{size}.safetensors"));
+    let shapes = checkpoint_shapes(size, 100);
+    let want: u64 = shapes.iter().map(|(_, s)| s.iter().product::<usize>() as u64 * 4).sum();
+    if let Ok(found) = gpuring::load::Checkpoint::open(std::slice::from_ref(&path)) {
+        if found.bytes() == want && found.tensors.len() == shapes.len() {
+            return Ok(found);
+        }
+    }
+    say(&format!("writing a checkpoint of {} in {} tensors to {}", gpuring::core::Bytes(want), shapes.len(), path.display()));
+    let tensors = shapes.into_iter().enumerate().map(|(i, (name, shape))| (name, Generated { shape, seed: i as u64 + 7 }));
+    safetensors::serialize_to_file(tensors, None, &path)
+        .map_err(|e| Error::BenchFailed { case: "checkpoint".into(), why: format!("writing {}: {e}", path.display()) })?;
+    gpuring::load::Checkpoint::open(&[path])
 }
 
 /// Write `len` pseudo-random bytes (xorshift) to `path`.
@@ -290,6 +391,7 @@ fn write_pattern(path: &Path, len: u64, seed: u64) -> Result<(), Error> {
 fn set_cache(data: &Data, group: &str) -> Result<(), Error> {
     let paths: Vec<&Path> = match group {
         "small-files" => data.small.iter().map(|s| s.path.as_path()).collect(),
+        "load" => data.checkpoint.files.iter().map(PathBuf::as_path).collect(),
         _ => vec![data.large.as_path()],
     };
     for path in paths {
@@ -346,6 +448,100 @@ fn cuda_baseline(data: &Data, case: &Case, config: &BenchConfig) -> Result<Sampl
 #[cfg(not(feature = "cuda"))]
 fn cuda_baseline(_: &Data, case: &Case, _: &BenchConfig) -> Result<Sample, Error> {
     Err(Error::BenchFailed { case: case.name.clone(), why: "the cuda backend is not compiled into this gpuring".into() })
+}
+
+/// The bench's target for `read_into` and `load`: the backend and ring of
+/// the gpuring cases.
+fn target(config: &BenchConfig) -> gpuring::read_into::Target {
+    let i = &config.ingest;
+    let slots = gpuring::read_into::SlotOptions { direct: false, slots: i.slots, slot_size: i.slot_size };
+    gpuring::read_into::Target { backend: i.backend, device: i.device.clone(), slots }
+}
+
+/// `read_into` of the whole large file into a new buffer of the backend's
+/// (allocated before the clock starts).
+fn read_into(data: &Data, config: &BenchConfig) -> Result<Sample, Error> {
+    let requests = [gpuring::read_into::ReadRequest::new(&data.large, 0..config.size, 0)];
+    let cpu = cpu_now();
+    let (report, _) = gpuring::read_into::into_new_buffer(&target(config), &requests, config.size, false)?;
+    let cpu_seconds = cpu_now() - cpu;
+    Ok(Sample { bytes: report.bytes, seconds: report.seconds, cpu_seconds, files: 1, reads: report.telemetry.completed_reads })
+}
+
+/// `pread()` of the large file into a host buffer, a slot's worth per call,
+/// what a program without gpuring does.
+fn pread_into(data: &Data, config: &BenchConfig) -> Result<Sample, Error> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::open(&data.large).map_err(io_error(&data.large, "opening"))?;
+    let mut buffer = vec![0u8; config.size as usize];
+    let chunk = config.ingest.slot_size;
+    let (cpu, start) = (cpu_now(), Instant::now());
+    for (i, window) in buffer.chunks_mut(chunk).enumerate() {
+        file.read_exact_at(window, (i * chunk) as u64).map_err(io_error(&data.large, "reading"))?;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    std::hint::black_box(&buffer);
+    Ok(Sample { bytes: config.size, seconds, cpu_seconds: cpu_now() - cpu, files: 1, reads: config.size.div_ceil(chunk as u64) })
+}
+
+/// `gpuring load` of the checkpoint, verification off.
+fn load(data: &Data, config: &BenchConfig) -> Result<Sample, Error> {
+    let cpu = cpu_now();
+    let report = gpuring::load::load(&data.checkpoint, &gpuring::load::LoadConfig { target: target(config), verify: false })?;
+    let cpu_seconds = cpu_now() - cpu;
+    Ok(Sample { bytes: report.bytes, seconds: report.seconds, cpu_seconds, files: report.files as u64, reads: report.telemetry.completed_reads })
+}
+
+/// What Rust programs do today: map the checkpoint, let the `safetensors`
+/// crate parse it, and copy each tensor's bytes into the arena (host
+/// memory: for a GPU backend this stops short of the device).
+fn mmap_load(data: &Data) -> Result<Sample, Error> {
+    let path = &data.checkpoint.files[0];
+    let file = std::fs::File::open(path).map_err(io_error(path, "opening"))?;
+    let len = file.metadata().map_err(io_error(path, "stat"))?.len() as usize;
+    let mut arena = vec![0u8; data.checkpoint.arena_bytes as usize];
+    let (cpu, start) = (cpu_now(), Instant::now());
+    let mapped = Mapped::new(&file, len).map_err(io_error(path, "mmap"))?;
+    let tensors = safetensors::SafeTensors::deserialize(mapped.bytes())
+        .map_err(|e| Error::BenchFailed { case: "mmap-load".into(), why: format!("{}: {e}", path.display()) })?;
+    let mut bytes = 0u64;
+    for t in &data.checkpoint.tensors {
+        let view = tensors.tensor(&t.name).map_err(|e| Error::BenchFailed { case: "mmap-load".into(), why: e.to_string() })?;
+        arena[t.offset as usize..t.offset as usize + view.data().len()].copy_from_slice(view.data());
+        bytes += view.data().len() as u64;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    std::hint::black_box(&arena);
+    Ok(Sample { bytes, seconds, cpu_seconds: cpu_now() - cpu, files: 1, reads: data.checkpoint.tensors.len() as u64 })
+}
+
+/// A read-only shared mapping of a whole file, unmapped on drop.
+struct Mapped {
+    ptr: *mut std::ffi::c_void,
+    len: usize,
+}
+
+impl Mapped {
+    fn new(file: &std::fs::File, len: usize) -> std::io::Result<Self> {
+        use rustix::mm::{mmap, MapFlags, ProtFlags};
+        // SAFETY: a new mapping at an address the kernel picks, of the file's
+        // length; nothing else lives there.
+        let ptr = unsafe { mmap(std::ptr::null_mut(), len.max(1), ProtFlags::READ, MapFlags::SHARED, file, 0) }?;
+        Ok(Self { ptr, len })
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: the mapping is `len` readable bytes until `self` drops; the
+        // bench's own checkpoint is not written while it is mapped.
+        unsafe { std::slice::from_raw_parts(self.ptr.cast::<u8>(), self.len) }
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        // SAFETY: mapped in `new`, `len.max(1)` bytes, not used after this.
+        let _ = unsafe { rustix::mm::munmap(self.ptr, self.len.max(1)) };
+    }
 }
 
 /// Copy `total` bytes with every CPU this process may use, `slot_size` at a
@@ -465,12 +661,29 @@ fn report(config: &BenchConfig, data: &Data, fio: FioStatus, cases: &[Case]) -> 
                     vs_memcpy: over(find(Kind::Memcpy, "large-buffered")),
                     vs_read_htod: over(find(Kind::ReadHtod, "large-buffered")),
                     vs_pinned_htod: over(find(Kind::PinnedHtod, "large-buffered")),
+                    vs_pread: None,
+                    vs_mmap: None,
+                }),
+                None,
+            ),
+            Kind::ReadInto | Kind::Load => (
+                Some(Ratios {
+                    vs_fio: None,
+                    vs_bounce: None,
+                    vs_memcpy: over(find(Kind::Memcpy, "large-buffered")),
+                    vs_read_htod: over(find(Kind::ReadHtod, "large-buffered")),
+                    vs_pinned_htod: over(find(Kind::PinnedHtod, "large-buffered")),
+                    vs_pread: over(find(Kind::PreadInto, case.group)),
+                    vs_mmap: over(find(Kind::MmapLoad, case.group)),
                 }),
                 None,
             ),
             // The copy ceilings compare with the ingest of the same backend
             // in its group (large-buffered).
-            _ => (None, find(Kind::Gpuring, case.group).filter(|g| *g > 0.0).map(|g| gib / g)),
+            _ => {
+                let ours = [Kind::Gpuring, Kind::ReadInto, Kind::Load].into_iter().find_map(|k| find(k, case.group));
+                (None, ours.filter(|g| *g > 0.0).map(|g| gib / g))
+            }
         };
         out.push(CaseReport {
             name: case.name.clone(),
@@ -551,7 +764,11 @@ pub fn table(r: &BenchReport) -> String {
     for c in r.cases.iter().filter(|c| c.ratios.is_some()) {
         let ratios = c.ratios.as_ref().expect("filtered");
         let x = |v: Option<f64>| v.map_or("n/a".to_owned(), |v| format!("{v:.2}x"));
-        s += &format!("{}: {} fio, {} bounce, {} memcpy", c.name, x(ratios.vs_fio), x(ratios.vs_bounce), x(ratios.vs_memcpy));
+        s += &match (ratios.vs_pread, ratios.vs_mmap) {
+            (Some(pread), _) => format!("{}: {} pread() into host memory, {} memcpy", c.name, x(Some(pread)), x(ratios.vs_memcpy)),
+            (_, Some(mmap)) => format!("{}: {} safetensors over mmap + copy, {} memcpy", c.name, x(Some(mmap)), x(ratios.vs_memcpy)),
+            _ => format!("{}: {} fio, {} bounce, {} memcpy", c.name, x(ratios.vs_fio), x(ratios.vs_bounce), x(ratios.vs_memcpy)),
+        };
         if ratios.vs_pinned_htod.is_some() {
             s += &format!(", {} read()+cuMemcpyHtoD, {} pinned HtoD (PCIe ceiling)", x(ratios.vs_read_htod), x(ratios.vs_pinned_htod));
         }

@@ -29,13 +29,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use safetensors::tensor::Metadata;
 use serde::Serialize;
 
-use crate::ingest::{Backend, TelemetryReport};
-use crate::read_into::{self, ReadIntoOptions, ReadIntoReport, ReadRequest, SlotOptions};
+use crate::ingest::TelemetryReport;
+use crate::read_into::{self, ReadIntoReport, ReadRequest, Target};
 use crate::Error;
 
 /// Where each tensor starts in the arena: a multiple of this many bytes
@@ -211,25 +210,13 @@ impl Checkpoint {
     }
 }
 
-/// How to load.
-#[derive(Clone, Debug)]
+/// How to load: where the arena goes, and whether to verify.
+#[derive(Clone, Debug, Default)]
 pub struct LoadConfig {
-    /// The backend whose memory holds the arena.
-    pub backend: Backend,
-    /// The GPU backend's device (an index or part of a name).
-    pub device: Option<String>,
-    /// Read with `O_DIRECT`.
-    pub direct: bool,
-    /// The GPU backends' staging ring.
-    pub slots: SlotOptions,
+    /// The backend, device and ring.
+    pub target: Target,
     /// Compare every tensor in the arena with an independent read.
     pub verify: bool,
-}
-
-impl Default for LoadConfig {
-    fn default() -> Self {
-        Self { backend: Backend::Host, device: None, direct: false, slots: SlotOptions::default(), verify: true }
-    }
 }
 
 /// One loaded tensor.
@@ -294,62 +281,8 @@ pub struct LoadReport {
 /// verify each (read back from the device, compared with a `pread`).
 pub fn load(checkpoint: &Checkpoint, config: &LoadConfig) -> Result<LoadReport, Error> {
     let requests = checkpoint.requests();
-    let len = checkpoint.arena_bytes;
-    let (report, matched) = match config.backend {
-        Backend::Host => {
-            let mut arena = vec![0u8; len as usize];
-            let options = ReadIntoOptions { direct: config.direct, ..ReadIntoOptions::default() };
-            let report = read_into::host(&requests, &mut arena, &options)?;
-            let matched = verified(config, &requests, |r| Ok(arena[r.dst_range().start as usize..r.dst_range().end as usize].to_vec()))?;
-            (report, matched)
-        }
-        #[cfg(feature = "vulkan")]
-        Backend::Vulkan => {
-            let ctx = Arc::new(gpuring_vulkan::Context::new(config.device.as_deref())?);
-            let arena = gpuring_vulkan::DeviceBuffer::new(&ctx, len)?;
-            let report = read_into::vulkan(&requests, &arena, &slot_options(config))?;
-            let matched = verified(config, &requests, |r| Ok(arena.read(r.dst_offset, r.bytes())?))?;
-            (report, matched)
-        }
-        #[cfg(feature = "cuda")]
-        Backend::Cuda => {
-            let device = gpuring_cuda::Device::open(config.device.as_deref())?;
-            let stream = device.context().new_stream().map_err(|e| gpuring_cuda::CudaError::Call { call: "cuStreamCreate", error: e })?;
-            let mut arena =
-                stream.alloc_zeros::<u8>(len.max(1) as usize).map_err(|e| gpuring_cuda::CudaError::Call { call: "cuMemAlloc (arena)", error: e })?;
-            let report = read_into::cuda(&requests, &mut arena, &stream, &slot_options(config))?;
-            let matched = verified(config, &requests, |r| {
-                let window = arena.slice(r.dst_offset as usize..(r.dst_offset + r.bytes()) as usize);
-                Ok(stream.clone_dtoh(&window).map_err(|e| gpuring_cuda::CudaError::Call { call: "cuMemcpyDtoH (read-back)", error: e })?)
-            })?;
-            (report, matched)
-        }
-        #[cfg(feature = "rocm")]
-        Backend::Rocm => {
-            let device = gpuring_rocm::Device::open(config.device.as_deref())?;
-            let arena = gpuring_rocm::DeviceBuffer::new(&device, len as usize)?;
-            // SAFETY: the arena is `len` bytes of `device`'s memory, alive
-            // and used by nothing else for the call; gpuring's own stream.
-            let report = unsafe { read_into::rocm(&device, &requests, arena.as_ptr(), len, None, &slot_options(config)) }?;
-            let matched = verified(config, &requests, |r| Ok(arena.read(r.dst_offset as usize, r.bytes() as usize)?))?;
-            (report, matched)
-        }
-        #[allow(unreachable_patterns)]
-        other => return Err(Error::BackendNotBuilt { name: other.name().into() }),
-    };
-    Ok(report_of(checkpoint, config, report, matched))
-}
-
-fn slot_options(config: &LoadConfig) -> SlotOptions {
-    SlotOptions { direct: config.direct, ..config.slots.clone() }
-}
-
-/// Per request, whether it matched (all `false` without verification).
-fn verified(config: &LoadConfig, requests: &[ReadRequest], read_back: impl FnMut(&ReadRequest) -> Result<Vec<u8>, Error>) -> Result<Vec<bool>, Error> {
-    if !config.verify {
-        return Ok(vec![false; requests.len()]);
-    }
-    read_into::verify(requests, read_back)
+    let (report, matched) = read_into::into_new_buffer(&config.target, &requests, checkpoint.arena_bytes, config.verify)?;
+    Ok(report_of(checkpoint, config, report, matched.unwrap_or_else(|| vec![false; requests.len()])))
 }
 
 fn report_of(checkpoint: &Checkpoint, config: &LoadConfig, r: ReadIntoReport, matched: Vec<bool>) -> LoadReport {

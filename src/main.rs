@@ -298,8 +298,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let (slots, slot_size) = ingest::default_ring(slots, slot_size);
             let checkpoint = gpuring::load::Checkpoint::open(&paths)?;
-            let config =
-                gpuring::load::LoadConfig { backend, device, direct, slots: gpuring::read_into::SlotOptions { direct, slots, slot_size }, verify: !no_verify };
+            let target = gpuring::read_into::Target { backend, device, slots: gpuring::read_into::SlotOptions { direct, slots, slot_size } };
+            let config = gpuring::load::LoadConfig { target, verify: !no_verify };
             let report = gpuring::load::load(&checkpoint, &config)?;
             if json {
                 outln!("{}", serde_json::to_string(&report).context("encoding the report")?);

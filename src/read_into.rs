@@ -50,7 +50,7 @@ use gpuring_uring::{Driver, DriverOptions, Source};
 pub use gpuring_uring::{ReadIntoOptions, ReadRequest};
 use serde::Serialize;
 
-use crate::ingest::TelemetryReport;
+use crate::ingest::{Backend, TelemetryReport};
 use crate::Error;
 
 /// How a GPU `read_into` stages its reads.
@@ -106,6 +106,78 @@ impl ReadIntoReport {
             zero_bounce: verdict.zero_bounce,
             dma_only: verdict.dma_only,
         })
+    }
+}
+
+/// Where [`into_new_buffer`] puts the bytes.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// The backend whose memory holds the buffer.
+    pub backend: Backend,
+    /// The GPU backend's device (an index or part of a name).
+    pub device: Option<String>,
+    /// Read with `O_DIRECT`; the GPU backends' staging ring (the host
+    /// backend reads `slot_size` at a time, `slots` reads in flight).
+    pub slots: SlotOptions,
+}
+
+impl Default for Target {
+    fn default() -> Self {
+        Self { backend: Backend::Host, device: None, slots: SlotOptions::default() }
+    }
+}
+
+/// Allocate `len` bytes on `target`'s backend (a `Vec`, a Vulkan
+/// [`DeviceBuffer`](gpuring_vulkan::DeviceBuffer), a CUDA `CudaSlice`, a
+/// ROCm device buffer), read `requests` into it, and, with `verify`, compare
+/// every window (read back by the copy engine) with the file: one verdict
+/// per request. The buffer is freed on return: this is the command line's
+/// and the bench's path, and an example of each backend's calls.
+pub fn into_new_buffer(target: &Target, requests: &[ReadRequest], len: u64, verify: bool) -> Result<(ReadIntoReport, Option<Vec<bool>>), Error> {
+    let options = &target.slots;
+    let check = |read_back: &mut dyn FnMut(&ReadRequest) -> Result<Vec<u8>, Error>| if verify { self::verify(requests, read_back).map(Some) } else { Ok(None) };
+    match target.backend {
+        Backend::Host => {
+            let mut buffer = vec![0u8; len as usize];
+            let chunk = u32::try_from(options.slot_size).unwrap_or(u32::MAX) / 4096 * 4096;
+            let host_options = ReadIntoOptions { direct: options.direct, chunk: chunk.max(4096), depth: options.slots.max(1), ..ReadIntoOptions::default() };
+            let report = host(requests, &mut buffer, &host_options)?;
+            let matched = check(&mut |r| Ok(buffer[r.dst_range().start as usize..r.dst_range().end as usize].to_vec()))?;
+            Ok((report, matched))
+        }
+        #[cfg(feature = "vulkan")]
+        Backend::Vulkan => {
+            let ctx = Arc::new(gpuring_vulkan::Context::new(target.device.as_deref())?);
+            let buffer = gpuring_vulkan::DeviceBuffer::new(&ctx, len)?;
+            let report = vulkan(requests, &buffer, options)?;
+            let matched = check(&mut |r| Ok(buffer.read(r.dst_offset, r.bytes())?))?;
+            Ok((report, matched))
+        }
+        #[cfg(feature = "cuda")]
+        Backend::Cuda => {
+            use gpuring_cuda::CudaError;
+            let device = gpuring_cuda::Device::open(target.device.as_deref())?;
+            let stream = device.context().new_stream().map_err(|error| CudaError::Call { call: "cuStreamCreate", error })?;
+            let mut buffer = stream.alloc_zeros::<u8>(len.max(1) as usize).map_err(|error| CudaError::Call { call: "cuMemAlloc", error })?;
+            let report = cuda(requests, &mut buffer, &stream, options)?;
+            let matched = check(&mut |r| {
+                let window = buffer.slice(r.dst_offset as usize..(r.dst_offset + r.bytes()) as usize);
+                Ok(stream.clone_dtoh(&window).map_err(|error| CudaError::Call { call: "cuMemcpyDtoH (read-back)", error })?)
+            })?;
+            Ok((report, matched))
+        }
+        #[cfg(feature = "rocm")]
+        Backend::Rocm => {
+            let device = gpuring_rocm::Device::open(target.device.as_deref())?;
+            let buffer = gpuring_rocm::DeviceBuffer::new(&device, len as usize)?;
+            // SAFETY: the buffer is `len` bytes of `device`'s memory, alive
+            // and used by nothing else for the call; gpuring's own stream.
+            let report = unsafe { rocm(&device, requests, buffer.as_ptr(), len, None, options) }?;
+            let matched = check(&mut |r| Ok(buffer.read(r.dst_offset as usize, r.bytes() as usize)?))?;
+            Ok((report, matched))
+        }
+        #[allow(unreachable_patterns)]
+        other => Err(Error::BackendNotBuilt { name: other.name().into() }),
     }
 }
 

@@ -213,7 +213,19 @@ fn bench_json_has_every_case_with_ratios() {
     let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     let cases = v["cases"].as_array().unwrap();
     let mut names: Vec<&str> = cases.iter().map(|c| c["name"].as_str().unwrap()).collect();
-    let mut want = vec!["memcpy", "gpuring-buffered", "bounce-buffered", "gpuring-direct", "bounce-direct", "gpuring-small-files", "bounce-small-files"];
+    let mut want = vec![
+        "memcpy",
+        "gpuring-buffered",
+        "bounce-buffered",
+        "gpuring-direct",
+        "bounce-direct",
+        "gpuring-small-files",
+        "bounce-small-files",
+        "gpuring-read-into",
+        "pread-into",
+        "gpuring-load",
+        "mmap-load",
+    ];
     if fio {
         want.extend(["fio-buffered", "fio-direct", "fio-small-files"]);
     }
@@ -228,7 +240,11 @@ fn bench_json_has_every_case_with_ratios() {
         assert_eq!(c["runs"].as_array().unwrap().len(), 2, "{name}");
         let (min, max, median) = (c["spread"]["min"].as_f64().unwrap(), c["spread"]["max"].as_f64().unwrap(), c["gib_per_s"].as_f64().unwrap());
         assert!(min <= median && median <= max, "{name}: median outside the spread");
-        if name.starts_with("gpuring-") {
+        if name == "gpuring-read-into" || name == "gpuring-load" {
+            let r = &c["ratios"];
+            let baseline = if name == "gpuring-load" { "vs_mmap" } else { "vs_pread" };
+            assert!(r[baseline].as_f64().unwrap() > 0.0 && r["vs_memcpy"].as_f64().unwrap() > 0.0, "{name}: {r}");
+        } else if name.starts_with("gpuring-") {
             let r = &c["ratios"];
             assert!(r["vs_bounce"].as_f64().unwrap() > 0.0 && r["vs_memcpy"].as_f64().unwrap() > 0.0, "{name}: {r}");
             assert_eq!(r["vs_fio"].is_f64(), fio, "{name}: {r}");
@@ -245,6 +261,7 @@ fn bench_json_has_every_case_with_ratios() {
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
     assert!(stdout.contains("| gpuring-buffered |") && stdout.contains("gpuring-buffered: n/a fio"), "{stdout}");
+    assert!(stdout.contains("x pread() into host memory") && stdout.contains("x safetensors over mmap + copy"), "{stdout}");
     assert!(stdout.contains("fio: not run: --no-fio was given"), "{stdout}");
     assert!(!stderr.contains("writing"), "the data was reused: {stderr}");
 }

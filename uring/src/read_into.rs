@@ -245,6 +245,7 @@ pub fn read_into(requests: &[ReadRequest], dst: &mut [u8], options: &ReadIntoOpt
         };
         pieces(r, file, align, mem_align, dst.as_ptr() as usize, &mut plan);
     }
+    populate(dst);
     let mut ring = Ring::new(options.depth)?;
     let mut job = Job {
         ring: &mut ring,
@@ -265,6 +266,25 @@ pub fn read_into(requests: &[ReadRequest], dst: &mut [u8], options: &ReadIntoOpt
     result?;
     let bytes = requests.iter().map(ReadRequest::bytes).sum();
     Ok(ReadIntoStats { telemetry, bytes, elapsed: started.elapsed() })
+}
+
+/// Fault in `dst`'s pages before the reads, in one call
+/// (`MADV_POPULATE_WRITE`, Linux 5.14; contents unchanged). A read into a
+/// page not yet present cannot complete inline: io_uring hands it to a
+/// worker thread, and a fresh buffer of 1 GiB then reads at a third of the
+/// speed (measured: `gpuring bench`, 0.64 against 2.26 GiB/s for `pread()`).
+/// Best effort: an older kernel refuses, and the reads fault as before.
+fn populate(dst: &mut [u8]) {
+    if dst.is_empty() {
+        return;
+    }
+    let page = gpuring_core::PAGE_SIZE;
+    let start = dst.as_ptr() as usize / page * page;
+    let end = (dst.as_ptr() as usize + dst.len()).next_multiple_of(page);
+    // The pages hold `dst` (borrowed mutably, so mapped and writable); the
+    // advice only makes them present and writable, and changes no byte.
+    // SAFETY: per the line above; the range covers whole pages of `dst`.
+    let _ = unsafe { rustix::mm::madvise(start as *mut std::ffi::c_void, end - start, rustix::mm::Advice::LinuxPopulateWrite) };
 }
 
 /// Wait until no request of `ring` is in flight, however long it takes: the
