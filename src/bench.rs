@@ -51,6 +51,8 @@ pub struct BenchConfig {
     pub small_files: u32,
     /// Bytes per small file.
     pub small_size: u64,
+    /// About the bytes of the load cases' checkpoint.
+    pub checkpoint_size: u64,
     /// Runs per case.
     pub runs: u32,
     /// Slots, backend and slot size of the gpuring cases (and the block
@@ -156,6 +158,10 @@ pub struct BenchReport {
     pub small_files: u32,
     /// Bytes per small file.
     pub small_size: u64,
+    /// The load cases' checkpoint: tensor bytes and tensors.
+    pub checkpoint_bytes: u64,
+    /// Tensors in it.
+    pub checkpoint_tensors: usize,
     /// Slots (and fio's iodepth).
     pub slots: u32,
     /// Slot size (and fio's block size).
@@ -299,7 +305,7 @@ fn prepare(config: &BenchConfig, say: &mut dyn FnMut(&str)) -> Result<Data, Erro
         }
         small.push(Source::file(path));
     }
-    let checkpoint = checkpoint(dir, config.size, say)?;
+    let checkpoint = checkpoint(dir, config.checkpoint_size, say)?;
     Ok(Data { large, checkpoint, small_dir, small })
 }
 
@@ -707,6 +713,8 @@ fn report(config: &BenchConfig, data: &Data, fio: FioStatus, cases: &[Case]) -> 
         size: config.size,
         small_files: config.small_files,
         small_size: config.small_size,
+        checkpoint_bytes: data.checkpoint.bytes(),
+        checkpoint_tensors: data.checkpoint.tensors.len(),
         slots: config.ingest.slots,
         slot_size: config.ingest.slot_size,
         runs: config.runs,
@@ -733,7 +741,7 @@ fn utc_date() -> String {
 /// The report as a table, one line per case, then gpuring's ratios.
 pub fn table(r: &BenchReport) -> String {
     let mut s = format!(
-        "gpuring bench, {}: {} CPUs, kernel {}, backend {}, {} slots of {}, large file {}, {} small files of {}, median of {} runs\n\n",
+        "gpuring bench, {}: {} CPUs, kernel {}, backend {}, {} slots of {}, large file {}, {} small files of {}, checkpoint {} in {} tensors, median of {} runs\n\n",
         r.date,
         r.cpus,
         r.kernel,
@@ -743,6 +751,8 @@ pub fn table(r: &BenchReport) -> String {
         gpuring::core::Bytes(r.size),
         r.small_files,
         gpuring::core::Bytes(r.small_size),
+        gpuring::core::Bytes(r.checkpoint_bytes),
+        r.checkpoint_tensors,
         r.runs
     );
     s += "| case | GiB/s | spread | CPU s/GiB | vs gpuring | files/s | IOPS |\n|---|---:|---:|---:|---:|---:|---:|\n";

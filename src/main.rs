@@ -149,6 +149,9 @@ enum Command {
         /// Size of each small file.
         #[arg(long, default_value = "64K", value_parser = size)]
         small_size: usize,
+        /// About the size of the load cases' checkpoint (300 tensors).
+        #[arg(long, default_value = "1G", value_parser = size)]
+        checkpoint_size: usize,
         /// Runs of every case (the median is reported).
         #[arg(long, default_value_t = 5)]
         runs: u32,
@@ -334,13 +337,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let ok = !report.checksum.verified || report.checksum.matched;
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        Command::Bench { json, dir, size, small_files, small_size, runs, ring: RingArgs { backend, device, slots, slot_size, cuda_mode }, no_fio } => {
+        Command::Bench {
+            json,
+            dir,
+            size,
+            small_files,
+            small_size,
+            checkpoint_size,
+            runs,
+            ring: RingArgs { backend, device, slots, slot_size, cuda_mode },
+            no_fio,
+        } => {
             let (slots, slot_size) = ingest::default_ring(slots, slot_size);
             let config = bench::BenchConfig {
                 dir,
                 size: size as u64,
                 small_files,
                 small_size: small_size as u64,
+                checkpoint_size: checkpoint_size as u64,
                 runs: runs.max(1),
                 ingest: IngestConfig { backend, device, slots, slot_size, verify: false, cuda_mode, ..IngestConfig::default() },
                 fio: !no_fio,

@@ -206,7 +206,22 @@ fn bench_json_has_every_case_with_ratios() {
     }
     let dir = test_dir();
     let data = dir.path().join("bench");
-    let args = ["bench", "--json", "--dir", data.to_str().unwrap(), "--size", "4M", "--small-files", "8", "--small-size", "8K", "--runs", "2"];
+    let args = [
+        "bench",
+        "--json",
+        "--dir",
+        data.to_str().unwrap(),
+        "--size",
+        "4M",
+        "--small-files",
+        "8",
+        "--small-size",
+        "8K",
+        "--checkpoint-size",
+        "4M",
+        "--runs",
+        "2",
+    ];
     let out = gpuring(&args);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
@@ -257,7 +272,22 @@ fn bench_json_has_every_case_with_ratios() {
     }
     // The data is kept for the next run; the human table names every case.
     assert_eq!(std::fs::metadata(data.join("large.bin")).unwrap().len(), 4 << 20);
-    let out = gpuring(&["bench", "--dir", data.to_str().unwrap(), "--size", "4M", "--small-files", "8", "--small-size", "8K", "--runs", "1", "--no-fio"]);
+    let out = gpuring(&[
+        "bench",
+        "--dir",
+        data.to_str().unwrap(),
+        "--size",
+        "4M",
+        "--small-files",
+        "8",
+        "--small-size",
+        "8K",
+        "--checkpoint-size",
+        "4M",
+        "--runs",
+        "1",
+        "--no-fio",
+    ]);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
     assert!(stdout.contains("| gpuring-buffered |") && stdout.contains("gpuring-buffered: n/a fio"), "{stdout}");
@@ -352,7 +382,20 @@ fn cuda_from_the_command_line() {
             assert!(!stderr.contains("panicked"), "{stderr}");
             assert!(stderr.contains("CUDA") && stderr.contains("Fix:"), "{args:?}: {stderr}");
         }
-        let out = gpuring(&["bench", "--backend", "cuda", "--size", "1M", "--runs", "1", "--no-fio", "--dir", dir.path().to_str().unwrap()]);
+        let out = gpuring(&[
+            "bench",
+            "--backend",
+            "cuda",
+            "--size",
+            "1M",
+            "--checkpoint-size",
+            "1M",
+            "--runs",
+            "1",
+            "--no-fio",
+            "--dir",
+            dir.path().to_str().unwrap(),
+        ]);
         assert_eq!(out.status.code(), Some(2), "{}", text(&out).1);
         assert!(text(&out).1.contains("CUDA") && !text(&out).1.contains("panicked"), "{}", text(&out).1);
         let (stdout, _) = text(&gpuring(&["probe"]));

@@ -9,8 +9,9 @@
 # (what the machine is) and logs.tar.gz (every log, JSON and report). They are
 # rewritten after every step, so a run cut short still brings back what it did.
 #
-# Knobs (environment): KIT_SIZE (the bench's file, default 4G), KIT_RUNS (runs
-# per bench case, default 3), KIT_WORK (where the data goes, default
+# Knobs (environment): KIT_SIZE (the bench's file, default 4G), KIT_CHECKPOINT
+# (the bench's and load's checkpoint, default 1G), KIT_RUNS (runs per bench
+# case, default 3), KIT_WORK (where the data goes, default
 # device-kit-work/ beside the kit's folder, never inside it, so the kit stays
 # small enough to carry; it must allow O_DIRECT), KIT_REQUIRE (backends the
 # hardware suite must pass on besides those found here, e.g. "host vulkan"),
@@ -27,6 +28,7 @@ OUT="$(cd "$OUT" && pwd)"
 WORK="${KIT_WORK:-$(dirname "$KIT")/device-kit-work}"
 SIZE="${KIT_SIZE:-4G}"
 RUNS="${KIT_RUNS:-3}"
+CKPT="${KIT_CHECKPOINT:-1G}"
 BUDGET="${KIT_BUDGET:-450}"
 LOGS="$WORK/logs"
 GPURING="$KIT/bin/gpuring"
@@ -197,10 +199,22 @@ EOF
 BIG="$WORK/bench/large.bin"
 if [ -n "$CUDA_WHY" ]; then
     skip bench "$CUDA_WHY"
+    skip load-buffered "$CUDA_WHY"
+    skip load-direct "$CUDA_WHY"
     skip modes "$CUDA_WHY"
 else
     # The bench makes its file unless one of the right size is there.
-    step bench 200 "$GPURING" bench --json --backend cuda --dir "$WORK/bench" --size "$SIZE" --runs "$RUNS"
+    step bench 240 "$GPURING" bench --json --backend cuda --dir "$WORK/bench" --size "$SIZE" --runs "$RUNS" --checkpoint-size "$CKPT"
+    # The bench's checkpoint loaded into device memory (read_into on CUDA:
+    # slots, then cuMemcpyHtoDAsync), every tensor read back and compared.
+    CHECKPOINT=$(ls "$WORK"/bench/checkpoint-*.safetensors 2>/dev/null | head -1)
+    if [ -n "$CHECKPOINT" ]; then
+        step load-buffered 60 "$GPURING" load --json --backend cuda "$CHECKPOINT"
+        step load-direct 60 "$GPURING" load --json --backend cuda --direct "$CHECKPOINT"
+    else
+        skip load-buffered "the bench made no checkpoint"
+        skip load-direct "the bench made no checkpoint"
+    fi
     if [ -f "$BIG" ]; then
         for mode in batched persistent device-copy; do
             step "mode-$mode-buffered" 45 "$GPURING" ingest --json --backend cuda --cuda-mode "$mode" "$BIG"

@@ -113,6 +113,18 @@ def main():
         )
         row(case, "pass" if ok else "fail", v.get("gib_per_s"), detail)
 
+    # gpuring load of the bench's checkpoint into CUDA device memory.
+    for how in ("buffered", "direct"):
+        name, case = f"load-{how}", f"cuda load {'O_DIRECT' if how == 'direct' else 'buffered'}"
+        v = load(os.path.join(logs, f"{name}.out"))
+        if not isinstance(v, dict) or "tensors" not in v:
+            verdict, why = why_failed(name)
+            row(case, verdict, None, why)
+            continue
+        ok = v.get("checksum", {}).get("match") and all(t.get("match") for t in v["tensors"]) and v.get("device_copy_bytes") == v.get("bytes")
+        detail = f"{len(v['tensors'])} tensors, {v.get('bytes')} bytes, every tensor read back and matched: {bool(ok)}, device copy {v.get('device_copy_bytes')} bytes"
+        row(case, "pass" if ok else "fail", v.get("gib_per_s"), detail)
+
     # A CUDA kernel of a user's (the cuda_histogram example).
     ex = load(os.path.join(logs, "cuda-example.out"))
     if isinstance(ex, dict) and "match" in ex:

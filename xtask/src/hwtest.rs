@@ -280,6 +280,8 @@ pub fn run(args: &[String], cargo: impl Fn() -> Command) -> Result<()> {
             "256M",
             "--small-files",
             "256",
+            "--checkpoint-size",
+            "64M",
             "--runs",
             "1",
         ];
@@ -290,7 +292,13 @@ pub fn run(args: &[String], cargo: impl Fn() -> Command) -> Result<()> {
                     let ratios = &case["ratios"];
                     let detail = if ratios.is_object() {
                         let x = |k: &str| ratios[k].as_f64().map_or("n/a".to_owned(), |r| format!("{r:.2}x"));
-                        let mut d = format!("{} fio, {} bounce, {} memcpy", x("vs_fio"), x("vs_bounce"), x("vs_memcpy"));
+                        let mut d = if ratios["vs_pread"].is_number() {
+                            format!("{} pread() into host memory, {} memcpy", x("vs_pread"), x("vs_memcpy"))
+                        } else if ratios["vs_mmap"].is_number() {
+                            format!("{} safetensors over mmap + copy, {} memcpy", x("vs_mmap"), x("vs_memcpy"))
+                        } else {
+                            format!("{} fio, {} bounce, {} memcpy", x("vs_fio"), x("vs_bounce"), x("vs_memcpy"))
+                        };
                         if ratios["vs_pinned_htod"].is_number() {
                             d += &format!(", {} read()+HtoD, {} pinned HtoD", x("vs_read_htod"), x("vs_pinned_htod"));
                         }
