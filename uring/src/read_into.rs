@@ -164,8 +164,9 @@ fn open_files(requests: &[ReadRequest], direct: bool, chunk: u32) -> Result<(Vec
 /// Where a read's bytes go.
 #[derive(Clone, Copy, Debug)]
 enum Target {
-    /// Straight into the destination at this offset.
-    Direct { dst: u64 },
+    /// Straight into the destination at this offset; `fixed`: through the
+    /// registered buffer that holds it.
+    Direct { dst: u64, fixed: bool },
     /// Into scratch buffer `scratch`; then bytes `skip .. skip + want` of it
     /// are copied to the destination at `dst`.
     Scratch { scratch: usize, skip: u32, want: u32, dst: u64 },
@@ -245,9 +246,19 @@ pub fn read_into(requests: &[ReadRequest], dst: &mut [u8], options: &ReadIntoOpt
         };
         pieces(r, file, align, mem_align, dst.as_ptr() as usize, &mut plan);
     }
-    populate(dst);
     let mut ring = Ring::new(options.depth)?;
+    // O_DIRECT reads pin their target pages one read at a time unless
+    // they are registered; buffered reads only copy into them.
+    let fixed = options.direct && plan.iter().any(|p| !p.scratch) && register(&mut ring, dst);
+    if !fixed {
+        for r in requests.iter().filter(|r| !r.is_empty()) {
+            // In bounds: `check_requests` put every window inside `dst`.
+            populate(&mut dst[r.dst_range().start as usize..r.dst_range().end as usize]);
+        }
+    }
+    let base = dst.as_ptr() as usize / gpuring_core::PAGE_SIZE * gpuring_core::PAGE_SIZE;
     let mut job = Job {
+        fixed: fixed.then_some(base),
         ring: &mut ring,
         files: &files,
         dst,
@@ -268,12 +279,39 @@ pub fn read_into(requests: &[ReadRequest], dst: &mut [u8], options: &ReadIntoOpt
     Ok(ReadIntoStats { telemetry, bytes, elapsed: started.elapsed() })
 }
 
-/// Fault in `dst`'s pages before the reads, in one call
-/// (`MADV_POPULATE_WRITE`, Linux 5.14; contents unchanged). A read into a
-/// page not yet present cannot complete inline: io_uring hands it to a
-/// worker thread, and a fresh buffer of 1 GiB then reads at a third of the
-/// speed (measured: `gpuring bench`, 0.64 against 2.26 GiB/s for `pread()`).
-/// Best effort: an older kernel refuses, and the reads fault as before.
+/// Register `dst` (its whole pages, in buffers of at most 1 GiB) as the
+/// ring's fixed buffers, so the O_DIRECT reads go in by `READ_FIXED`:
+/// io_uring pins (and faults in) the pages once, not once per read. Only
+/// where RLIMIT_MEMLOCK allows it (unlimited, or room for twice `dst`):
+/// elsewhere, and where the kernel refuses (memory it cannot pin), `false`,
+/// and the reads go by address.
+fn register(ring: &mut Ring, dst: &mut [u8]) -> bool {
+    let page = gpuring_core::PAGE_SIZE;
+    let start = dst.as_ptr() as usize / page * page;
+    let end = (dst.as_ptr() as usize + dst.len()).next_multiple_of(page);
+    let span = (end - start) as u64;
+    if crate::memlock::budget().is_some_and(|b| b / 2 < span) || span.div_ceil(crate::ring::MAX_BUFFER_BYTES as u64) > crate::ring::MAX_BUFFERS as u64 {
+        return false;
+    }
+    let buffers: Vec<(*mut u8, usize)> =
+        (start..end).step_by(crate::ring::MAX_BUFFER_BYTES).map(|at| (at as *mut u8, (end - at).min(crate::ring::MAX_BUFFER_BYTES))).collect();
+    // The pages hold `dst`, borrowed mutably for the whole `read_into`
+    // call, which drops the ring (and so the registration) before it
+    // returns; the kernel writes only where a read is sent, inside `dst`.
+    // SAFETY: per the lines above.
+    unsafe { ring.register_buffers(&buffers) }.is_ok()
+}
+
+/// Fault in a window's pages before the reads, in one call
+/// (`MADV_POPULATE_WRITE`, Linux 5.14; contents unchanged), unless they
+/// look present already. A read into a page not yet present cannot complete
+/// inline: io_uring hands it to a worker thread, and a fresh buffer of 1 GiB
+/// then reads at a third of the speed (measured: `gpuring bench`, 0.64
+/// against 2.26 GiB/s for `pread()`). Populating costs a walk of every page
+/// even when all are there (about a sixth of a warm 1 GiB read here), so
+/// eight pages spread over the window are asked first (`mincore`), and a
+/// window whose eight are all present is taken as present. Best effort:
+/// an older kernel refuses, and the reads fault as before.
 fn populate(dst: &mut [u8]) {
     if dst.is_empty() {
         return;
@@ -281,6 +319,17 @@ fn populate(dst: &mut [u8]) {
     let page = gpuring_core::PAGE_SIZE;
     let start = dst.as_ptr() as usize / page * page;
     let end = (dst.as_ptr() as usize + dst.len()).next_multiple_of(page);
+    let pages = (end - start) / page;
+    let present = (0..8).map(|i| start + (pages - 1) * i / 7 * page).all(|at| {
+        let mut resident = 0u8;
+        // One page of `dst`'s mapping and a one-byte vector for its answer.
+        // SAFETY: `at` is page-aligned inside the pages that hold `dst`.
+        let rc = unsafe { libc::mincore(at as *mut libc::c_void, page, &mut resident) };
+        rc == 0 && resident & 1 == 1
+    });
+    if present {
+        return;
+    }
     // The pages hold `dst` (borrowed mutably, so mapped and writable); the
     // advice only makes them present and writable, and changes no byte.
     // SAFETY: per the line above; the range covers whole pages of `dst`.
@@ -307,6 +356,9 @@ fn drain(ring: &mut Ring) {
 
 /// One `read_into` call's state.
 struct Job<'a> {
+    /// The page-aligned start of `dst` when it is registered (fixed buffer
+    /// `k` starts `k` GiB after it).
+    fixed: Option<usize>,
     ring: &'a mut Ring,
     files: &'a [OpenSource],
     dst: &'a mut [u8],
@@ -367,8 +419,23 @@ impl Job<'_> {
     fn cut(&mut self, piece: Piece, at: u64) -> Op {
         let chunk = self.chunk as u64;
         if !piece.scratch {
-            let len = (piece.end - at).min(chunk) as u32;
-            return Op { file: piece.file, offset: at, len, need: len, done: 0, into: Target::Direct { dst: piece.dst + (at - piece.start) } };
+            let mut len = (piece.end - at).min(chunk);
+            let mut fixed = false;
+            if let Some(base) = self.fixed {
+                // A fixed read stays inside one registered buffer: cut at the
+                // boundary (a multiple of 4096 bytes, which keeps O_DIRECT's
+                // alignment), or read by address the one piece too close to it.
+                let addr = self.dst.as_ptr() as usize + (piece.dst + (at - piece.start)) as usize - base;
+                let to_boundary = ((addr / crate::ring::MAX_BUFFER_BYTES + 1) * crate::ring::MAX_BUFFER_BYTES - addr) as u64;
+                if to_boundary >= len {
+                    fixed = true;
+                } else if to_boundary >= 4096 {
+                    (len, fixed) = (to_boundary / 4096 * 4096, true);
+                }
+            }
+            let len = len as u32;
+            let into = Target::Direct { dst: piece.dst + (at - piece.start), fixed };
+            return Op { file: piece.file, offset: at, len, need: len, done: 0, into };
         }
         let align = (self.files[piece.file].dio_align as u64).max(1);
         let read_start = at / align * align;
@@ -401,7 +468,7 @@ impl Job<'_> {
         };
         let buf = match op.into {
             // In bounds: `check_requests` put every window inside `dst`.
-            Target::Direct { dst } => self.dst[dst as usize + op.done as usize..].as_mut_ptr(),
+            Target::Direct { dst, .. } => self.dst[dst as usize + op.done as usize..].as_mut_ptr(),
             Target::Scratch { scratch, .. } => {
                 let (buffer, start) = &mut self.scratch[scratch];
                 buffer[*start + op.done as usize..].as_mut_ptr()
@@ -414,7 +481,19 @@ impl Job<'_> {
         // this job owns and hands to one read at a time; `read_into` drains
         // the ring before either goes; the file stays open as long.
         // SAFETY: per the lines above.
-        unsafe { self.ring.push_read(self.files[op.file].fd.as_fd(), buf, len, op.offset + op.done as u64, id as u64) }
+        let fd = self.files[op.file].fd.as_fd();
+        let offset = op.offset + op.done as u64;
+        match (self.fixed, op.into) {
+            (Some(base), Target::Direct { fixed: true, .. }) => {
+                let index = ((buf as usize - base) / crate::ring::MAX_BUFFER_BYTES) as u16;
+                // As above; `buf .. buf + len` lies inside registered buffer
+                // `index` (`cut` keeps a read inside one).
+                // SAFETY: per the comments above.
+                unsafe { self.ring.push_read_fixed(fd, buf, len, offset, index, id as u64) }
+            }
+            // SAFETY: as above.
+            _ => unsafe { self.ring.push_read(fd, buf, len, offset, id as u64) },
+        }
     }
 
     /// Handle read `id`'s completion: whether the read is finished (else the
