@@ -206,23 +206,9 @@ fn bench_json_has_every_case_with_ratios() {
     }
     let dir = test_dir();
     let data = dir.path().join("bench");
-    let args = [
-        "bench",
-        "--json",
-        "--dir",
-        data.to_str().unwrap(),
-        "--size",
-        "4M",
-        "--small-files",
-        "8",
-        "--small-size",
-        "8K",
-        "--checkpoint-size",
-        "4M",
-        "--runs",
-        "2",
-    ];
-    let out = gpuring(&args);
+    // Small data: a 4 MiB file, 8 files of 8 KiB, a 4 MiB checkpoint.
+    let small = ["--dir", data.to_str().unwrap(), "--size", "4M", "--small-files", "8", "--small-size", "8K", "--checkpoint-size", "4M"];
+    let out = gpuring(&[&["bench", "--json"][..], &small, &["--runs", "2"]].concat());
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
     let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
@@ -272,22 +258,7 @@ fn bench_json_has_every_case_with_ratios() {
     }
     // The data is kept for the next run; the human table names every case.
     assert_eq!(std::fs::metadata(data.join("large.bin")).unwrap().len(), 4 << 20);
-    let out = gpuring(&[
-        "bench",
-        "--dir",
-        data.to_str().unwrap(),
-        "--size",
-        "4M",
-        "--small-files",
-        "8",
-        "--small-size",
-        "8K",
-        "--checkpoint-size",
-        "4M",
-        "--runs",
-        "1",
-        "--no-fio",
-    ]);
+    let out = gpuring(&[&["bench"][..], &small, &["--runs", "1", "--no-fio"]].concat());
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
     assert!(stdout.contains("| gpuring-buffered |") && stdout.contains("gpuring-buffered: n/a fio"), "{stdout}");

@@ -42,6 +42,7 @@ use gpuring_shared::batch::{run_batches, Batch, BatchDevice, Failure, Release};
 use gpuring_shared::{spawn_consumer, ConsumerStats};
 
 use crate::context::Context;
+use crate::copy::Submitter;
 use crate::error::{call, VulkanError};
 use crate::memory::{Imported, VulkanStaging};
 use crate::shader::Shader;
@@ -84,12 +85,8 @@ struct Pipelines {
     output: Option<Imported>,
     pool: vk::DescriptorPool,
     set: vk::DescriptorSet,
-    commands: vk::CommandPool,
-    cmd: vk::CommandBuffer,
-    fence: vk::Fence,
-    /// Whether a submission may still run: set once `vkQueueSubmit`
-    /// succeeded, cleared when its fence was seen signalled.
-    in_flight: AtomicBool,
+    /// The command buffer and fence of one batch at a time.
+    submitter: Submitter,
 }
 
 impl Pipelines {
@@ -100,6 +97,7 @@ impl Pipelines {
             Some(shader) => Some(Imported::new(&ctx, shader.output_bytes, "shader's output buffer")?),
             None => None,
         };
+        let submitter = Submitter::new(&ctx)?;
         let null = Self {
             ctx: ctx.clone(),
             module: vk::ShaderModule::null(),
@@ -110,10 +108,7 @@ impl Pipelines {
             output,
             pool: vk::DescriptorPool::null(),
             set: vk::DescriptorSet::null(),
-            commands: vk::CommandPool::null(),
-            cmd: vk::CommandBuffer::null(),
-            fence: vk::Fence::null(),
-            in_flight: AtomicBool::new(false),
+            submitter,
         };
         // Every handle goes into `p` as soon as it exists, so an error on the
         // way out destroys what was made (`Drop` skips null handles).
@@ -183,65 +178,33 @@ impl Pipelines {
                 writes.push(write(2, info));
             }
             d.update_descriptor_sets(&writes, &[]);
-            p.commands = d
-                .create_command_pool(
-                    &vk::CommandPoolCreateInfo::default().queue_family_index(ctx.queue_family).flags(vk::CommandPoolCreateFlags::RESET_COMMAND_BUFFER),
-                    None,
-                )
-                .map_err(call("vkCreateCommandPool"))?;
-            p.cmd = d
-                .allocate_command_buffers(
-                    &vk::CommandBufferAllocateInfo::default().command_pool(p.commands).level(vk::CommandBufferLevel::PRIMARY).command_buffer_count(1),
-                )
-                .map_err(call("vkAllocateCommandBuffers"))?[0];
-            p.fence = d.create_fence(&vk::FenceCreateInfo::default(), None).map_err(call("vkCreateFence"))?;
         }
         Ok(p)
     }
 
     /// Record and submit one batch; its fence signals when it is done.
     fn submit(&self, params: Params) -> Result<(), VulkanError> {
-        let d = &self.ctx.device;
         let barrier = |src, dst| [vk::MemoryBarrier::default().src_access_mask(src).dst_access_mask(dst)];
         let compute = vk::PipelineStageFlags::COMPUTE_SHADER;
-        // The command buffer is idle (the engine waited for the previous
-        // batch's fence) and only this thread records or submits it; every
-        // handle recorded lives as long as `self`; the fence is unsignalled
-        // when submitted (reset here).
-        // SAFETY: Vulkan's external-synchronisation and lifetime rules hold, as just said.
+        // The engine waited for the previous batch's fence, and only this
+        // thread submits; every handle recorded lives as long as `self`.
+        // SAFETY: the submitter's contract, as just said.
         unsafe {
-            d.reset_fences(&[self.fence]).map_err(call("vkResetFences"))?;
-            d.begin_command_buffer(self.cmd, &vk::CommandBufferBeginInfo::default().flags(vk::CommandBufferUsageFlags::ONE_TIME_SUBMIT))
-                .map_err(call("vkBeginCommandBuffer"))?;
-            d.cmd_bind_descriptor_sets(self.cmd, vk::PipelineBindPoint::COMPUTE, self.layout, 0, &[self.set], &[]);
-            d.cmd_push_constants(self.cmd, self.layout, vk::ShaderStageFlags::COMPUTE, 0, &params.bytes());
-            d.cmd_bind_pipeline(self.cmd, vk::PipelineBindPoint::COMPUTE, self.main);
-            d.cmd_dispatch(self.cmd, params.count, 1, 1);
-            if self.release != vk::Pipeline::null() {
-                let between = barrier(vk::AccessFlags::SHADER_WRITE, vk::AccessFlags::SHADER_READ | vk::AccessFlags::SHADER_WRITE);
-                d.cmd_pipeline_barrier(self.cmd, compute, compute, vk::DependencyFlags::empty(), &between, &[], &[]);
-                d.cmd_bind_pipeline(self.cmd, vk::PipelineBindPoint::COMPUTE, self.release);
-                d.cmd_dispatch(self.cmd, 1, 1, 1);
-            }
-            let to_host = barrier(vk::AccessFlags::SHADER_WRITE, vk::AccessFlags::HOST_READ);
-            d.cmd_pipeline_barrier(self.cmd, compute, vk::PipelineStageFlags::HOST, vk::DependencyFlags::empty(), &to_host, &[], &[]);
-            d.end_command_buffer(self.cmd).map_err(call("vkEndCommandBuffer"))?;
-            let cmds = [self.cmd];
-            let submit = [vk::SubmitInfo::default().command_buffers(&cmds)];
-            d.queue_submit(self.ctx.queue, &submit, self.fence).map_err(call("vkQueueSubmit"))?;
+            self.submitter.submit(|d, cmd| {
+                d.cmd_bind_descriptor_sets(cmd, vk::PipelineBindPoint::COMPUTE, self.layout, 0, &[self.set], &[]);
+                d.cmd_push_constants(cmd, self.layout, vk::ShaderStageFlags::COMPUTE, 0, &params.bytes());
+                d.cmd_bind_pipeline(cmd, vk::PipelineBindPoint::COMPUTE, self.main);
+                d.cmd_dispatch(cmd, params.count, 1, 1);
+                if self.release != vk::Pipeline::null() {
+                    let between = barrier(vk::AccessFlags::SHADER_WRITE, vk::AccessFlags::SHADER_READ | vk::AccessFlags::SHADER_WRITE);
+                    d.cmd_pipeline_barrier(cmd, compute, compute, vk::DependencyFlags::empty(), &between, &[], &[]);
+                    d.cmd_bind_pipeline(cmd, vk::PipelineBindPoint::COMPUTE, self.release);
+                    d.cmd_dispatch(cmd, 1, 1, 1);
+                }
+                let to_host = barrier(vk::AccessFlags::SHADER_WRITE, vk::AccessFlags::HOST_READ);
+                d.cmd_pipeline_barrier(cmd, compute, vk::PipelineStageFlags::HOST, vk::DependencyFlags::empty(), &to_host, &[], &[]);
+            })
         }
-        self.in_flight.store(true, Ordering::Release);
-        Ok(())
-    }
-
-    /// Whether the last batch submitted has finished (its fence signalled).
-    fn done(&self) -> Result<bool, VulkanError> {
-        // SAFETY: the fence is this device's and alive.
-        let done = unsafe { self.ctx.device.get_fence_status(self.fence) }.map_err(call("vkGetFenceStatus"))?;
-        if done {
-            self.in_flight.store(false, Ordering::Release);
-        }
-        Ok(done)
     }
 }
 
@@ -260,25 +223,13 @@ impl BatchDevice for Dispatcher<'_> {
     }
 
     fn idle(&mut self) -> Result<bool, VulkanError> {
-        Ok(!self.pipelines.in_flight.load(Ordering::Acquire) || self.pipelines.done()?)
+        self.pipelines.submitter.idle()
     }
 
     fn wait(&mut self, timeout: Duration) -> Result<bool, VulkanError> {
-        let p = self.pipelines;
-        if !p.in_flight.load(Ordering::Acquire) {
-            return Ok(true);
-        }
         // Sleep in the driver until the fence signals: polling would take
         // CPU from the device where the device is the CPU (lavapipe).
-        // SAFETY: the fence is this device's and alive.
-        match unsafe { p.ctx.device.wait_for_fences(&[p.fence], true, timeout.as_nanos() as u64) } {
-            Ok(()) => {
-                p.in_flight.store(false, Ordering::Release);
-                Ok(true)
-            }
-            Err(vk::Result::TIMEOUT) => Ok(false),
-            Err(result) => Err(VulkanError::Call { call: "vkWaitForFences", result }),
-        }
+        self.pipelines.submitter.wait(timeout)
     }
 
     fn failure(&self, failure: Failure) -> VulkanError {
@@ -291,16 +242,14 @@ impl BatchDevice for Dispatcher<'_> {
 
 impl Drop for Pipelines {
     fn drop(&mut self) {
+        // A batch still in flight (after an error or a timeout) is waited
+        // for, without a limit, before anything it uses goes.
+        let _ = self.submitter.wait(Duration::MAX);
         let d = &self.ctx.device;
-        // SAFETY: a batch still in flight (after an error or a timeout) is
-        // waited for, without a limit, before anything it uses goes; each
-        // handle is this device's and destroyed once; null handles are allowed.
+        // SAFETY: nothing runs on the device any more (just waited); each
+        // handle is this device's and destroyed once; null handles are
+        // allowed. The submitter's own command buffer and fence go after.
         unsafe {
-            if self.in_flight.load(Ordering::Acquire) {
-                let _ = d.wait_for_fences(&[self.fence], true, u64::MAX);
-            }
-            d.destroy_fence(self.fence, None);
-            d.destroy_command_pool(self.commands, None);
             d.destroy_descriptor_pool(self.pool, None);
             d.destroy_pipeline(self.main, None);
             d.destroy_pipeline(self.release, None);

@@ -59,8 +59,7 @@ impl Submitter {
         Ok(s)
     }
 
-    /// Record with `record`, end with a barrier that makes transfer writes
-    /// visible to everything after (the host included), and submit.
+    /// Record one command buffer with `record` and submit it with the fence.
     ///
     /// # Safety
     /// Everything `record` names must be this device's, alive until the
@@ -68,9 +67,6 @@ impl Submitter {
     /// `Submitter` may be in flight (wait for it first).
     pub(crate) unsafe fn submit(&self, record: impl FnOnce(&ash::Device, vk::CommandBuffer)) -> Result<(), VulkanError> {
         let d = &self.ctx.device;
-        let barrier = [vk::MemoryBarrier::default()
-            .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
-            .dst_access_mask(vk::AccessFlags::MEMORY_READ | vk::AccessFlags::MEMORY_WRITE | vk::AccessFlags::HOST_READ)];
         // SAFETY: the command buffer is idle (the caller's promise) and only
         // this object records or submits it; the fence is reset before use.
         unsafe {
@@ -78,8 +74,6 @@ impl Submitter {
             d.begin_command_buffer(self.cmd, &vk::CommandBufferBeginInfo::default().flags(vk::CommandBufferUsageFlags::ONE_TIME_SUBMIT))
                 .map_err(call("vkBeginCommandBuffer"))?;
             record(d, self.cmd);
-            let (from, to) = (vk::PipelineStageFlags::TRANSFER, vk::PipelineStageFlags::ALL_COMMANDS | vk::PipelineStageFlags::HOST);
-            d.cmd_pipeline_barrier(self.cmd, from, to, vk::DependencyFlags::empty(), &barrier, &[], &[]);
             d.end_command_buffer(self.cmd).map_err(call("vkEndCommandBuffer"))?;
             let cmds = [self.cmd];
             let submit = [vk::SubmitInfo::default().command_buffers(&cmds)];
@@ -116,6 +110,27 @@ impl Submitter {
             Err(vk::Result::TIMEOUT) => Ok(false),
             Err(result) => Err(VulkanError::Call { call: "vkWaitForFences", result }),
         }
+    }
+}
+
+/// Record `vkCmdCopyBuffer(src → dst, regions)` and a barrier that makes
+/// the copies visible to everything after (the host included).
+///
+/// # Safety
+/// `cmd` is recording; both buffers are `d`'s, alive until the submission
+/// finished, with TRANSFER_SRC and TRANSFER_DST usage; the regions lie
+/// inside them.
+unsafe fn record_copy(d: &ash::Device, cmd: vk::CommandBuffer, src: vk::Buffer, dst: vk::Buffer, regions: &[vk::BufferCopy]) {
+    let barrier = [vk::MemoryBarrier::default()
+        .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
+        .dst_access_mask(vk::AccessFlags::MEMORY_READ | vk::AccessFlags::MEMORY_WRITE | vk::AccessFlags::HOST_READ)];
+    let (from, to) = (vk::PipelineStageFlags::TRANSFER, vk::PipelineStageFlags::ALL_COMMANDS | vk::PipelineStageFlags::HOST);
+    // SAFETY: the caller's promise.
+    unsafe {
+        if !regions.is_empty() {
+            d.cmd_copy_buffer(cmd, src, dst, regions);
+        }
+        d.cmd_pipeline_barrier(cmd, from, to, vk::DependencyFlags::empty(), &barrier, &[], &[]);
     }
 }
 
@@ -163,13 +178,7 @@ impl BatchDevice for Copier<'_> {
         // `dst` is the caller's, promised alive and large enough until the
         // consumer is joined (every region was checked against its length);
         // the engine waits for each batch before the next `launch`.
-        unsafe {
-            self.submitter.submit(|d, cmd| {
-                if !regions.is_empty() {
-                    d.cmd_copy_buffer(cmd, src, dst, regions);
-                }
-            })
-        }
+        unsafe { self.submitter.submit(|d, cmd| record_copy(d, cmd, src, dst, regions)) }
     }
 
     fn idle(&mut self) -> Result<bool, VulkanError> {
@@ -352,7 +361,7 @@ pub unsafe fn read_buffer(ctx: &Arc<Context>, buffer: vk::Buffer, offset: u64, l
         // SAFETY: both buffers are this device's and alive until the wait
         // below; the region lies inside each (the caller's promise, and the
         // host buffer's size); the previous chunk was waited for.
-        unsafe { submitter.submit(|d, cmd| d.cmd_copy_buffer(cmd, buffer, to, &region))? };
+        unsafe { submitter.submit(|d, cmd| record_copy(d, cmd, buffer, to, &region))? };
         if !submitter.wait(gpuring_shared::batch::DEVICE_TIMEOUT)? {
             let e = VulkanError::Timeout { what: "a read-back copy".into(), seconds: gpuring_shared::batch::DEVICE_TIMEOUT.as_secs() };
             gpuring_shared::abandon_to_device("vulkan", &e, (host, submitter));
