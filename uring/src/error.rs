@@ -81,7 +81,7 @@ pub enum IngestError {
         /// The errno.
         errno: Errno,
     },
-    /// A read into a caller's buffer ([`crate::read_into`]) failed.
+    /// A read into a caller's buffer ([`crate::read_into()`]) failed.
     ReadInto {
         /// The path.
         path: PathBuf,
