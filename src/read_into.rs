@@ -8,7 +8,7 @@
 //!
 //! - [`host`]: into a `&mut [u8]`; the kernel (buffered) or the device
 //!   (`O_DIRECT`) writes it, with no slot and no copy in between
-//!   ([`gpuring_uring::read_into`]).
+//!   ([`gpuring_uring::read_into()`]).
 //! - [`vulkan`] / [`vulkan_buffer`]: into a device-local `vk::Buffer`; the
 //!   bytes go storage → registered slot → the copy engine
 //!   (`vkCmdCopyBuffer`, batched) → the buffer, overlapped with the next
