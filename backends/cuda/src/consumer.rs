@@ -24,7 +24,6 @@
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use cudarc::driver::{sys, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
@@ -32,7 +31,7 @@ use gpuring_core::io_queue::Consumer;
 use gpuring_core::StagingMemory;
 use gpuring_shared::batch::{run_batches, wait_idle, Batch, BatchDevice, Failure, Release};
 use gpuring_shared::kernel::{chunks_per_slot, UserKernel, CHUNK_WORDS, THREADS};
-use gpuring_shared::{spawn_consumer, wake_consumer, wake_producer};
+use gpuring_shared::{wake_producer, ConsumerThread};
 
 use crate::device::check;
 use crate::error::{call, CudaError};
@@ -108,24 +107,14 @@ struct Buffers {
     copies: Option<Arc<CudaStream>>,
 }
 
-/// What the consumer thread ends with: its counts and a user kernel's output.
-type Finished = Result<(CudaStats, Vec<u8>), CudaError>;
-
 /// A running CUDA consumer: gpuring's checksum kernels
 /// ([`CudaConsumer::start`]) or one of yours ([`CudaConsumer::with_kernel`]).
 /// Stop it with [`CudaConsumer::join`] (or `finish`, for a kernel's output)
 /// after the producer closed the queue; dropping it stops it early.
+#[derive(Debug)]
 pub struct CudaConsumer {
-    handle: Option<JoinHandle<Finished>>,
-    stop: Arc<AtomicBool>,
-    staging: Arc<CudaStaging>,
+    thread: ConsumerThread<(CudaStats, Vec<u8>), CudaError>,
     mode: Mode,
-}
-
-impl std::fmt::Debug for CudaConsumer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CudaConsumer").field("mode", &self.mode).field("running", &self.handle.is_some()).finish()
-    }
 }
 
 impl CudaConsumer {
@@ -170,28 +159,24 @@ impl CudaConsumer {
         stream.synchronize().map_err(call("cuStreamSynchronize"))?;
         let buffers = Buffers { scratch, done, mirror, copies };
         staging.abort_flag().store(0, Ordering::Release);
-        let stop = Arc::new(AtomicBool::new(false));
-        let handle = {
-            let stop = stop.clone();
-            // Takes the queue's one consumer end: a second consumer is an error.
-            spawn_consumer("gpuring-cuda", &staging, move |staging, consumer| {
-                let result = staging.device.bind().and_then(|()| match mode {
-                    Mode::Persistent => persistent(staging, &kernels, &stream, &buffers, &stop),
-                    // `Mode::User` was refused above.
-                    Mode::Batched | Mode::DeviceCopy | Mode::User => {
-                        let work = Work::Checksum { kernels: &kernels, buffers: &buffers };
-                        batched(staging, &stream, work, Release::Device, &stop, consumer)
-                    }
-                });
-                if let Err(e @ CudaError::Timeout { .. }) = &result {
-                    // The device may still run a kernel or a copy on this
-                    // memory: never free it under the device.
-                    gpuring_shared::abandon_to_device("cuda", e, (staging.clone(), buffers, stream, kernels));
+        // Takes the queue's one consumer end: a second consumer is an error.
+        let thread = ConsumerThread::spawn("gpuring-cuda", &staging, Some(abort(&staging)), move |staging, consumer, stop| {
+            let result = staging.device.bind().and_then(|()| match mode {
+                Mode::Persistent => persistent(staging, &kernels, &stream, &buffers, stop),
+                // `Mode::User` was refused above.
+                Mode::Batched | Mode::DeviceCopy | Mode::User => {
+                    let work = Work::Checksum { kernels: &kernels, buffers: &buffers };
+                    batched(staging, &stream, work, Release::Device, stop, consumer)
                 }
-                result.map(|stats| (stats, Vec::new()))
-            })?
-        };
-        Ok(Self { handle: Some(handle), stop, staging, mode })
+            });
+            if let Err(e @ CudaError::Timeout { .. }) = &result {
+                // The device may still run a kernel or a copy on this
+                // memory: never free it under the device.
+                gpuring_shared::abandon_to_device("cuda", e, (staging.clone(), buffers, stream, kernels));
+            }
+            result.map(|stats| (stats, Vec::new()))
+        })?;
+        Ok(Self { thread, mode })
     }
 
     /// Run a kernel of yours as the consumer, one launch per batch of
@@ -223,24 +208,20 @@ impl CudaConsumer {
         let output = stream.alloc_zeros::<u8>(kernel.output_bytes()).map_err(call("cuMemAlloc (the kernel's output)"))?;
         stream.synchronize().map_err(call("cuStreamSynchronize"))?;
         let block = kernel.block();
-        let stop = Arc::new(AtomicBool::new(false));
-        let handle = {
-            let stop = stop.clone();
-            // Takes the queue's one consumer end: a second consumer is an error.
-            spawn_consumer("gpuring-cuda-user", &staging, move |staging, consumer| {
-                let work = Work::User { function: &function, block, output: &output };
-                let result = staging.device.bind().and_then(|()| batched(staging, &stream, work, Release::Host, &stop, consumer));
-                if let Err(e @ CudaError::Timeout { .. }) = &result {
-                    // As in `start`: never free what the device may still use.
-                    gpuring_shared::abandon_to_device("cuda", e, (staging.clone(), output, stream, function, module));
-                    return result.map(|stats| (stats, Vec::new()));
-                }
-                let stats = result?;
-                let bytes = stream.clone_dtoh(&output).map_err(call("cuMemcpyDtoH (the kernel's output)"))?;
-                Ok((stats, bytes))
-            })?
-        };
-        Ok(Self { handle: Some(handle), stop, staging, mode: Mode::User })
+        // Takes the queue's one consumer end: a second consumer is an error.
+        let thread = ConsumerThread::spawn("gpuring-cuda-user", &staging, Some(abort(&staging)), move |staging, consumer, stop| {
+            let work = Work::User { function: &function, block, output: &output };
+            let result = staging.device.bind().and_then(|()| batched(staging, &stream, work, Release::Host, stop, consumer));
+            if let Err(e @ CudaError::Timeout { .. }) = &result {
+                // As in `start`: never free what the device may still use.
+                gpuring_shared::abandon_to_device("cuda", e, (staging.clone(), output, stream, function, module));
+                return result.map(|stats| (stats, Vec::new()));
+            }
+            let stats = result?;
+            let bytes = stream.clone_dtoh(&output).map_err(call("cuMemcpyDtoH (the kernel's output)"))?;
+            Ok((stats, bytes))
+        })?;
+        Ok(Self { thread, mode: Mode::User })
     }
 
     /// The mode it runs in.
@@ -256,21 +237,16 @@ impl CudaConsumer {
 
     /// As [`CudaConsumer::join`], and return a user kernel's output buffer
     /// (empty for gpuring's own kernels).
-    pub fn finish(mut self) -> Result<(CudaStats, Vec<u8>), CudaError> {
-        let handle = self.handle.take().expect("joined once");
-        handle.join().map_err(|_| CudaError::ConsumerPanicked)?
+    pub fn finish(self) -> Result<(CudaStats, Vec<u8>), CudaError> {
+        self.thread.join(CudaError::ConsumerPanicked)
     }
 }
 
-impl Drop for CudaConsumer {
-    fn drop(&mut self) {
-        if let Some(handle) = self.handle.take() {
-            self.stop.store(true, Ordering::Release);
-            self.staging.abort_flag().store(1, Ordering::Release);
-            wake_consumer(&self.staging.queue());
-            let _ = handle.join();
-        }
-    }
+/// What a drop does besides setting the stop flag: tell a persistent kernel
+/// to stop (its abort flag).
+fn abort(staging: &Arc<CudaStaging>) -> Box<dyn Fn() + Send + Sync> {
+    let staging = staging.clone();
+    Box::new(move || staging.abort_flag().store(1, Ordering::Release))
 }
 
 /// Slots of 4 GiB or more cannot be indexed by the kernels' 32-bit sizes:

@@ -9,15 +9,13 @@
 //! into again only once its copy has finished; the driver meanwhile keeps
 //! reading into the free slots.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use cudarc::driver::{sys, CudaStream};
 use gpuring_core::StagingMemory;
 use gpuring_shared::batch::{run_batches, Batch, BatchDevice, Failure, Release};
 use gpuring_shared::copy::{CopyPlan, CopyStats};
-use gpuring_shared::spawn_consumer;
+use gpuring_shared::ConsumerThread;
 
 use crate::consumer::{failure, stream_idle};
 use crate::device::check;
@@ -69,17 +67,8 @@ impl BatchDevice for Copier<'_> {
 
 /// A running copy consumer. Stop it with [`CudaCopyConsumer::join`] after
 /// the producer closed the queue; dropping it stops it early.
-pub struct CudaCopyConsumer {
-    handle: Option<JoinHandle<Result<CopyStats, CudaError>>>,
-    stop: Arc<AtomicBool>,
-    staging: Arc<CudaStaging>,
-}
-
-impl std::fmt::Debug for CudaCopyConsumer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CudaCopyConsumer").field("running", &self.handle.is_some()).finish()
-    }
-}
+#[derive(Debug)]
+pub struct CudaCopyConsumer(ConsumerThread<CopyStats, CudaError>);
 
 impl CudaCopyConsumer {
     /// Start copying the entries of `staging`'s queue into the device
@@ -92,41 +81,25 @@ impl CudaCopyConsumer {
     /// [`CudaCopyConsumer::join`] (or the drop) has returned; `stream` must
     /// be a stream of that context.
     pub unsafe fn start(staging: Arc<CudaStaging>, dst: sys::CUdeviceptr, plan: CopyPlan, stream: Arc<CudaStream>) -> Result<Self, CudaError> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let handle = {
-            let stop = stop.clone();
-            spawn_consumer("gpuring-cuda-copy", &staging, move |staging, consumer| {
-                staging.device.bind()?;
-                let mut copier = Copier { staging, stream: &stream, dst, plan: &plan, stats: CopyStats::default() };
-                let result = run_batches(&staging.queue(), staging.geometry(), consumer, &stop, Release::Host, &mut copier);
-                match result {
-                    Ok(done) => Ok(CopyStats { entries: done.entries, batches: done.batches, ..copier.stats }),
-                    Err(e @ CudaError::Timeout { .. }) => {
-                        // Copies may still read the slots: keep them.
-                        gpuring_shared::abandon_to_device("cuda", &e, (staging.clone(), stream));
-                        Err(e)
-                    }
-                    Err(e) => Err(e),
+        let thread = ConsumerThread::spawn("gpuring-cuda-copy", &staging, None, move |staging, consumer, stop| {
+            staging.device.bind()?;
+            let mut copier = Copier { staging, stream: &stream, dst, plan: &plan, stats: CopyStats::default() };
+            match run_batches(&staging.queue(), staging.geometry(), consumer, stop, Release::Host, &mut copier) {
+                Ok(done) => Ok(CopyStats { entries: done.entries, batches: done.batches, ..copier.stats }),
+                Err(e @ CudaError::Timeout { .. }) => {
+                    // Copies may still read the slots: keep them.
+                    gpuring_shared::abandon_to_device("cuda", &e, (staging.clone(), stream));
+                    Err(e)
                 }
-            })?
-        };
-        Ok(Self { handle: Some(handle), stop, staging })
+                Err(e) => Err(e),
+            }
+        })?;
+        Ok(Self(thread))
     }
 
     /// Wait until the producer has closed the queue and every entry is
     /// copied and released.
-    pub fn join(mut self) -> Result<CopyStats, CudaError> {
-        let handle = self.handle.take().expect("joined once");
-        handle.join().map_err(|_| CudaError::ConsumerPanicked)?
-    }
-}
-
-impl Drop for CudaCopyConsumer {
-    fn drop(&mut self) {
-        if let Some(handle) = self.handle.take() {
-            self.stop.store(true, Ordering::Release);
-            gpuring_shared::wake_consumer(&self.staging.queue());
-            let _ = handle.join();
-        }
+    pub fn join(self) -> Result<CopyStats, CudaError> {
+        self.0.join(CudaError::ConsumerPanicked)
     }
 }

@@ -19,15 +19,13 @@
 //! modules (hiprtc's output) before ROCm 6.
 
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use gpuring_core::StagingMemory;
 use gpuring_shared::batch::{run_batches, Batch, BatchDevice, Failure, Release};
 use gpuring_shared::copy::CopyPlan;
 use gpuring_shared::kernel::{chunks_per_slot, UserKernel, CHUNK_WORDS, THREADS};
-use gpuring_shared::{spawn_consumer, wake_consumer, wake_producer};
+use gpuring_shared::{wake_producer, ConsumerThread};
 use hip_sys::hiprt::{hipFunction_t, hipStreamNonBlocking, hipStream_t};
 
 use crate::api::{Hip, DEVICE_TO_HOST, HOST_TO_DEVICE, NOT_READY};
@@ -112,24 +110,12 @@ impl Drop for Resources {
 // only the consumer thread uses them once it started.
 unsafe impl Send for Resources {}
 
-/// What the consumer thread ends with: its counts and a user kernel's output.
-type Finished = Result<(RocmStats, Vec<u8>), RocmError>;
-
 /// A running ROCm consumer: gpuring's checksum kernels
 /// ([`RocmConsumer::start`]) or one of yours ([`RocmConsumer::with_kernel`]).
 /// Stop it with [`RocmConsumer::join`] (or `finish`, for a kernel's
 /// output) after the producer closed the queue; dropping it stops it early.
-pub struct RocmConsumer {
-    handle: Option<JoinHandle<Finished>>,
-    stop: Arc<AtomicBool>,
-    staging: Arc<RocmStaging>,
-}
-
-impl std::fmt::Debug for RocmConsumer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RocmConsumer").field("running", &self.handle.is_some()).finish()
-    }
-}
+#[derive(Debug)]
+pub struct RocmConsumer(ConsumerThread<(RocmStats, Vec<u8>), RocmError>);
 
 impl RocmConsumer {
     /// Compile the kernels for `staging`'s device (hiprtc), allocate their
@@ -189,31 +175,27 @@ impl RocmConsumer {
 
     /// Start the consumer thread: the engine on `work`'s kernels.
     fn spawn(name: &str, staging: Arc<RocmStaging>, release: Release, work: Work, resources: Resources) -> Result<Self, RocmError> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let handle = {
-            let stop = stop.clone();
-            // Takes the queue's one consumer end: a second consumer is an error.
-            spawn_consumer(name, &staging, move |staging, consumer| {
-                let result = staging.device.bind().and_then(|()| {
-                    let mut launcher = Launcher { staging, resources: &resources, work: &work, launches: 0, copied: 0 };
-                    let done = run_batches(&staging.queue(), staging.geometry(), consumer, &stop, release, &mut launcher)?;
-                    let (launches, device_copy_bytes) = (launcher.launches, launcher.copied);
-                    Ok(RocmStats { entries: done.entries, bytes: done.bytes, skipped: done.skipped, launches, device_copy_bytes })
-                });
-                if let Err(e @ RocmError::Timeout { .. }) = &result {
-                    // The device may still run a kernel on this memory:
-                    // never free it (or unload the module) under the device.
-                    gpuring_shared::abandon_to_device("rocm", e, (staging.clone(), resources, work));
-                    return result.map(|stats| (stats, Vec::new()));
-                }
-                let stats = result?;
-                // The stream is idle: the output is final.
-                let output = if release == Release::Host && resources.bytes > 0 { resources.read()? } else { Vec::new() };
-                Ok((stats, output))
-            })
-            .map_err(RocmError::from)?
-        };
-        Ok(Self { handle: Some(handle), stop, staging })
+        // Takes the queue's one consumer end: a second consumer is an error.
+        let thread = ConsumerThread::spawn(name, &staging, None, move |staging, consumer, stop| {
+            let result = staging.device.bind().and_then(|()| {
+                let mut launcher = Launcher { staging, resources: &resources, work: &work, launches: 0, copied: 0 };
+                let done = run_batches(&staging.queue(), staging.geometry(), consumer, stop, release, &mut launcher)?;
+                let (launches, device_copy_bytes) = (launcher.launches, launcher.copied);
+                Ok(RocmStats { entries: done.entries, bytes: done.bytes, skipped: done.skipped, launches, device_copy_bytes })
+            });
+            if let Err(e @ RocmError::Timeout { .. }) = &result {
+                // The device may still run a kernel on this memory:
+                // never free it (or unload the module) under the device.
+                gpuring_shared::abandon_to_device("rocm", e, (staging.clone(), resources, work));
+                return result.map(|stats| (stats, Vec::new()));
+            }
+            let stats = result?;
+            // The stream is idle: the output is final.
+            let output = if release == Release::Host && resources.bytes > 0 { resources.read()? } else { Vec::new() };
+            Ok((stats, output))
+        })
+        .map_err(RocmError::from)?;
+        Ok(Self(thread))
     }
 
     /// Wait until the producer has closed the queue and every entry is
@@ -224,19 +206,8 @@ impl RocmConsumer {
 
     /// As [`RocmConsumer::join`], and return a user kernel's output buffer
     /// (empty for gpuring's own kernels).
-    pub fn finish(mut self) -> Result<(RocmStats, Vec<u8>), RocmError> {
-        let handle = self.handle.take().expect("joined once");
-        handle.join().map_err(|_| RocmError::ConsumerPanicked)?
-    }
-}
-
-impl Drop for RocmConsumer {
-    fn drop(&mut self) {
-        if let Some(handle) = self.handle.take() {
-            self.stop.store(true, Ordering::Release);
-            wake_consumer(&self.staging.queue());
-            let _ = handle.join();
-        }
+    pub fn finish(self) -> Result<(RocmStats, Vec<u8>), RocmError> {
+        self.0.join(RocmError::ConsumerPanicked)
     }
 }
 

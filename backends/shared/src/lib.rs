@@ -29,4 +29,4 @@ mod wait;
 
 pub use memory::{abandon_to_device, HostError, Mapping};
 pub use select::{choose_device, select_device, Unchosen};
-pub use wait::{spawn_consumer, wait_for_entries, wake_consumer, wake_producer, ConsumerStats, Waited};
+pub use wait::{spawn_consumer, wait_for_entries, wake_consumer, wake_producer, ConsumerStats, ConsumerThread, Waited};

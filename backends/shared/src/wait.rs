@@ -132,6 +132,68 @@ where
     Ok(handle)
 }
 
+/// A consumer thread ([`spawn_consumer`]) and its stop flag: the handle a
+/// backend's consumer type holds. [`ConsumerThread::join`] waits for the
+/// thread; dropping the handle stops the thread early (sets the flag, runs
+/// the interrupt, which wakes the consumer, and joins).
+pub struct ConsumerThread<T, E> {
+    handle: Option<JoinHandle<Result<T, E>>>,
+    stop: Arc<AtomicBool>,
+    interrupt: Box<dyn Fn() + Send + Sync>,
+}
+
+impl<T, E> std::fmt::Debug for ConsumerThread<T, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsumerThread").field("running", &self.handle.is_some()).finish()
+    }
+}
+
+impl<T: Send + 'static, E: Send + 'static> ConsumerThread<T, E> {
+    /// [`spawn_consumer`] with a stop flag, which `body` gets and which a
+    /// drop sets. `extra_interrupt` runs on a drop before the consumer is
+    /// woken (CUDA's tells its persistent kernel to stop).
+    pub fn spawn<S>(
+        name: &str,
+        staging: &Arc<S>,
+        extra_interrupt: Option<Box<dyn Fn() + Send + Sync>>,
+        body: impl FnOnce(&Arc<S>, &mut Consumer, &AtomicBool) -> Result<T, E> + Send + 'static,
+    ) -> Result<Self, HostError>
+    where
+        S: StagingMemory + 'static,
+    {
+        let stop = Arc::new(AtomicBool::new(false));
+        let handle = {
+            let stop = stop.clone();
+            spawn_consumer(name, staging, move |staging, consumer| body(staging, consumer, &stop))?
+        };
+        let waker = staging.clone();
+        let interrupt = Box::new(move || {
+            if let Some(extra) = &extra_interrupt {
+                extra();
+            }
+            wake_consumer(&waker.queue());
+        });
+        Ok(Self { handle: Some(handle), stop, interrupt })
+    }
+
+    /// Wait for the thread's result; `panicked` is the backend's error for
+    /// a thread that panicked.
+    pub fn join(mut self, panicked: E) -> Result<T, E> {
+        let handle = self.handle.take().expect("joined once");
+        handle.join().unwrap_or(Err(panicked))
+    }
+}
+
+impl<T, E> Drop for ConsumerThread<T, E> {
+    fn drop(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            self.stop.store(true, Ordering::Release);
+            (self.interrupt)();
+            let _ = handle.join();
+        }
+    }
+}
+
 /// Wake a consumer sleeping on `producer` (to make it see a stop flag).
 pub fn wake_consumer(q: &IoQueue<'_>) {
     futex_wake(producer_word(q));

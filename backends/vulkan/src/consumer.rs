@@ -30,16 +30,15 @@
 //! published when the thread looks, so the batches grow when the device is
 //! the slower side.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use ash::vk;
 use gpuring_core::io_queue::Consumer;
 use gpuring_core::StagingMemory;
 use gpuring_shared::batch::{run_batches, Batch, BatchDevice, Failure, Release};
-use gpuring_shared::{spawn_consumer, ConsumerStats};
+use gpuring_shared::{ConsumerStats, ConsumerThread};
 
 use crate::context::Context;
 use crate::copy::Submitter;
@@ -260,24 +259,12 @@ impl Drop for Pipelines {
     }
 }
 
-/// What the consumer thread ends with: its counts and a user shader's output.
-type Finished = Result<(ConsumerStats, Vec<u8>), VulkanError>;
-
 /// A running Vulkan consumer: gpuring's checksum shader
 /// ([`VulkanConsumer::start`]) or one of yours ([`VulkanConsumer::with_shader`]).
 /// Stop it with [`VulkanConsumer::join`] (or `finish`, for a shader's
 /// output) after the producer closed the queue; dropping it stops it early.
-pub struct VulkanConsumer {
-    handle: Option<JoinHandle<Finished>>,
-    stop: Arc<AtomicBool>,
-    staging: Arc<VulkanStaging>,
-}
-
-impl std::fmt::Debug for VulkanConsumer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VulkanConsumer").field("running", &self.handle.is_some()).finish()
-    }
-}
+#[derive(Debug)]
+pub struct VulkanConsumer(ConsumerThread<(ConsumerStats, Vec<u8>), VulkanError>);
 
 impl VulkanConsumer {
     /// Build gpuring's checksum shader's pipelines on `staging`'s device and
@@ -302,28 +289,24 @@ impl VulkanConsumer {
             return Err(VulkanError::TooLarge { what: "slot", len: geometry.slot_size() as u64, max: u32::MAX as u64 });
         }
         let pipelines = Pipelines::new(&staging, shader)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let handle = {
-            let stop = stop.clone();
-            // Takes the queue's one consumer end: a second consumer is an error.
-            spawn_consumer("gpuring-vulkan", &staging, move |staging, consumer| {
-                let result = run(staging, &pipelines, &stop, consumer);
-                // A successful `run` returns with the device idle (after the
-                // last fence): the output is final. After an error a batch may
-                // still run; dropping the pipelines waits for the device.
-                let output = match &result {
-                    Ok(_) => pipelines.output.as_ref().map_or_else(Vec::new, |o| {
-                        // SAFETY: the output buffer's host pages are ours,
-                        // `len` bytes, and no batch is running.
-                        unsafe { std::slice::from_raw_parts(o.ptr().as_ptr(), o.len()) }.to_vec()
-                    }),
-                    Err(_) => Vec::new(),
-                };
-                drop(pipelines);
-                result.map(|stats| (stats, output))
-            })?
-        };
-        Ok(Self { handle: Some(handle), stop, staging })
+        // Takes the queue's one consumer end: a second consumer is an error.
+        let thread = ConsumerThread::spawn("gpuring-vulkan", &staging, None, move |staging, consumer, stop| {
+            let result = run(staging, &pipelines, stop, consumer);
+            // A successful `run` returns with the device idle (after the
+            // last fence): the output is final. After an error a batch may
+            // still run; dropping the pipelines waits for the device.
+            let output = match &result {
+                Ok(_) => pipelines.output.as_ref().map_or_else(Vec::new, |o| {
+                    // SAFETY: the output buffer's host pages are ours,
+                    // `len` bytes, and no batch is running.
+                    unsafe { std::slice::from_raw_parts(o.ptr().as_ptr(), o.len()) }.to_vec()
+                }),
+                Err(_) => Vec::new(),
+            };
+            drop(pipelines);
+            result.map(|stats| (stats, output))
+        })?;
+        Ok(Self(thread))
     }
 
     /// Wait until the producer has closed the queue and every entry is
@@ -336,19 +319,8 @@ impl VulkanConsumer {
     /// shader's output buffer (empty for gpuring's own shader; the mapping
     /// may be longer than [`Shader::with_output`] asked for, rounded up to
     /// the device's import alignment).
-    pub fn finish(mut self) -> Result<(ConsumerStats, Vec<u8>), VulkanError> {
-        let handle = self.handle.take().expect("joined once");
-        handle.join().map_err(|_| VulkanError::ConsumerPanicked)?
-    }
-}
-
-impl Drop for VulkanConsumer {
-    fn drop(&mut self) {
-        if let Some(handle) = self.handle.take() {
-            self.stop.store(true, Ordering::Release);
-            gpuring_shared::wake_consumer(&self.staging.queue());
-            let _ = handle.join();
-        }
+    pub fn finish(self) -> Result<(ConsumerStats, Vec<u8>), VulkanError> {
+        self.0.join(VulkanError::ConsumerPanicked)
     }
 }
 

@@ -13,15 +13,13 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use ash::vk;
-use gpuring_core::io_queue::Consumer;
 use gpuring_core::StagingMemory;
 use gpuring_shared::batch::{run_batches, Batch, BatchDevice, Failure, Release};
 use gpuring_shared::copy::{CopyPlan, CopyStats};
-use gpuring_shared::spawn_consumer;
+use gpuring_shared::ConsumerThread;
 
 use crate::context::Context;
 use crate::error::{call, VulkanError};
@@ -201,17 +199,8 @@ impl BatchDevice for Copier<'_> {
 /// destination buffer by the copy engine. Stop it with
 /// [`CopyConsumer::join`] after the producer closed the queue; dropping it
 /// stops it early (and waits for the copy in flight).
-pub struct CopyConsumer {
-    handle: Option<JoinHandle<Result<CopyStats, VulkanError>>>,
-    stop: Arc<AtomicBool>,
-    staging: Arc<VulkanStaging>,
-}
-
-impl std::fmt::Debug for CopyConsumer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CopyConsumer").field("running", &self.handle.is_some()).finish()
-    }
-}
+#[derive(Debug)]
+pub struct CopyConsumer(ConsumerThread<CopyStats, VulkanError>);
 
 impl CopyConsumer {
     /// Start copying the entries of `staging`'s queue into `dst` by `plan`,
@@ -225,33 +214,18 @@ impl CopyConsumer {
     /// submit to the device's queue meanwhile (Vulkan's rule for queues).
     pub unsafe fn start(staging: Arc<VulkanStaging>, dst: vk::Buffer, plan: CopyPlan) -> Result<Self, VulkanError> {
         let submitter = Submitter::new(&staging.ctx)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let handle = {
-            let stop = stop.clone();
-            spawn_consumer("gpuring-vulkan-copy", &staging, move |staging, consumer: &mut Consumer| {
-                let mut copier = Copier { staging, submitter: &submitter, dst, plan: &plan, stats: CopyStats::default(), regions: Vec::new() };
-                let done = run_batches(&staging.queue(), staging.geometry(), consumer, &stop, Release::Host, &mut copier)?;
-                Ok(CopyStats { entries: done.entries, batches: done.batches, ..copier.stats })
-            })?
-        };
-        Ok(Self { handle: Some(handle), stop, staging })
+        let thread = ConsumerThread::spawn("gpuring-vulkan-copy", &staging, None, move |staging, consumer, stop| {
+            let mut copier = Copier { staging, submitter: &submitter, dst, plan: &plan, stats: CopyStats::default(), regions: Vec::new() };
+            let done = run_batches(&staging.queue(), staging.geometry(), consumer, stop, Release::Host, &mut copier)?;
+            Ok(CopyStats { entries: done.entries, batches: done.batches, ..copier.stats })
+        })?;
+        Ok(Self(thread))
     }
 
     /// Wait until the producer has closed the queue and every entry is
     /// copied and released.
-    pub fn join(mut self) -> Result<CopyStats, VulkanError> {
-        let handle = self.handle.take().expect("joined once");
-        handle.join().map_err(|_| VulkanError::ConsumerPanicked)?
-    }
-}
-
-impl Drop for CopyConsumer {
-    fn drop(&mut self) {
-        if let Some(handle) = self.handle.take() {
-            self.stop.store(true, Ordering::Release);
-            gpuring_shared::wake_consumer(&self.staging.queue());
-            let _ = handle.join();
-        }
+    pub fn join(self) -> Result<CopyStats, VulkanError> {
+        self.0.join(VulkanError::ConsumerPanicked)
     }
 }
 
