@@ -20,8 +20,13 @@
 //!    to the caller with the consumer's checksum.
 //!
 //! When a round makes no progress the driver blocks: in `io_uring_enter`
-//! when reads are in flight (with a short timeout if the consumer also owes
-//! releases), else on a futex on the consumer's position. Memory stays
+//! when reads are in flight, else on a futex on the consumer's position.
+//! If the consumer also owes releases while reads are in flight, the ring
+//! itself waits for one (`IORING_OP_FUTEX_WAIT` on the queue's `consumer`
+//! word, Linux 6.7, armed through the sleeping protocol so the consumer's
+//! release wakes it): one `io_uring_enter` sleeps until a read or a release
+//! comes, whichever is first. Kernels without the operation answer
+//! `EINVAL`, and the driver then looks for releases every 200 µs instead. Memory stays
 //! bounded by the slot ring whatever the input size: a source is only ever
 //! read one slot-sized segment at a time, into a free slot.
 //!
@@ -63,6 +68,9 @@ const AGAIN_RETRIES: u8 = 8;
 
 /// `user_data` of the fixed-buffer probe read.
 const PROBE_TAG: u64 = u64::MAX - 1;
+
+/// `user_data` of the wait for a release queued in the ring.
+const RELEASE_TAG: u64 = u64::MAX - 2;
 
 /// How the driver reads.
 #[derive(Clone, Debug)]
@@ -181,6 +189,12 @@ pub struct Driver<S: StagingMemory> {
     registered: bool,
     /// Per slot: `EAGAIN` answers in a row to its read (retried up to [`AGAIN_RETRIES`]).
     again: Vec<u8>,
+    /// Whether the ring can wait for a release (`IORING_OP_FUTEX_WAIT` on
+    /// the queue's `consumer` word), once known: then one `io_uring_enter`
+    /// waits for a read or a release, whichever comes first.
+    futex_wait: Option<bool>,
+    /// A release wait is in the ring (and the producer's sleeping flag set).
+    release_armed: bool,
 }
 
 impl<S: StagingMemory> std::fmt::Debug for Driver<S> {
@@ -233,6 +247,8 @@ impl<S: StagingMemory> Driver<S> {
             releases: Vec::new(),
             broken: false,
             again: vec![0; geometry.slot_count() as usize],
+            futex_wait: None,
+            release_armed: false,
         })
     }
 
@@ -473,6 +489,10 @@ impl<S: StagingMemory> Driver<S> {
         // `cqes` may already hold completions the fixed-buffer probe set aside.
         let mut cqes = std::mem::take(&mut self.cqes);
         self.ring.reap(|user_data, res| cqes.push((user_data, res)));
+        if let Some(at) = cqes.iter().position(|&(user_data, _)| user_data == RELEASE_TAG) {
+            let (_, res) = cqes.remove(at);
+            self.release_woken(res);
+        }
         let n = cqes.len() as u32;
         let result = cqes.drain(..).try_for_each(|(user_data, res)| self.complete(run, user_data as u32, res));
         self.cqes = cqes;
@@ -656,6 +676,43 @@ impl<S: StagingMemory> Driver<S> {
         }
     }
 
+    /// The release wait ended: woken (0), the word had moved (`EAGAIN`),
+    /// interrupted or cancelled; or the kernel has no such operation.
+    fn release_woken(&mut self, res: i32) {
+        self.release_armed = false;
+        self.producer.end_sleep(&self.staging.queue());
+        let unsupported = [Errno::INVAL, Errno::OPNOTSUPP, Errno::NOSYS].iter().any(|e| res == -e.raw_os_error());
+        if unsupported {
+            self.futex_wait = Some(false);
+        } else if self.futex_wait.is_none() {
+            self.futex_wait = Some(true);
+        }
+    }
+
+    /// Have the ring wait for the next release too (once per sleep): the
+    /// sleeping protocol's flag asks the consumer to wake the `consumer`
+    /// word, and the futex wait in the ring completes on that wake.
+    fn arm_release_wait(&mut self) -> Result<bool, IngestError> {
+        if self.release_armed {
+            return Ok(true);
+        }
+        if self.futex_wait == Some(false) {
+            return Ok(false);
+        }
+        let q = self.staging.queue();
+        if !self.producer.prepare_sleep(&q) {
+            // A release is already there: no need to wait for one.
+            self.producer.end_sleep(&q);
+            return Ok(false);
+        }
+        // The word is the staging's, which this driver keeps alive until
+        // the ring has drained (and leaks otherwise).
+        // SAFETY: per the line above.
+        unsafe { self.ring.push_futex_wait(wait::consumer_word(&q), self.producer.released_position(), RELEASE_TAG)? };
+        self.release_armed = true;
+        Ok(true)
+    }
+
     /// Nothing moved: wait for a completion or a release, but not past the
     /// read timeout since the `last_completion`.
     fn block(&mut self, last_release: &mut Instant, last_completion: Instant) -> Result<(), IngestError> {
@@ -669,8 +726,12 @@ impl<S: StagingMemory> Driver<S> {
                 let what = format!("{} read(s) in flight", self.pending.in_flight());
                 return Err(IngestError::DeviceStalled { what, seconds: self.options.read_timeout.as_secs() });
             }
-            // With entries published, look at the releases now and then too.
-            let timeout = if self.pending.published() > 0 { RELEASE_POLL.min(left) } else { left };
+            // With entries published, wait for a release too: in the ring
+            // where the kernel can, else by looking now and then.
+            let timeout = match self.pending.published() > 0 && !self.arm_release_wait()? {
+                true => RELEASE_POLL.min(left),
+                false => left,
+            };
             return self.ring.wait(Some(timeout));
         }
         if self.producer.outstanding() == 0 {
@@ -684,7 +745,11 @@ impl<S: StagingMemory> Driver<S> {
         }
         if self.producer.prepare_sleep(&q) {
             wait::sleep_on(wait::consumer_word(&q), self.producer.released_position(), RELEASE_POLL);
-            self.producer.end_sleep(&q);
+            // A release wait in the ring still needs the flag (the consumer
+            // wakes the word only while it is set); its completion clears it.
+            if !self.release_armed {
+                self.producer.end_sleep(&q);
+            }
         }
         Ok(())
     }
@@ -782,6 +847,8 @@ impl<S: StagingMemory> Ingest<'_, '_, S> {
         self.finished = true;
         self.driver.broken = true;
         let _ = self.driver.ring.cancel_all();
+        // The release wait, if any, was cancelled with the reads.
+        self.driver.release_armed = false;
         e
     }
 }

@@ -23,6 +23,10 @@ use crate::error::IngestError;
 /// `user_data` of the ring's own cancel requests.
 const CANCEL_TAG: u64 = u64::MAX;
 
+/// `user_data` from here up marks a ring's own requests (cancels, probes,
+/// waits), not reads: injected faults count and hit reads only.
+pub const INTERNAL_TAGS: u64 = u64::MAX - 15;
+
 /// How long to wait for a request that does not complete before giving up
 /// on it (a device that never answers): above Linux's NVMe command timeout
 /// (30 s by default) plus a controller reset, so the kernel's own abort
@@ -272,6 +276,22 @@ impl Ring {
         }
     }
 
+    /// Queue a wait (`IORING_OP_FUTEX_WAIT`, Linux 6.7) on the 32-bit futex
+    /// `word` while it holds `seen`: it completes with 0 when woken, with
+    /// `-EAGAIN` if the word no longer holds `seen`, and with `-EINVAL` (or
+    /// `-EOPNOTSUPP`) on kernels without the operation.
+    ///
+    /// # Safety
+    /// `word` must stay valid until this request's completion is reaped or
+    /// the ring is dropped.
+    pub unsafe fn push_futex_wait(&mut self, word: &std::sync::atomic::AtomicU32, seen: u32, user_data: u64) -> Result<(), IngestError> {
+        /// `FUTEX2_SIZE_U32 | FUTEX2_PRIVATE` (linux/futex.h).
+        const FUTEX2_U32_PRIVATE: u32 = 0x02 | 128;
+        let entry = opcode::FutexWait::new(word.as_ptr(), seen as u64, u32::MAX as u64, FUTEX2_U32_PRIVATE).build().user_data(user_data);
+        // SAFETY: the caller keeps the word valid until completion.
+        unsafe { self.push(&entry) }
+    }
+
     /// Queue any entry, submitting first if the queue is full.
     ///
     /// # Safety
@@ -403,7 +423,7 @@ impl Ring {
     fn each_completion(uring: &mut Uring, #[cfg(feature = "fault-injection")] faults: &mut crate::fault::Faults, mut f: impl FnMut(u64, i32)) {
         uring.completions(|user_data, res| {
             #[cfg(feature = "fault-injection")]
-            let Some(res) = (if user_data == CANCEL_TAG { Some(res) } else { faults.apply(user_data, res) }) else {
+            let Some(res) = (if user_data >= INTERNAL_TAGS { Some(res) } else { faults.apply(user_data, res) }) else {
                 return;
             };
             f(user_data, res);
@@ -468,6 +488,47 @@ impl Drop for Ring {
 mod tests {
     use super::*;
     use std::os::fd::AsFd;
+
+    /// The futex wait in the ring, which the driver uses to wait for a read
+    /// and a release at once: woken by a plain `futex` wake from another
+    /// thread, and answered at once when the word has already moved.
+    #[test]
+    fn a_futex_wait_in_the_ring_ends_on_a_wake_or_a_moved_word() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let word = std::sync::Arc::new(AtomicU32::new(7));
+        let mut ring = Ring::new(4).unwrap();
+        // The word has moved on: the wait ends at once with EAGAIN.
+        // SAFETY: `word` outlives the ring's requests (reaped below).
+        unsafe { ring.push_futex_wait(&word, 6, 1).unwrap() };
+        ring.wait_for(1).unwrap();
+        let mut got = Vec::new();
+        ring.reap(|user_data, res| got.push((user_data, res)));
+        if got == [(1, -Errno::INVAL.raw_os_error())] || got == [(1, -Errno::OPNOTSUPP.raw_os_error())] {
+            eprintln!("skipped: this kernel has no IORING_OP_FUTEX_WAIT (Linux 6.7); the driver polls for releases instead");
+            return;
+        }
+        assert_eq!(got, [(1, -Errno::AGAIN.raw_os_error())]);
+        // The word holds what the wait expects: it ends when woken.
+        // SAFETY: as above.
+        unsafe { ring.push_futex_wait(&word, 7, 2).unwrap() };
+        ring.submit().unwrap();
+        let waker = {
+            let word = word.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(30));
+                word.store(8, Ordering::Release);
+                let _ = rustix::thread::futex::wake(&word, rustix::thread::futex::Flags::PRIVATE, 1);
+            })
+        };
+        let started = std::time::Instant::now();
+        ring.wait_for(1).unwrap();
+        got.clear();
+        ring.reap(|user_data, res| got.push((user_data, res)));
+        assert_eq!(got, [(2, 0)], "woken");
+        assert!(started.elapsed() >= Duration::from_millis(20), "it waited for the wake");
+        waker.join().unwrap();
+        assert_eq!(ring.in_flight(), 0);
+    }
 
     #[test]
     fn reads_into_a_fixed_buffer() {
