@@ -142,6 +142,29 @@ fn unprivileged_memlock_limit_is_reported_with_sizes_and_a_fix_that_works() {
     assert!(out.status.success(), "the suggested {ring}: {}", text(&out).1);
 }
 
+/// Under a memlock limit smaller than the destination, `read_into`'s
+/// O_DIRECT reads cannot register it: they go by address, and `load` still
+/// reads and verifies every byte.
+#[test]
+fn unprivileged_direct_load_reads_by_address_when_the_destination_cannot_be_registered() {
+    let Some(limit) = small_memlock_limit() else { return };
+    let dir = test_dir();
+    let len = (2 * limit as usize).max(1 << 20);
+    let file = make_file(dir.path(), "f.bin", len, 9);
+    // A one-tensor safetensors file: the header, then the bytes.
+    let header = format!(r#"{{"t":{{"dtype":"U8","shape":[{len}],"data_offsets":[0,{len}]}}}}"#);
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.extend_from_slice(&std::fs::read(&file).unwrap());
+    let checkpoint = dir.path().join("one.safetensors");
+    std::fs::write(&checkpoint, bytes).unwrap();
+    let Some(out) = as_nobody(&["load", "--direct", "--json", checkpoint.to_str().unwrap()]) else { return };
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!((v["checksum"]["match"].as_bool(), v["bytes"].as_u64()), (Some(true), Some(len as u64)), "{stdout}");
+}
+
 /// The memlock tests' precondition: a limit that io_uring charges against
 /// and that the 256 MiB ring below exceeds.
 fn small_memlock_limit() -> Option<u64> {
