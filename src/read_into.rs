@@ -148,8 +148,8 @@ pub fn into_new_buffer(target: &Target, requests: &[ReadRequest], len: u64, veri
         #[cfg(feature = "vulkan")]
         Backend::Vulkan => {
             let ctx = Arc::new(gpuring_vulkan::Context::new(target.device.as_deref())?);
-            let buffer = gpuring_vulkan::DeviceBuffer::new(&ctx, len)?;
-            let report = vulkan(requests, &buffer, options)?;
+            let mut buffer = gpuring_vulkan::DeviceBuffer::new(&ctx, len)?;
+            let report = vulkan(requests, &mut buffer, options)?;
             let matched = check(&mut |r| Ok(buffer.read(r.dst_offset, r.bytes())?))?;
             Ok((report, matched))
         }
@@ -272,15 +272,14 @@ fn through_slots<S: StagingMemory, C>(
 /// Read `requests` into `dst`, through slots imported into its device and
 /// that device's copy engine (see the module docs).
 ///
-/// Its context's queue must not be submitted to by anyone else during the
-/// call: true of every context gpuring made ([`gpuring_vulkan::Context::new`]);
-/// on a device of yours ([`gpuring_vulkan::Context::from_device`]), do not
-/// submit to that queue meanwhile.
+/// gpuring's own submissions to the context's queue take the context's
+/// lock; on a device of yours ([`gpuring_vulkan::Context::from_device`]),
+/// do not submit to that queue yourself during the call.
 #[cfg(feature = "vulkan")]
-pub fn vulkan(requests: &[ReadRequest], dst: &gpuring_vulkan::DeviceBuffer, options: &SlotOptions) -> Result<ReadIntoReport, Error> {
+pub fn vulkan(requests: &[ReadRequest], dst: &mut gpuring_vulkan::DeviceBuffer, options: &SlotOptions) -> Result<ReadIntoReport, Error> {
     // SAFETY: a `DeviceBuffer` is a bound TRANSFER_DST buffer of its
-    // context's device, `len` bytes, borrowed for the call; the queue rule
-    // is the one `Context::from_device` already puts on its caller.
+    // context's device, `len` bytes, borrowed mutably for the call; the
+    // queue rule is the one `Context::from_device` already puts on its caller.
     unsafe { vulkan_buffer(dst.context(), requests, dst.buffer(), dst.len(), options) }
 }
 
@@ -289,7 +288,8 @@ pub fn vulkan(requests: &[ReadRequest], dst: &gpuring_vulkan::DeviceBuffer, opti
 /// # Safety
 /// `dst` must be a buffer of `ctx`'s device with `TRANSFER_DST` usage,
 /// bound to memory, at least `dst_len` bytes, alive and unused by anything
-/// else for the call; nothing else may submit to `ctx`'s queue during it.
+/// else for the call; nothing outside gpuring may submit to `ctx`'s queue
+/// during it.
 #[cfg(feature = "vulkan")]
 pub unsafe fn vulkan_buffer(
     ctx: &Arc<gpuring_vulkan::Context>,

@@ -184,6 +184,10 @@ pub struct Context {
     pub(crate) queue_family: u32,
     pub(crate) memory: vk::PhysicalDeviceMemoryProperties,
     pub(crate) info: DeviceInfo,
+    /// Held around every `vkQueueSubmit` of gpuring's (consumers, copy
+    /// consumers, read-backs, on any thread): Vulkan requires a queue's
+    /// submissions to be externally synchronised.
+    pub(crate) queue_lock: std::sync::Mutex<()>,
     /// gpuring's instance, which made the device: both are destroyed on
     /// drop (the device first, see `Drop`). `None`: the caller's device and
     /// instance, which gpuring never destroys.
@@ -217,7 +221,7 @@ impl Context {
         // SAFETY: `pd` belongs to this live instance.
         let memory = unsafe { instance.instance.get_physical_device_memory_properties(pd) };
         let host_memory = ash::ext::external_memory_host::Device::new(&instance.instance, &device);
-        Ok(Self { device, host_memory, queue, queue_family, memory, info, owned: Some(instance) })
+        Ok(Self { device, host_memory, queue, queue_family, memory, info, queue_lock: Default::default(), owned: Some(instance) })
     }
 
     /// Use a Vulkan device of yours: gpuring imports its staging into it
@@ -266,7 +270,7 @@ impl Context {
         // SAFETY: as above.
         let memory = unsafe { instance.get_physical_device_memory_properties(physical) };
         let host_memory = ash::ext::external_memory_host::Device::new(instance, device);
-        Ok(Self { device: device.clone(), host_memory, queue, queue_family, memory, info, owned: None })
+        Ok(Self { device: device.clone(), host_memory, queue, queue_family, memory, info, queue_lock: Default::default(), owned: None })
     }
 
     /// The chosen device.

@@ -66,7 +66,8 @@ impl Submitter {
     pub(crate) unsafe fn submit(&self, record: impl FnOnce(&ash::Device, vk::CommandBuffer)) -> Result<(), VulkanError> {
         let d = &self.ctx.device;
         // SAFETY: the command buffer is idle (the caller's promise) and only
-        // this object records or submits it; the fence is reset before use.
+        // this object records or submits it; the fence is reset before use;
+        // the queue is submitted to under the context's lock.
         unsafe {
             d.reset_fences(&[self.fence]).map_err(call("vkResetFences"))?;
             d.begin_command_buffer(self.cmd, &vk::CommandBufferBeginInfo::default().flags(vk::CommandBufferUsageFlags::ONE_TIME_SUBMIT))
@@ -75,6 +76,7 @@ impl Submitter {
             d.end_command_buffer(self.cmd).map_err(call("vkEndCommandBuffer"))?;
             let cmds = [self.cmd];
             let submit = [vk::SubmitInfo::default().command_buffers(&cmds)];
+            let _turn = self.ctx.queue_lock.lock().unwrap_or_else(|e| e.into_inner());
             d.queue_submit(self.ctx.queue, &submit, self.fence).map_err(call("vkQueueSubmit"))?;
         }
         self.in_flight.store(true, Ordering::Release);
@@ -210,8 +212,9 @@ impl CopyConsumer {
     /// `dst` must be a buffer of `staging`'s device, created with
     /// `TRANSFER_DST` usage, bound to memory, at least `plan.dst_len` bytes,
     /// and alive until [`CopyConsumer::join`] (or the drop) has returned;
-    /// nothing else may use its windows meanwhile, and no other thread may
-    /// submit to the device's queue meanwhile (Vulkan's rule for queues).
+    /// nothing else may use its windows meanwhile, and nothing outside
+    /// gpuring may submit to the context's queue meanwhile (Vulkan's rule
+    /// for queues; gpuring's own submissions take the context's lock).
     pub unsafe fn start(staging: Arc<VulkanStaging>, dst: vk::Buffer, plan: CopyPlan) -> Result<Self, VulkanError> {
         let submitter = Submitter::new(&staging.ctx)?;
         let thread = ConsumerThread::spawn("gpuring-vulkan-copy", &staging, None, move |staging, consumer, stop| {
@@ -318,7 +321,8 @@ impl Drop for DeviceBuffer {
 /// # Safety
 /// `buffer` must be a buffer of `ctx`'s device with `TRANSFER_SRC` usage,
 /// bound, at least `offset + len` bytes, alive and not written during the
-/// call; no other thread may submit to the device's queue meanwhile.
+/// call; nothing outside gpuring may submit to the context's queue
+/// meanwhile (gpuring's own submissions take the context's lock).
 pub unsafe fn read_buffer(ctx: &Arc<Context>, buffer: vk::Buffer, offset: u64, len: u64) -> Result<Vec<u8>, VulkanError> {
     const CHUNK: u64 = 64 << 20;
     let mut out = Vec::with_capacity(len as usize);
