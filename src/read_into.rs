@@ -18,9 +18,11 @@
 //! - `rocm` (feature `rocm`): into a device pointer, by `hipMemcpyHtoDAsync`.
 //!
 //! On the GPU paths the copy engine's bytes are `device_copy_bytes` in the
-//! report; no byte is copied by the CPU, so `zero_bounce` holds. Under
-//! `O_DIRECT` a range is read from its start rounded down to 4096 bytes, and
-//! only the asked window is copied.
+//! report; no byte is copied by the CPU, so `zero_bounce` holds. The
+//! requests of one file whose ranges touch or overlap are read as one range
+//! (a checkpoint's tensors: one read range a file), so small requests share
+//! slots. Under `O_DIRECT` a range is read from its start rounded down to
+//! 4096 bytes, and only the asked windows are copied.
 //!
 //! [`verify`] compares every destination window with an independent
 //! `pread` of its range (on a GPU, the window read back by the copy engine).
@@ -44,7 +46,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use gpuring_core::{StagingMemory, Telemetry};
-use gpuring_shared::copy::{CopyPlan, CopyStats, CopyWindow};
+use gpuring_shared::copy::{CopyPlan, CopyStats, CopyWindow, SourceWindows};
 use gpuring_uring::read_into::check_requests;
 use gpuring_uring::{Driver, DriverOptions, Source};
 pub use gpuring_uring::{ReadIntoOptions, ReadRequest};
@@ -219,19 +221,41 @@ fn reference_error(r: &ReadRequest, e: std::io::Error) -> Error {
     Error::Ingest(gpuring_uring::IngestError::Open { path: r.path.clone(), errno })
 }
 
-/// The sources and the copy plan for `requests` into `dst_len` bytes:
-/// one source per non-empty request (its index is the entries' tag), from
-/// the range start rounded down to 4096 under `O_DIRECT`.
+/// The sources and the copy plan for `requests` into `dst_len` bytes.
+/// The requests of one file whose ranges touch or overlap are read as one
+/// source (a checkpoint's tensors are contiguous: one source a file), so
+/// small requests share slots and reads, and under `O_DIRECT` no block is
+/// read twice; a source starts at its first range's start, rounded down to
+/// 4096 under `O_DIRECT`.
 fn plan(requests: &[ReadRequest], dst_len: u64, direct: bool) -> Result<(Vec<Source>, CopyPlan), Error> {
     check_requests(requests, dst_len)?;
-    let mut sources = Vec::new();
-    let mut windows = Vec::new();
+    let align = |at: u64| if direct { at / 4096 * 4096 } else { at };
+    // Each file's requests, files in the order they first appear.
+    let mut files: Vec<(&std::path::Path, Vec<&ReadRequest>)> = Vec::new();
     for r in requests.iter().filter(|r| !r.is_empty()) {
-        let start = if direct { r.range.start / 4096 * 4096 } else { r.range.start };
-        sources.push(Source::range(&r.path, start..r.range.end));
-        windows.push(CopyWindow { start: r.range.start, end: r.range.end, dst: r.dst_offset });
+        match files.iter_mut().find(|(p, _)| *p == r.path.as_path()) {
+            Some((_, list)) => list.push(r),
+            None => files.push((&r.path, vec![r])),
+        }
     }
-    Ok((sources, CopyPlan { windows, dst_len }))
+    let (mut sources, mut plans) = (Vec::new(), Vec::new());
+    for (path, mut list) in files {
+        list.sort_by_key(|r| r.range.start);
+        let mut i = 0;
+        while i < list.len() {
+            let (start, mut end) = (align(list[i].range.start), list[i].range.end);
+            let mut windows = Vec::new();
+            while i < list.len() && align(list[i].range.start) <= end {
+                let r = list[i];
+                end = end.max(r.range.end);
+                windows.push(CopyWindow { start: r.range.start, end: r.range.end, dst: r.dst_offset });
+                i += 1;
+            }
+            sources.push(Source::range(path, start..end));
+            plans.push(SourceWindows::new(windows));
+        }
+    }
+    Ok((sources, CopyPlan { sources: plans, dst_len }))
 }
 
 /// Read `requests` through `staging`'s slots while a copy consumer, which

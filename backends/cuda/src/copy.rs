@@ -3,7 +3,7 @@
 //!
 //! It runs the batched-consumer engine ([`gpuring_shared::batch`]) with
 //! `cuMemcpyHtoDAsync` as the device work: per batch, one copy per entry
-//! (clipped to its request's window by [`CopyPlan`]) from the page-locked
+//! (clipped to its requests' windows by [`CopyPlan`]) from the page-locked
 //! slot into the destination, on the caller's stream. The engine waits
 //! until the stream is idle before it releases the batch, so a slot is read
 //! into again only once its copy has finished; the driver meanwhile keeps
@@ -14,7 +14,7 @@ use std::sync::Arc;
 use cudarc::driver::{sys, CudaStream};
 use gpuring_core::StagingMemory;
 use gpuring_shared::batch::{run_batches, Batch, BatchDevice, Failure, Release};
-use gpuring_shared::copy::{CopyPlan, CopyStats};
+use gpuring_shared::copy::{CopyPlan, CopyStats, Region};
 use gpuring_shared::ConsumerThread;
 
 use crate::consumer::{failure, stream_idle};
@@ -29,6 +29,8 @@ struct Copier<'a> {
     dst: sys::CUdeviceptr,
     plan: &'a CopyPlan,
     stats: CopyStats,
+    /// One entry's regions.
+    found: Vec<Region>,
 }
 
 impl BatchDevice for Copier<'_> {
@@ -38,20 +40,23 @@ impl BatchDevice for Copier<'_> {
         let q = self.staging.queue();
         let base = self.staging.slot_ptr(0).as_ptr();
         for position in batch.positions() {
-            let region = self.plan.region(&q.entry(position).completion(), batch.slot_count, batch.slot_bytes as u64);
-            let Some(r) = region.map_err(|what| CudaError::Rejected { position, what })? else { continue };
-            // The source lies in the slot region (`region` checked the slot
-            // and length), page-locked by the staging, so the copy is
-            // asynchronous DMA; it stays ours until the engine released the
-            // batch, after the stream is idle. The destination window lies
-            // inside the caller's buffer (checked against `dst_len`), which
-            // the caller keeps alive until the consumer is joined.
-            // SAFETY: per the lines above.
-            let copied =
-                unsafe { sys::cuMemcpyHtoDAsync_v2(self.dst + r.dst, base.add(r.slot_offset as usize).cast(), r.len as usize, self.stream.cu_stream()) };
-            check("cuMemcpyHtoDAsync", copied)?;
-            self.stats.bytes += r.len;
-            self.stats.copies += 1;
+            let found = self.plan.regions(&q.entry(position).completion(), batch.slot_count, batch.slot_bytes as u64, &mut self.found);
+            found.map_err(|what| CudaError::Rejected { position, what })?;
+            for r in &self.found {
+                // The source lies in the slot region (`regions` checked the
+                // slot and length), page-locked by the staging, so the copy
+                // is asynchronous DMA; it stays ours until the engine
+                // released the batch, after the stream is idle. The
+                // destination window lies inside the caller's buffer
+                // (checked against `dst_len`), which the caller keeps alive
+                // until the consumer is joined.
+                // SAFETY: per the lines above.
+                let copied =
+                    unsafe { sys::cuMemcpyHtoDAsync_v2(self.dst + r.dst, base.add(r.slot_offset as usize).cast(), r.len as usize, self.stream.cu_stream()) };
+                check("cuMemcpyHtoDAsync", copied)?;
+                self.stats.bytes += r.len;
+                self.stats.copies += 1;
+            }
         }
         Ok(())
     }
@@ -83,7 +88,7 @@ impl CudaCopyConsumer {
     pub unsafe fn start(staging: Arc<CudaStaging>, dst: sys::CUdeviceptr, plan: CopyPlan, stream: Arc<CudaStream>) -> Result<Self, CudaError> {
         let thread = ConsumerThread::spawn("gpuring-cuda-copy", &staging, None, move |staging, consumer, stop| {
             staging.device.bind()?;
-            let mut copier = Copier { staging, stream: &stream, dst, plan: &plan, stats: CopyStats::default() };
+            let mut copier = Copier { staging, stream: &stream, dst, plan: &plan, stats: CopyStats::default(), found: Vec::new() };
             match run_batches(&staging.queue(), staging.geometry(), consumer, stop, Release::Host, &mut copier) {
                 Ok(done) => Ok(CopyStats { entries: done.entries, batches: done.batches, ..copier.stats }),
                 Err(e @ CudaError::Timeout { .. }) => {

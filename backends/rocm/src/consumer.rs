@@ -287,22 +287,26 @@ impl BatchDevice for Launcher<'_> {
         match self.work {
             Work::Copy { plan, dst } => {
                 let (hip, q, base) = (self.resources.hip, self.staging.queue(), self.staging.slot_ptr(0).as_ptr());
+                let mut found = Vec::new();
                 for position in batch.positions() {
-                    let region = plan.region(&q.entry(position).completion(), slot_count, slot_bytes as u64);
-                    let Some(r) = region.map_err(|what| RocmError::Rejected { position, what })? else { continue };
-                    // The source lies in the slot region (`region` checked
-                    // slot and length), page-locked by the staging, and
-                    // stays ours until the batch is released, after the
-                    // stream is idle; the destination window lies inside
-                    // the caller's memory (checked against `dst_len`),
-                    // which `copy_into`'s caller keeps alive until the join.
-                    // SAFETY: per the lines above.
-                    let code = unsafe {
-                        let from = base.add(r.slot_offset as usize).cast::<c_void>();
-                        (hip.rt.hipMemcpyAsync)(dst.add(r.dst as usize), from, r.len as usize, HOST_TO_DEVICE, self.resources.stream)
-                    };
-                    hip.check("hipMemcpyAsync", code)?;
-                    self.copied += r.len;
+                    let regions = plan.regions(&q.entry(position).completion(), slot_count, slot_bytes as u64, &mut found);
+                    regions.map_err(|what| RocmError::Rejected { position, what })?;
+                    for r in &found {
+                        // The source lies in the slot region (`regions`
+                        // checked slot and length), page-locked by the
+                        // staging, and stays ours until the batch is
+                        // released, after the stream is idle; the
+                        // destination window lies inside the caller's memory
+                        // (checked against `dst_len`), which `copy_into`'s
+                        // caller keeps alive until the join.
+                        // SAFETY: per the lines above.
+                        let code = unsafe {
+                            let from = base.add(r.slot_offset as usize).cast::<c_void>();
+                            (hip.rt.hipMemcpyAsync)(dst.add(r.dst as usize), from, r.len as usize, HOST_TO_DEVICE, self.resources.stream)
+                        };
+                        hip.check("hipMemcpyAsync", code)?;
+                        self.copied += r.len;
+                    }
                 }
                 Ok(())
             }

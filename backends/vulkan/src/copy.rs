@@ -5,7 +5,7 @@
 //! ([`gpuring_shared::batch`]) with the copy engine as the device: per
 //! batch of published entries it records one `vkCmdCopyBuffer` from the
 //! imported slots into the destination buffer, one region per entry
-//! (clipped to its request's window by [`CopyPlan`]), then a barrier that
+//! (clipped to its requests' windows by [`CopyPlan`]), then a barrier that
 //! makes the copies visible to whatever the queue runs next, and submits it
 //! with a fence. The engine waits on the fence before it releases the batch,
 //! so a slot is read into again only after its copy has finished; the
@@ -18,7 +18,7 @@ use std::time::Duration;
 use ash::vk;
 use gpuring_core::StagingMemory;
 use gpuring_shared::batch::{run_batches, Batch, BatchDevice, Failure, Release};
-use gpuring_shared::copy::{CopyPlan, CopyStats};
+use gpuring_shared::copy::{CopyPlan, CopyStats, Region};
 use gpuring_shared::ConsumerThread;
 
 use crate::context::Context;
@@ -156,6 +156,8 @@ struct Copier<'a> {
     dst: vk::Buffer,
     plan: &'a CopyPlan,
     stats: CopyStats,
+    /// One entry's regions.
+    found: Vec<Region>,
     regions: Vec<vk::BufferCopy>,
 }
 
@@ -166,8 +168,9 @@ impl BatchDevice for Copier<'_> {
         let q = self.staging.queue();
         self.regions.clear();
         for position in batch.positions() {
-            let region = self.plan.region(&q.entry(position).completion(), batch.slot_count, batch.slot_bytes as u64);
-            if let Some(r) = region.map_err(|what| VulkanError::Rejected { position, what })? {
+            let found = self.plan.regions(&q.entry(position).completion(), batch.slot_count, batch.slot_bytes as u64, &mut self.found);
+            found.map_err(|what| VulkanError::Rejected { position, what })?;
+            for r in &self.found {
                 self.regions.push(vk::BufferCopy { src_offset: r.slot_offset, dst_offset: r.dst, size: r.len });
                 self.stats.bytes += r.len;
             }
@@ -218,7 +221,7 @@ impl CopyConsumer {
     pub unsafe fn start(staging: Arc<VulkanStaging>, dst: vk::Buffer, plan: CopyPlan) -> Result<Self, VulkanError> {
         let submitter = Submitter::new(&staging.ctx)?;
         let thread = ConsumerThread::spawn("gpuring-vulkan-copy", &staging, None, move |staging, consumer, stop| {
-            let mut copier = Copier { staging, submitter: &submitter, dst, plan: &plan, stats: CopyStats::default(), regions: Vec::new() };
+            let mut copier = Copier { staging, submitter: &submitter, dst, plan: &plan, stats: CopyStats::default(), found: Vec::new(), regions: Vec::new() };
             let done = run_batches(&staging.queue(), staging.geometry(), consumer, stop, Release::Host, &mut copier)?;
             Ok(CopyStats { entries: done.entries, batches: done.batches, ..copier.stats })
         })?;
