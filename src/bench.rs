@@ -508,9 +508,10 @@ fn pread_into(data: &Data, config: &BenchConfig) -> Result<Sample, Error> {
 /// Write and free `len` bytes of new memory, so that the next allocation of
 /// that size finds pages the hypervisor has backed. In this VM, memory freed
 /// a while ago is handed back to the host, and the first program to touch
-/// it again pays for that (measured: faulting in a fresh 1 GiB arena took
-/// 0.24 s or 1.9 s, depending on what ran before); without this, whichever
-/// load case runs first in a round pays it.
+/// it again pays for that (measured: `MADV_POPULATE_WRITE` of a fresh 1 GiB
+/// arena took 0.24 s in a bench of the load cases alone and 0.74 to 1.06 s
+/// inside full runs); without this, whichever load case runs first in a
+/// round pays it.
 fn prime(len: u64) {
     std::hint::black_box(vec![1u8; len as usize]);
 }

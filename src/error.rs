@@ -69,6 +69,14 @@ pub enum Error {
         /// The namespace's character device.
         path: PathBuf,
     },
+    /// A GPU `read_into`'s copy consumer moved another number of bytes than
+    /// the requests asked for.
+    CopyMismatch {
+        /// Bytes the copy engine moved.
+        copied: u64,
+        /// Bytes asked for.
+        asked: u64,
+    },
     /// A checkpoint file (safetensors, or a sharded checkpoint's index) is
     /// not one gpuring can load.
     Checkpoint {
@@ -121,6 +129,10 @@ impl fmt::Display for Error {
                 f,
                 "{}: no block device of this namespace was found in /sys/block to verify against. Fix: pass --no-verify, or check that the kernel exposes /dev/nvmeXnY",
                 path.display()
+            ),
+            Self::CopyMismatch { copied, asked } => write!(
+                f,
+                "the copy engine moved {copied} bytes into the destination, but the requests asked for {asked}. Fix: this is a gpuring bug; please report it"
             ),
             Self::Checkpoint { path, what, fix } => write!(f, "{}: {what}. Fix: {fix}", path.display()),
             Self::Io { path, op, error } => write!(f, "{}: {op} failed: {error}. Fix: check the path and its permissions", path.display()),

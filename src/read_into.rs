@@ -287,8 +287,7 @@ fn through_slots<S: StagingMemory, C>(
     let copied = join(consumer)?;
     let stats = driven?;
     if copied.bytes != bytes {
-        let what = format!("the copy engine moved {} bytes, but the requests asked for {bytes}", copied.bytes);
-        return Err(Error::Ingest(gpuring_uring::IngestError::ConsumerStalled { outstanding: 0, why: what }));
+        return Err(Error::CopyMismatch { copied: copied.bytes, asked: bytes });
     }
     ReadIntoReport::new(backend, &stats.telemetry, bytes, started.elapsed().as_secs_f64(), copied.bytes)
 }

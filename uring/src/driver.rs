@@ -489,14 +489,17 @@ impl<S: StagingMemory> Driver<S> {
         // `cqes` may already hold completions the fixed-buffer probe set aside.
         let mut cqes = std::mem::take(&mut self.cqes);
         self.ring.reap(|user_data, res| cqes.push((user_data, res)));
-        if let Some(at) = cqes.iter().position(|&(user_data, _)| user_data == RELEASE_TAG) {
-            let (_, res) = cqes.remove(at);
-            self.release_woken(res);
-        }
-        let n = cqes.len() as u32;
-        let result = cqes.drain(..).try_for_each(|(user_data, res)| self.complete(run, user_data as u32, res));
+        let mut reads = 0;
+        let result = cqes.drain(..).try_for_each(|(user_data, res)| {
+            if user_data == RELEASE_TAG {
+                self.release_woken(res);
+                return Ok(());
+            }
+            reads += 1;
+            self.complete(run, user_data as u32, res)
+        });
         self.cqes = cqes;
-        result.map(|()| n)
+        result.map(|()| reads)
     }
 
     /// Judge one completion.

@@ -34,9 +34,10 @@ use std::time::{Duration, Instant};
 use gpuring_core::telemetry::Path as BytePath;
 use gpuring_core::Telemetry;
 
+use crate::bounce::HeapBuffer;
 use crate::error::IngestError;
 use crate::ring::Ring;
-use crate::source::{dio_alignment, OpenSource, Source};
+use crate::source::{OpenSource, Source};
 
 /// One range to read: bytes `range` of the file at `path`, into the
 /// destination at `dst_offset`.
@@ -240,11 +241,8 @@ pub fn read_into(requests: &[ReadRequest], dst: &mut [u8], options: &ReadIntoOpt
         if file == usize::MAX {
             continue;
         }
-        let (align, mem_align) = match files[file].dio_align {
-            0 => (0, 0),
-            a => (a as u64, dio_alignment(&files[file].fd).map_or(4096, |(_, m)| m as u64)),
-        };
-        pieces(r, file, align, mem_align, dst.as_ptr() as usize, &mut plan);
+        let f = &files[file];
+        pieces(r, file, f.dio_align as u64, f.dio_mem_align as u64, dst.as_ptr() as usize, &mut plan);
     }
     let mut ring = Ring::new(options.depth)?;
     // O_DIRECT reads pin their target pages one read at a time unless
@@ -308,7 +306,8 @@ fn register(ring: &mut Ring, dst: &mut [u8]) -> bool {
 /// inline: io_uring hands it to a worker thread, and a fresh buffer of 1 GiB
 /// then reads at a third of the speed (measured: `gpuring bench`, 0.64
 /// against 2.26 GiB/s for `pread()`). Populating costs a walk of every page
-/// even when all are there (about a sixth of a warm 1 GiB read here), so
+/// even when all are there (a warm 1 GiB read ran 13-15% slower with it:
+/// 4.47 against 5.04-5.28 GiB/s), so
 /// eight pages spread over the window are asked first (`mincore`), and a
 /// window whose eight are all present is taken as present. Best effort:
 /// an older kernel refuses, and the reads fault as before.
@@ -366,9 +365,8 @@ struct Job<'a> {
     /// Reads by `user_data`; `None` once finished.
     ops: Vec<Option<Op>>,
     free_ops: Vec<usize>,
-    /// Scratch buffers (each `chunk` bytes at a 4096-byte aligned start,
-    /// inside a vector one page longer), made as needed.
-    scratch: Vec<(Vec<u8>, usize)>,
+    /// Scratch buffers of `chunk` bytes, page-aligned, made as needed.
+    scratch: Vec<HeapBuffer>,
     free_scratch: Vec<usize>,
     chunk: u32,
 }
@@ -451,9 +449,7 @@ impl Job<'_> {
         if let Some(i) = self.free_scratch.pop() {
             return i;
         }
-        let buffer = vec![0u8; self.chunk as usize + 4096];
-        let start = buffer.as_ptr().align_offset(4096);
-        self.scratch.push((buffer, start));
+        self.scratch.push(HeapBuffer::new(self.chunk as usize, 0));
         self.scratch.len() - 1
     }
 
@@ -469,10 +465,7 @@ impl Job<'_> {
         let buf = match op.into {
             // In bounds: `check_requests` put every window inside `dst`.
             Target::Direct { dst, .. } => self.dst[dst as usize + op.done as usize..].as_mut_ptr(),
-            Target::Scratch { scratch, .. } => {
-                let (buffer, start) = &mut self.scratch[scratch];
-                buffer[*start + op.done as usize..].as_mut_ptr()
-            }
+            Target::Scratch { scratch, .. } => self.scratch[scratch].as_mut_slice()[op.done as usize..].as_mut_ptr(),
         };
         self.ops[id] = Some(op);
         let len = op.len - op.done;
@@ -530,9 +523,8 @@ impl Job<'_> {
                 self.telemetry.on_complete(path, got as u64, false)?;
             }
             Target::Scratch { scratch, skip, want, dst } => {
-                let (buffer, start) = &self.scratch[scratch];
-                let from = start + skip as usize;
-                self.dst[dst as usize..dst as usize + want as usize].copy_from_slice(&buffer[from..from + want as usize]);
+                let from = &self.scratch[scratch].as_slice()[skip as usize..(skip + want) as usize];
+                self.dst[dst as usize..dst as usize + want as usize].copy_from_slice(from);
                 self.free_scratch.push(scratch);
                 self.telemetry.on_complete(path, want as u64, false)?;
             }

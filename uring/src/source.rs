@@ -117,6 +117,8 @@ pub(crate) struct OpenSource {
     pub whole: bool,
     /// The direct-I/O offset alignment (0 for buffered reads).
     pub dio_align: u32,
+    /// The direct-I/O memory alignment (0 for buffered reads).
+    pub dio_mem_align: u32,
     /// How bytes from this file reach the slot.
     pub path_kind: BytePath,
     /// Bytes per segment (one slot's worth): the slot size for a file.
@@ -229,7 +231,7 @@ impl OpenSource {
             }
             None => (0, size),
         };
-        let mut dio_align = 0;
+        let (mut dio_align, mut dio_mem_align) = (0, 0);
         let mut path_kind = BytePath::KernelCopy;
         if direct {
             // Without STATX_DIOALIGN (kernels before 6.1) assume the common
@@ -248,7 +250,7 @@ impl OpenSource {
             if start % offset_align as u64 != 0 {
                 return Err(unaligned("range start", start, offset_align));
             }
-            dio_align = offset_align;
+            (dio_align, dio_mem_align) = (offset_align, mem_align);
             // tmpfs accepts O_DIRECT but serves it from the page cache: honest
             // accounting calls that a kernel copy, not DMA.
             if file_type == FileType::BlockDevice {
@@ -266,7 +268,19 @@ impl OpenSource {
         let segment_bytes = u32::try_from(slot_size).map_err(|_| IngestError::RingGeometry {
             what: format!("a slot of {slot_size} bytes is larger than one read can fill (4 GiB - 1). Fix: use slots of at most 1 GiB"),
         })?;
-        Ok(Self { fd, path: path.clone(), size, start, end, whole: source.range.is_none(), dio_align, path_kind, segment_bytes, namespace: None })
+        Ok(Self {
+            fd,
+            path: path.clone(),
+            size,
+            start,
+            end,
+            whole: source.range.is_none(),
+            dio_align,
+            dio_mem_align,
+            path_kind,
+            segment_bytes,
+            namespace: None,
+        })
     }
 
     /// Open an NVMe namespace and check the LBA range against it.
@@ -294,6 +308,7 @@ impl OpenSource {
             end: blocks.end * lba,
             whole: false,
             dio_align: 0,
+            dio_mem_align: 0,
             path_kind: BytePath::Dma,
             segment_bytes,
             namespace: Some(ns),

@@ -28,10 +28,11 @@ use gpuring_shared::kernel::{chunks_per_slot, UserKernel, CHUNK_WORDS, THREADS};
 use gpuring_shared::{wake_producer, ConsumerThread};
 use hip_sys::hiprt::{hipFunction_t, hipStreamNonBlocking, hipStream_t};
 
-use crate::api::{Hip, DEVICE_TO_HOST, HOST_TO_DEVICE, NOT_READY};
+use crate::api::{Hip, HOST_TO_DEVICE, NOT_READY};
+use crate::device::Device;
 use crate::error::RocmError;
 use crate::kernel::{compile_kernel, Kernels, Module};
-use crate::memory::RocmStaging;
+use crate::memory::{DeviceBuffer, RocmStaging};
 
 /// What the consumer did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -56,49 +57,45 @@ struct Resources {
     stream: hipStream_t,
     /// Whether `stream` is ours to destroy (not the caller's).
     own_stream: bool,
-    buffer: *mut c_void,
-    bytes: usize,
+    /// `None` for no bytes (the copy consumer has none).
+    buffer: Option<DeviceBuffer>,
     hip: &'static Hip,
 }
 
 impl Resources {
-    /// `stream`: the caller's, or `None` for a new one.
-    fn new(hip: &'static Hip, bytes: usize, stream: Option<hipStream_t>) -> Result<Self, RocmError> {
-        let mut this = Self { stream: stream.unwrap_or(std::ptr::null_mut()), own_stream: stream.is_none(), buffer: std::ptr::null_mut(), bytes, hip };
+    /// `bytes` of `device`'s memory; `stream`: the caller's, or `None` for
+    /// a new one.
+    fn new(device: &Arc<Device>, bytes: usize, stream: Option<hipStream_t>) -> Result<Self, RocmError> {
+        let hip = device.hip;
+        let mut this = Self { stream: stream.unwrap_or(std::ptr::null_mut()), own_stream: stream.is_none(), buffer: None, hip };
         if this.own_stream {
             // SAFETY: a valid output; a failure leaves it null, which `Drop` skips.
             hip.check("hipStreamCreateWithFlags", unsafe { (hip.rt.hipStreamCreateWithFlags)(&mut this.stream, hipStreamNonBlocking) })?;
         }
-        if bytes == 0 {
-            return Ok(this);
+        if bytes > 0 {
+            this.buffer = Some(DeviceBuffer::new(device, bytes)?);
         }
-        // SAFETY: as above.
-        hip.check("hipMalloc", unsafe { (hip.rt.hipMalloc)(&mut this.buffer, bytes) })?;
-        // SAFETY: `buffer` holds `bytes` bytes of device memory.
-        hip.check("hipMemset", unsafe { (hip.rt.hipMemset)(this.buffer, 0, bytes) })?;
         Ok(this)
+    }
+
+    /// The buffer's device address (null without one).
+    fn buffer_ptr(&self) -> *mut c_void {
+        self.buffer.as_ref().map_or(std::ptr::null_mut(), DeviceBuffer::as_ptr)
     }
 
     /// The buffer's bytes, copied back (the stream must be idle).
     fn read(&self) -> Result<Vec<u8>, RocmError> {
-        let mut out = vec![0u8; self.bytes];
-        // SAFETY: `out` and the buffer both hold `bytes` bytes; the copy is
-        // synchronous, and nothing runs on the buffer any more.
-        let code = unsafe { (self.hip.rt.hipMemcpy)(out.as_mut_ptr().cast(), self.buffer, self.bytes, DEVICE_TO_HOST) };
-        self.hip.check("hipMemcpy (the kernel's output)", code)?;
-        Ok(out)
+        self.buffer.as_ref().map_or(Ok(Vec::new()), |b| b.read(0, b.len()))
     }
 }
 
 impl Drop for Resources {
     fn drop(&mut self) {
-        // SAFETY: made in `new` (null ones are skipped; a caller's stream is
-        // not ours); the consumer thread waited for the stream before it
-        // drops them, or leaked them.
+        // Made in `new` (a caller's stream is not ours, a null one failed to
+        // be made); the consumer thread waited for the stream before it drops
+        // it, or leaked it. The buffer frees itself after.
+        // SAFETY: per the lines above.
         unsafe {
-            if !self.buffer.is_null() {
-                (self.hip.rt.hipFree)(self.buffer);
-            }
             if self.own_stream && !self.stream.is_null() {
                 (self.hip.rt.hipStreamDestroy)(self.stream);
             }
@@ -126,7 +123,7 @@ impl RocmConsumer {
         refuse_huge_slots(&staging)?;
         let kernels = Kernels::load(&device)?;
         let lanes = 2 * staging.queue().capacity() as usize;
-        let resources = Resources::new(device.hip, lanes * std::mem::size_of::<u32>(), None)?;
+        let resources = Resources::new(&device, lanes * std::mem::size_of::<u32>(), None)?;
         Self::spawn("gpuring-rocm", staging, Release::Device, Work::Checksum(kernels), resources)
     }
 
@@ -152,7 +149,7 @@ impl RocmConsumer {
         device.bind()?;
         let module = Module::load(&device, &compile_kernel(kernel, None)?)?;
         let function = module.function(kernel.name())?;
-        let resources = Resources::new(device.hip, kernel.output_bytes(), stream)?;
+        let resources = Resources::new(&device, kernel.output_bytes(), stream)?;
         let work = Work::User { function, block: kernel.block(), _module: module };
         Self::spawn("gpuring-rocm-user", staging, Release::Host, work, resources)
     }
@@ -169,7 +166,7 @@ impl RocmConsumer {
     /// dropped); a `stream` of yours is a live stream of that device that
     /// outlives the consumer.
     pub unsafe fn copy_into(staging: Arc<RocmStaging>, dst: *mut c_void, plan: CopyPlan, stream: Option<hipStream_t>) -> Result<Self, RocmError> {
-        let resources = Resources::new(staging.device.hip, 0, stream)?;
+        let resources = Resources::new(&staging.device, 0, stream)?;
         Self::spawn("gpuring-rocm-copy", staging, Release::Host, Work::Copy { plan, dst }, resources)
     }
 
@@ -191,7 +188,7 @@ impl RocmConsumer {
             }
             let stats = result?;
             // The stream is idle: the output is final.
-            let output = if release == Release::Host && resources.bytes > 0 { resources.read()? } else { Vec::new() };
+            let output = if release == Release::Host { resources.read()? } else { Vec::new() };
             Ok((stats, output))
         })
         .map_err(RocmError::from)?;
@@ -283,7 +280,7 @@ impl BatchDevice for Launcher<'_> {
 
     fn launch(&mut self, batch: &Batch) -> Result<(), RocmError> {
         let Batch { mut first, mut count, mut capacity, mut slot_count, mut slot_bytes } = *batch;
-        let (mut queue_ptr, mut slots_ptr, mut buffer) = (self.staging.queue.device_ptr(), self.staging.slots.device_ptr(), self.resources.buffer);
+        let (mut queue_ptr, mut slots_ptr, mut buffer) = (self.staging.queue.device_ptr(), self.staging.slots.device_ptr(), self.resources.buffer_ptr());
         match self.work {
             Work::Copy { plan, dst } => {
                 let (hip, q, base) = (self.resources.hip, self.staging.queue(), self.staging.slot_ptr(0).as_ptr());

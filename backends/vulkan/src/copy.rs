@@ -177,10 +177,11 @@ impl BatchDevice for Copier<'_> {
         }
         self.stats.copies += self.regions.len() as u64;
         let (src, dst, regions) = (self.staging.slots.buffer, self.dst, &self.regions);
-        // SAFETY: the slots' buffer lives with the staging this thread holds;
-        // `dst` is the caller's, promised alive and large enough until the
-        // consumer is joined (every region was checked against its length);
-        // the engine waits for each batch before the next `launch`.
+        // The slots' buffer lives with the staging this thread holds; `dst`
+        // is the caller's, promised alive and large enough until the consumer
+        // is joined (every region was checked against its length); the engine
+        // waits for each batch before the next `launch`.
+        // SAFETY: per the lines above.
         unsafe { self.submitter.submit(|d, cmd| record_copy(d, cmd, src, dst, regions)) }
     }
 
@@ -242,6 +243,9 @@ pub struct DeviceBuffer {
     buffer: vk::Buffer,
     memory: vk::DeviceMemory,
     len: u64,
+    /// Made by the first [`DeviceBuffer::read`] and kept for the next ones
+    /// (verifying a checkpoint reads every tensor back).
+    read_back: std::sync::Mutex<Option<ReadBack>>,
 }
 
 impl std::fmt::Debug for DeviceBuffer {
@@ -254,7 +258,7 @@ impl DeviceBuffer {
     /// `len` bytes (at least 1) of the device's local memory.
     pub fn new(ctx: &Arc<Context>, len: u64) -> Result<Self, VulkanError> {
         let d = &ctx.device;
-        let mut b = Self { ctx: ctx.clone(), buffer: vk::Buffer::null(), memory: vk::DeviceMemory::null(), len };
+        let mut b = Self { ctx: ctx.clone(), buffer: vk::Buffer::null(), memory: vk::DeviceMemory::null(), len, read_back: Default::default() };
         let usage = vk::BufferUsageFlags::TRANSFER_DST | vk::BufferUsageFlags::TRANSFER_SRC | vk::BufferUsageFlags::STORAGE_BUFFER;
         let info = vk::BufferCreateInfo::default().size(len.max(1)).usage(usage).sharing_mode(vk::SharingMode::EXCLUSIVE);
         // SAFETY: the create infos are valid for each call; both handles go
@@ -300,9 +304,24 @@ impl DeviceBuffer {
         if offset.checked_add(len).is_none_or(|end| end > self.len) {
             return Err(VulkanError::TooLarge { what: "read-back window", len: offset.saturating_add(len), max: self.len });
         }
-        // SAFETY: this buffer is the context's, TRANSFER_SRC, alive for the
-        // call (borrowed), and the window was checked against its length.
-        unsafe { read_buffer(&self.ctx, self.buffer, offset, len) }
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let mut slot = self.read_back.lock().unwrap_or_else(|e| e.into_inner());
+        let back = match slot.take() {
+            Some(back) => back,
+            None => ReadBack::new(&self.ctx)?,
+        };
+        // This buffer is the context's, TRANSFER_SRC, alive for the call
+        // (borrowed), and the window was checked against its length; the
+        // lock keeps the read-back to one caller at a time.
+        // SAFETY: per the lines above.
+        let read = unsafe { back.read(self.buffer, offset, len) };
+        match &read {
+            Err(e @ VulkanError::Timeout { .. }) => gpuring_shared::abandon_to_device("vulkan", e, back),
+            _ => *slot = Some(back),
+        }
+        read
     }
 }
 
@@ -318,6 +337,52 @@ impl Drop for DeviceBuffer {
     }
 }
 
+/// A host buffer the device imports and a command buffer, to copy device
+/// buffers back to the host by the copy engine, 64 MiB at a time.
+struct ReadBack {
+    host: Imported,
+    submitter: Submitter,
+}
+
+impl ReadBack {
+    /// Bytes copied back per submission at most.
+    const CHUNK: u64 = 64 << 20;
+
+    fn new(ctx: &Arc<Context>) -> Result<Self, VulkanError> {
+        Ok(Self { host: Imported::new(ctx, Self::CHUNK as usize, "read-back buffer")?, submitter: Submitter::new(ctx)? })
+    }
+
+    /// Copy `len` bytes at `offset` of `buffer` back. After a
+    /// [`VulkanError::Timeout`] a copy may still write the host buffer: the
+    /// caller must abandon `self` to the device, never drop or reuse it.
+    ///
+    /// # Safety
+    /// As [`read_buffer`]'s, for `buffer` on this read-back's device.
+    unsafe fn read(&self, buffer: vk::Buffer, offset: u64, len: u64) -> Result<Vec<u8>, VulkanError> {
+        let mut out = Vec::with_capacity(len as usize);
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(Self::CHUNK);
+            let region = [vk::BufferCopy { src_offset: offset + done, dst_offset: 0, size: n }];
+            let to = self.host.buffer;
+            // Both buffers are this device's and alive until the wait below;
+            // the region lies inside each (the caller's promise, and the host
+            // buffer's size); the previous chunk was waited for.
+            // SAFETY: per the lines above.
+            unsafe { self.submitter.submit(|d, cmd| record_copy(d, cmd, buffer, to, &region))? };
+            if !self.submitter.wait(gpuring_shared::batch::DEVICE_TIMEOUT)? {
+                return Err(VulkanError::Timeout { what: "a read-back copy".into(), seconds: gpuring_shared::batch::DEVICE_TIMEOUT.as_secs() });
+            }
+            // The copy finished (its fence signalled after a barrier to host
+            // reads), and the host pages hold at least `n` bytes.
+            // SAFETY: per the line above.
+            out.extend_from_slice(unsafe { std::slice::from_raw_parts(self.host.ptr().as_ptr(), n as usize) });
+            done += n;
+        }
+        Ok(out)
+    }
+}
+
 /// Copy `len` bytes at `offset` of `buffer` back to the host, 64 MiB at a
 /// time, through an imported host buffer.
 ///
@@ -327,31 +392,14 @@ impl Drop for DeviceBuffer {
 /// call; nothing outside gpuring may submit to the context's queue
 /// meanwhile (gpuring's own submissions take the context's lock).
 pub unsafe fn read_buffer(ctx: &Arc<Context>, buffer: vk::Buffer, offset: u64, len: u64) -> Result<Vec<u8>, VulkanError> {
-    const CHUNK: u64 = 64 << 20;
-    let mut out = Vec::with_capacity(len as usize);
     if len == 0 {
-        return Ok(out);
+        return Ok(Vec::new());
     }
-    let host = Imported::new(ctx, CHUNK.min(len) as usize, "read-back buffer")?;
-    let submitter = Submitter::new(ctx)?;
-    let mut done = 0;
-    while done < len {
-        let n = (len - done).min(CHUNK);
-        let region = [vk::BufferCopy { src_offset: offset + done, dst_offset: 0, size: n }];
-        let to = host.buffer;
-        // SAFETY: both buffers are this device's and alive until the wait
-        // below; the region lies inside each (the caller's promise, and the
-        // host buffer's size); the previous chunk was waited for.
-        unsafe { submitter.submit(|d, cmd| record_copy(d, cmd, buffer, to, &region))? };
-        if !submitter.wait(gpuring_shared::batch::DEVICE_TIMEOUT)? {
-            let e = VulkanError::Timeout { what: "a read-back copy".into(), seconds: gpuring_shared::batch::DEVICE_TIMEOUT.as_secs() };
-            gpuring_shared::abandon_to_device("vulkan", &e, (host, submitter));
-            return Err(e);
-        }
-        // SAFETY: the copy finished (its fence signalled after a barrier to
-        // host reads), and the host pages hold at least `n` bytes.
-        out.extend_from_slice(unsafe { std::slice::from_raw_parts(host.ptr().as_ptr(), n as usize) });
-        done += n;
+    let back = ReadBack::new(ctx)?;
+    // SAFETY: the caller's promise.
+    let read = unsafe { back.read(buffer, offset, len) };
+    if let Err(e @ VulkanError::Timeout { .. }) = &read {
+        gpuring_shared::abandon_to_device("vulkan", e, back);
     }
-    Ok(out)
+    read
 }
