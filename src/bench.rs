@@ -24,6 +24,20 @@
 //! file dropped from the page cache (`POSIX_FADV_DONTNEED`), though O_DIRECT
 //! bypasses it anyway.
 //!
+//! fio runs twice per group: with one job, and with as many jobs as
+//! gpuring has shards (`fio-buffered-2jobs`: the large file cut into one
+//! contiguous range per job, fio's `offset_increment`; the small files cut
+//! into one contiguous run of files per job), and a gpuring case's `vs_fio`
+//! is over the fio case with its number of jobs (`vs_fio_1job` over the
+//! other).
+//!
+//! Two sections follow the cases. `scaling`: the buffered large-file ingest
+//! with 1, 2, 4, ... shards up to the CPUs. `size`: GiB/s and the peak
+//! resident memory (the kernel's high-water mark, reset before each run
+//! through `/proc/self/clear_refs`) of ingests of 1 MiB to `--size-max`
+//! (ranges of one file) and of 10 to `--files-max` files of 4 KiB, run
+//! last, after the cases' buffers were freed.
+//!
 //! CPU time is the process's CPU clock around an in-process case (every
 //! thread: the driver, the consumer and io_uring's workers), and fio's own
 //! `usr_cpu + sys_cpu` for fio. gpuring's CPU time includes the consumer's
@@ -61,6 +75,10 @@ pub struct BenchConfig {
     pub ingest: IngestConfig,
     /// Run fio when it is installed.
     pub fio: bool,
+    /// The size section's largest input (bytes of one file).
+    pub size_max: u64,
+    /// The size section's most files.
+    pub files_max: u32,
 }
 
 /// One case's result.
@@ -107,8 +125,11 @@ pub struct Spread {
 /// A gpuring case's throughput divided by the references'.
 #[derive(Clone, Copy, Debug, Serialize)]
 pub struct Ratios {
-    /// Over fio on the same data (null when fio did not run).
+    /// Over fio on the same data with as many jobs as gpuring has shards
+    /// (null when fio did not run).
     pub vs_fio: Option<f64>,
+    /// Over fio with one job (null when fio did not run).
+    pub vs_fio_1job: Option<f64>,
     /// Over `read()` + copy on the same data.
     pub vs_bounce: Option<f64>,
     /// Over the multi-threaded memcpy ceiling.
@@ -167,12 +188,49 @@ pub struct BenchReport {
     pub slots: u32,
     /// Slot size (and fio's block size).
     pub slot_size: usize,
+    /// gpuring's shards (and the jobs of fio's same-jobs cases).
+    pub shards: u32,
     /// Runs per case.
     pub runs: u32,
     /// fio's status.
     pub fio: FioStatus,
     /// Every case.
     pub cases: Vec<CaseReport>,
+    /// Buffered large-file ingests by shard count.
+    pub scaling: Vec<ScalingPoint>,
+    /// The size section: ingests by input size and file count, with peak
+    /// resident memory.
+    pub size_section: Vec<SizePoint>,
+}
+
+/// One shard count of the `scaling` section.
+#[derive(Clone, Debug, Serialize)]
+pub struct ScalingPoint {
+    /// Shards (rings, each on its own thread).
+    pub shards: u32,
+    /// Median buffered GiB/s of the large file, warm.
+    pub gib_per_s: f64,
+    /// Slowest and fastest run.
+    pub spread: Spread,
+    /// Median CPU seconds per GiB.
+    pub cpu_s_per_gib: f64,
+}
+
+/// One input of the `size` section.
+#[derive(Clone, Debug, Serialize)]
+pub struct SizePoint {
+    /// Bytes read.
+    pub bytes: u64,
+    /// Files read (1 for a range of the size file).
+    pub files: u64,
+    /// Median GiB/s.
+    pub gib_per_s: f64,
+    /// Median files per second.
+    pub files_per_s: f64,
+    /// The process's resident memory before the runs.
+    pub rss_before_bytes: u64,
+    /// The highest peak resident memory of the runs (VmHWM).
+    pub peak_rss_bytes: u64,
 }
 
 /// One run of one case.
@@ -188,6 +246,10 @@ struct Sample {
 impl Sample {
     fn gib_per_s(&self) -> f64 {
         self.bytes as f64 / self.seconds.max(1e-9) / GIB
+    }
+
+    fn cpu_per_gib(&self) -> f64 {
+        self.cpu_seconds / (self.bytes as f64 / GIB).max(1e-12)
     }
 }
 
@@ -209,6 +271,8 @@ enum Kind {
     PreadInto,
     /// `gpuring load` of the checkpoint (verification off).
     Load,
+    /// fio with as many jobs as gpuring has shards.
+    FioJobs,
     /// The `safetensors` crate over a mmap, each tensor copied into an arena.
     MmapLoad,
 }
@@ -238,6 +302,7 @@ struct Data {
 pub fn run(config: &BenchConfig, say: &mut dyn FnMut(&str)) -> Result<BenchReport, Error> {
     let data = prepare(config, say)?;
     let fio = fio_status(config);
+    let jobs = config.ingest.shards;
     let mut cases = Vec::new();
     let mut add = |name: &str, kind, group| cases.push(Case { name: name.into(), kind, group, samples: Vec::new() });
     add("memcpy", Kind::Memcpy, "large-buffered");
@@ -246,6 +311,9 @@ pub fn run(config: &BenchConfig, say: &mut dyn FnMut(&str)) -> Result<BenchRepor
         add(&format!("bounce-{mode}"), Kind::Bounce, group);
         if fio.ran {
             add(&format!("fio-{mode}"), Kind::Fio, group);
+            if jobs > 1 {
+                add(&format!("fio-{mode}-{jobs}jobs"), Kind::FioJobs, group);
+            }
         }
     }
     if config.ingest.backend == ingest::Backend::Cuda {
@@ -267,7 +335,8 @@ pub fn run(config: &BenchConfig, say: &mut dyn FnMut(&str)) -> Result<BenchRepor
             let sample = match case.kind {
                 Kind::Memcpy => memcpy(config.size, config.ingest.slots, config.ingest.slot_size),
                 Kind::Gpuring | Kind::Bounce => in_process(&data, case, config)?,
-                Kind::Fio => run_fio(&data, case.group, config)?,
+                Kind::Fio => run_fio(&data, case.group, config, 1)?,
+                Kind::FioJobs => run_fio(&data, case.group, config, jobs)?,
                 Kind::ReadHtod | Kind::PinnedHtod => cuda_baseline(&data, case, config)?,
                 Kind::ReadInto => read_into(&data, config)?,
                 Kind::PreadInto => pread_into(&data, config)?,
@@ -278,7 +347,157 @@ pub fn run(config: &BenchConfig, say: &mut dyn FnMut(&str)) -> Result<BenchRepor
             case.samples.push(sample);
         }
     }
-    Ok(report(config, &data, fio, &cases))
+    let scaling = scaling_section(&data, config, say)?;
+    let mut report = report(config, &data, fio, &cases, scaling);
+    // Last, with the cases' memory given back: the size section.
+    drop(data);
+    report.size_section = size_section(config, say)?;
+    Ok(report)
+}
+
+/// Shard counts to measure: 1, 2, 4, ... below the CPUs, and the CPUs.
+fn shard_counts(cpus: u32) -> Vec<u32> {
+    let mut counts: Vec<u32> = std::iter::successors(Some(1u32), |n| n.checked_mul(2)).take_while(|&n| n < cpus).collect();
+    counts.push(cpus.max(1));
+    counts
+}
+
+/// The buffered large-file ingest with each shard count, interleaved.
+fn scaling_section(data: &Data, config: &BenchConfig, say: &mut dyn FnMut(&str)) -> Result<Vec<ScalingPoint>, Error> {
+    let counts = shard_counts(gpuring_uring::default_shards());
+    let mut samples = vec![Vec::new(); counts.len()];
+    set_cache(data, "large-buffered")?;
+    for run in 1..=config.runs {
+        say(&format!("scaling, run {run} of {}", config.runs));
+        for (i, &shards) in counts.iter().enumerate() {
+            let ingest = IngestConfig { shards, verify: false, direct: false, ..config.ingest.clone() };
+            let sample = timed_ingest(&[Source::file(&data.large)], &ingest, &format!("scaling ({shards} shards)"))?;
+            say(&format!("  {shards:>3} shards {:>7.2} GiB/s", sample.gib_per_s()));
+            samples[i].push(sample);
+        }
+    }
+    Ok(counts
+        .iter()
+        .zip(&samples)
+        .map(|(&shards, s)| {
+            let runs: Vec<f64> = s.iter().map(Sample::gib_per_s).collect();
+            ScalingPoint { shards, gib_per_s: median(runs.clone()), spread: spread(&runs), cpu_s_per_gib: median(s.iter().map(Sample::cpu_per_gib).collect()) }
+        })
+        .collect())
+}
+
+/// The process's resident memory now and its high-water mark, in bytes
+/// (`VmRSS`, `VmHWM` of /proc/self/status).
+fn resident() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok()).unwrap_or(0) * 1024
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Reset the high-water mark to the current resident memory (Linux 4.0).
+fn reset_peak() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Ingests of 1 MiB to `size_max` bytes (ranges of one file of that size)
+/// and of 10 to `files_max` files of 4 KiB, warm, with peak memory.
+fn size_section(config: &BenchConfig, say: &mut dyn FnMut(&str)) -> Result<Vec<SizePoint>, Error> {
+    const FILE: u64 = 4096;
+    let dir = &config.dir;
+    std::fs::create_dir_all(dir).map_err(io_error(dir, "creating the bench directory"))?;
+    let big = dir.join(format!("size-{}.bin", config.size_max));
+    if std::fs::metadata(&big).map(|m| m.len()).ok() != Some(config.size_max) {
+        say(&format!("writing {} to {}", gpuring::core::Bytes(config.size_max), big.display()));
+        write_pattern(&big, config.size_max, 3)?;
+    }
+    let files_dir = dir.join(format!("files-{}x{FILE}", config.files_max));
+    std::fs::create_dir_all(&files_dir).map_err(io_error(&files_dir, "creating the size section's directory"))?;
+    let mut files = Vec::with_capacity(config.files_max as usize);
+    for i in 0..config.files_max {
+        let path = files_dir.join(format!("f{i:06}"));
+        if std::fs::metadata(&path).map(|m| m.len()).ok() != Some(FILE) {
+            if files.len() == i as usize && i % 10_000 == 0 {
+                say(&format!("writing files of {} to {} ({i} of {})", gpuring::core::Bytes(FILE), files_dir.display(), config.files_max));
+            }
+            write_pattern(&path, FILE, i as u64 + 11)?;
+        }
+        files.push(Source::file(path));
+    }
+    let mut inputs: Vec<Vec<Source>> = Vec::new();
+    let mut bytes = 1u64 << 20;
+    while bytes < config.size_max {
+        inputs.push(vec![Source::range(&big, 0..bytes)]);
+        bytes *= 16;
+    }
+    inputs.push(vec![Source::range(&big, 0..config.size_max)]);
+    let mut count = 10usize;
+    while count < config.files_max as usize {
+        inputs.push(files[..count].to_vec());
+        count *= 10;
+    }
+    inputs.push(files.clone());
+    let ingest = IngestConfig { verify: false, direct: false, ..config.ingest.clone() };
+    let mut points = Vec::new();
+    for sources in inputs {
+        let bytes: u64 = sources.iter().map(|s| s.range.as_ref().map_or(FILE, |r| r.end - r.start)).sum();
+        warm(&sources)?;
+        let (before, _) = resident();
+        let (mut samples, mut peak) = (Vec::new(), 0);
+        for _ in 0..config.runs {
+            reset_peak();
+            samples.push(timed_ingest(&sources, &ingest, "size")?);
+            peak = peak.max(resident().1);
+        }
+        let point = SizePoint {
+            bytes,
+            files: sources.len() as u64,
+            gib_per_s: median(samples.iter().map(Sample::gib_per_s).collect()),
+            files_per_s: median(samples.iter().map(|s| s.files as f64 / s.seconds.max(1e-9)).collect()),
+            rss_before_bytes: before,
+            peak_rss_bytes: peak,
+        };
+        say(&format!(
+            "size: {} in {} file(s): {:.2} GiB/s, peak resident {}",
+            gpuring::core::Bytes(bytes),
+            point.files,
+            point.gib_per_s,
+            gpuring::core::Bytes(peak)
+        ));
+        points.push(point);
+    }
+    Ok(points)
+}
+
+/// Read `sources` once, so that they are in the page cache.
+fn warm(sources: &[Source]) -> Result<(), Error> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 1 << 20];
+    for s in sources {
+        let file = std::fs::File::open(&s.path).map_err(io_error(&s.path, "opening"))?;
+        let (mut at, end) = s.range.as_ref().map_or((0, u64::MAX), |r| (r.start, r.end));
+        while at < end {
+            let want = buf.len().min((end - at).try_into().unwrap_or(usize::MAX));
+            let n = file.read_at(&mut buf[..want], at).map_err(io_error(&s.path, "warming the page cache"))?;
+            if n == 0 {
+                break;
+            }
+            at += n as u64;
+        }
+    }
+    Ok(())
+}
+
+/// One ingest of `sources`, timed, with the process's CPU time around it.
+fn timed_ingest(sources: &[Source], ingest: &IngestConfig, case: &str) -> Result<Sample, Error> {
+    let cpu = cpu_now();
+    let report = ingest::run(sources, ingest, &mut |_| {})?;
+    let cpu_seconds = cpu_now() - cpu;
+    if !report.complete {
+        return Err(Error::BenchFailed { case: case.into(), why: "the ingest did not complete".into() });
+    }
+    Ok(Sample { bytes: report.bytes, seconds: report.seconds, cpu_seconds, files: report.files as u64, reads: report.telemetry.completed_reads })
 }
 
 fn io_error<'p>(path: &'p Path, op: &'static str) -> impl FnOnce(std::io::Error) -> Error + 'p {
@@ -435,13 +654,7 @@ fn in_process(data: &Data, case: &Case, config: &BenchConfig) -> Result<Sample, 
         }
         _ => vec![Source::file(&data.large)],
     };
-    let cpu = cpu_now();
-    let report = ingest::run(&sources, &ingest, &mut |_| {})?;
-    let cpu_seconds = cpu_now() - cpu;
-    if !report.complete {
-        return Err(Error::BenchFailed { case: case.name.clone(), why: "the ingest did not complete".into() });
-    }
-    Ok(Sample { bytes: report.bytes, seconds: report.seconds, cpu_seconds, files: report.files as u64, reads: report.telemetry.completed_reads })
+    timed_ingest(&sources, &ingest, &case.name)
 }
 
 /// A CUDA reference case on the large file's bytes (see `gpuring_cuda::baseline`).
@@ -467,7 +680,7 @@ fn cuda_baseline(_: &Data, case: &Case, _: &BenchConfig) -> Result<Sample, Error
 /// the gpuring cases.
 fn target(config: &BenchConfig) -> gpuring::read_into::Target {
     let i = &config.ingest;
-    let slots = gpuring::read_into::SlotOptions { direct: false, slots: i.slots, slot_size: i.slot_size };
+    let slots = gpuring::read_into::SlotOptions { direct: false, slots: i.slots, slot_size: i.slot_size, shards: i.shards };
     gpuring::read_into::Target { backend: i.backend, device: i.device.clone(), slots }
 }
 
@@ -630,12 +843,33 @@ fn fio_status(config: &BenchConfig) -> FioStatus {
 
 /// fio's io_uring engine with fixed buffers and registered files, page-aligned
 /// buffers, the slots' block size and depth.
-fn run_fio(data: &Data, group: &str, config: &BenchConfig) -> Result<Sample, Error> {
+fn run_fio(data: &Data, group: &str, config: &BenchConfig, jobs: u32) -> Result<Sample, Error> {
     let bs = config.ingest.slot_size as u64;
     let mut cmd = Command::new("fio");
     cmd.args(["--ioengine=io_uring", "--fixedbufs", "--registerfiles", "--rw=read", "--mem_align=4096", "--output-format=json", "--thread"]);
-    cmd.arg(format!("--iodepth={}", config.ingest.slots));
+    // Each job has its share of the slots as its depth, as each shard does.
+    cmd.arg(format!("--iodepth={}", config.ingest.slots.div_ceil(jobs).max(1)));
+    if jobs > 1 {
+        cmd.arg("--group_reporting");
+    }
+    let jobfile;
     let (files, expect) = match group {
+        "small-files" if jobs > 1 => {
+            // One contiguous run of the files per job, in a job file (the
+            // lists are too long for the command line).
+            let per = (config.small_files as usize).div_ceil(jobs as usize);
+            let mut text = format!("[global]\nbs={}\nfile_service_type=sequential\ninvalidate=0\ndirect=0\n", bs.min(config.small_size));
+            let mut total = 0;
+            for (k, chunk) in data.small.chunks(per).enumerate() {
+                let names: Vec<String> = chunk.iter().map(|s| s.path.display().to_string().replace(':', "\\:")).collect();
+                text += &format!("[small{k}]\nfilename={}\nsize={}\n", names.join(":"), config.small_size * chunk.len() as u64);
+                total += config.small_size * chunk.len() as u64;
+            }
+            jobfile = config.dir.join(format!("small-{jobs}jobs.fio"));
+            std::fs::write(&jobfile, text).map_err(io_error(&jobfile, "writing fio's job file"))?;
+            cmd.arg(&jobfile);
+            (config.small_files as u64, total)
+        }
         "small-files" => {
             cmd.arg("--name=small").arg(format!("--directory={}", data.small_dir.display()));
             cmd.arg(format!("--nrfiles={}", config.small_files)).arg(format!("--filesize={}", config.small_size));
@@ -645,10 +879,16 @@ fn run_fio(data: &Data, group: &str, config: &BenchConfig) -> Result<Sample, Err
             (config.small_files as u64, config.small_size * config.small_files as u64)
         }
         _ => {
-            cmd.arg("--name=large").arg(format!("--filename={}", data.large.display())).arg(format!("--size={}", config.size));
+            // One contiguous range per job (block multiples; the rest of
+            // the file, under a block per job, is left out).
+            let per = (config.size / jobs as u64) / 4096 * 4096;
+            cmd.arg("--name=large").arg(format!("--filename={}", data.large.display())).arg(format!("--size={per}"));
+            if jobs > 1 {
+                cmd.arg(format!("--numjobs={jobs}")).arg(format!("--offset_increment={per}"));
+            }
             cmd.arg(format!("--bs={bs}"));
             cmd.args(if group == "large-direct" { ["--direct=1", "--invalidate=0"] } else { ["--direct=0", "--invalidate=0"] });
-            (1, config.size)
+            (1, per * jobs as u64)
         }
     };
     let failed = |why: String| Error::BenchFailed { case: format!("fio ({group})"), why };
@@ -678,7 +918,12 @@ fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
-fn report(config: &BenchConfig, data: &Data, fio: FioStatus, cases: &[Case]) -> BenchReport {
+/// Slowest and fastest of `runs`.
+fn spread(runs: &[f64]) -> Spread {
+    Spread { min: runs.iter().copied().fold(f64::INFINITY, f64::min), max: runs.iter().copied().fold(0.0, f64::max) }
+}
+
+fn report(config: &BenchConfig, data: &Data, fio: FioStatus, cases: &[Case], scaling: Vec<ScalingPoint>) -> BenchReport {
     let medians = |case: &Case| median(case.samples.iter().map(Sample::gib_per_s).collect());
     let find = |kind: Kind, group: &str| cases.iter().find(|c| c.kind == kind && c.group == group).map(medians);
     let mut out = Vec::new();
@@ -690,7 +935,8 @@ fn report(config: &BenchConfig, data: &Data, fio: FioStatus, cases: &[Case]) -> 
         let (ratios, vs_gpuring) = match case.kind {
             Kind::Gpuring => (
                 Some(Ratios {
-                    vs_fio: over(find(Kind::Fio, case.group)),
+                    vs_fio: over(find(if config.ingest.shards > 1 { Kind::FioJobs } else { Kind::Fio }, case.group)),
+                    vs_fio_1job: over(find(Kind::Fio, case.group)),
                     vs_bounce: over(find(Kind::Bounce, case.group)),
                     vs_memcpy: over(find(Kind::Memcpy, "large-buffered")),
                     vs_read_htod: over(find(Kind::ReadHtod, "large-buffered")),
@@ -703,6 +949,7 @@ fn report(config: &BenchConfig, data: &Data, fio: FioStatus, cases: &[Case]) -> 
             Kind::ReadInto | Kind::Load => (
                 Some(Ratios {
                     vs_fio: None,
+                    vs_fio_1job: None,
                     vs_bounce: None,
                     vs_memcpy: over(find(Kind::Memcpy, "large-buffered")),
                     vs_read_htod: over(find(Kind::ReadHtod, "large-buffered")),
@@ -723,8 +970,8 @@ fn report(config: &BenchConfig, data: &Data, fio: FioStatus, cases: &[Case]) -> 
             name: case.name.clone(),
             group: case.group,
             gib_per_s: gib,
-            spread: Spread { min: runs.iter().copied().fold(f64::INFINITY, f64::min), max: runs.iter().copied().fold(0.0, f64::max) },
-            cpu_s_per_gib: median(case.samples.iter().map(|s| s.cpu_seconds / (s.bytes as f64 / GIB).max(1e-12)).collect()),
+            spread: spread(&runs),
+            cpu_s_per_gib: median(case.samples.iter().map(Sample::cpu_per_gib).collect()),
             files_per_s: per_file.then(|| median(case.samples.iter().map(|s| s.files as f64 / s.seconds.max(1e-9)).collect())),
             iops: per_file.then(|| median(case.samples.iter().map(|s| s.reads as f64 / s.seconds.max(1e-9)).collect())),
             runs,
@@ -745,9 +992,12 @@ fn report(config: &BenchConfig, data: &Data, fio: FioStatus, cases: &[Case]) -> 
         checkpoint_tensors: data.checkpoint.tensors.len(),
         slots: config.ingest.slots,
         slot_size: config.ingest.slot_size,
+        shards: config.ingest.shards,
         runs: config.runs,
         fio,
         cases: out,
+        scaling,
+        size_section: Vec::new(),
     }
 }
 
@@ -769,13 +1019,14 @@ fn utc_date() -> String {
 /// The report as a table, one line per case, then gpuring's ratios.
 pub fn table(r: &BenchReport) -> String {
     let mut s = format!(
-        "gpuring bench, {}: {} CPUs, kernel {}, backend {}, {} slots of {}, large file {}, {} small files of {}, checkpoint {} in {} tensors, median of {} runs\n\n",
+        "gpuring bench, {}: {} CPUs, kernel {}, backend {}, {} slots of {}, {} shard(s), large file {}, {} small files of {}, checkpoint {} in {} tensors, median of {} runs\n\n",
         r.date,
         r.cpus,
         r.kernel,
         r.backend,
         r.slots,
         gpuring::core::Bytes(r.slot_size as u64),
+        r.shards,
         gpuring::core::Bytes(r.size),
         r.small_files,
         gpuring::core::Bytes(r.small_size),
@@ -805,7 +1056,15 @@ pub fn table(r: &BenchReport) -> String {
         s += &match (ratios.vs_pread, ratios.vs_mmap) {
             (Some(pread), _) => format!("{}: {} pread() into host memory, {} memcpy", c.name, x(Some(pread)), x(ratios.vs_memcpy)),
             (_, Some(mmap)) => format!("{}: {} safetensors over mmap + copy, {} memcpy", c.name, x(Some(mmap)), x(ratios.vs_memcpy)),
-            _ => format!("{}: {} fio, {} bounce, {} memcpy", c.name, x(ratios.vs_fio), x(ratios.vs_bounce), x(ratios.vs_memcpy)),
+            _ => format!(
+                "{}: {} fio ({} job(s)), {} fio (1 job), {} bounce, {} memcpy",
+                c.name,
+                x(ratios.vs_fio),
+                r.shards,
+                x(ratios.vs_fio_1job),
+                x(ratios.vs_bounce),
+                x(ratios.vs_memcpy)
+            ),
         };
         if ratios.vs_pinned_htod.is_some() {
             s += &format!(", {} read()+cuMemcpyHtoD, {} pinned HtoD (PCIe ceiling)", x(ratios.vs_read_htod), x(ratios.vs_pinned_htod));
@@ -814,6 +1073,22 @@ pub fn table(r: &BenchReport) -> String {
     }
     if let Some(why) = &r.fio.why_not {
         s += &format!("fio: not run: {why}\n");
+    }
+    s += "\nscaling (buffered, large file):\n\n| shards | GiB/s | spread | CPU s/GiB |\n|---:|---:|---:|---:|\n";
+    for p in &r.scaling {
+        s += &format!("| {} | {:.2} | {:.2}-{:.2} | {:.3} |\n", p.shards, p.gib_per_s, p.spread.min, p.spread.max, p.cpu_s_per_gib);
+    }
+    s += "\nsize (buffered, warm):\n\n| bytes | files | GiB/s | files/s | resident before | peak resident |\n|---:|---:|---:|---:|---:|---:|\n";
+    for p in &r.size_section {
+        s += &format!(
+            "| {} | {} | {:.2} | {:.0} | {} | {} |\n",
+            gpuring::core::Bytes(p.bytes),
+            p.files,
+            p.gib_per_s,
+            p.files_per_s,
+            gpuring::core::Bytes(p.rss_before_bytes),
+            gpuring::core::Bytes(p.peak_rss_bytes)
+        );
     }
     s
 }

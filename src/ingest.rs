@@ -142,6 +142,24 @@ pub fn default_ring(slots: Option<u32>, slot_size: Option<usize>) -> (u32, usize
     }
 }
 
+/// Shards for `backend` and a ring of `slots` slots of `slot_size`: one
+/// per CPU this process may use (`gpuring_uring::default_shards`), less one
+/// on the host backend, whose consumer thread checksums every byte on a
+/// CPU of its own; at most one per slot, and only as many rings as
+/// RLIMIT_MEMLOCK leaves room for beside the slots
+/// (`gpuring_uring::memlock::fit_shards`). On the 2-CPU machine of the
+/// README's table, 2 shards with the host consumer ingest a cached 4 GiB at
+/// 6.4-6.7 GiB/s against 6.8-7.1 for 1; with the checksum taken out of the
+/// consumer (a one-off build), 10.6-10.7 against 7.2-7.4.
+pub fn default_shards(backend: Backend, slots: u32, slot_size: usize) -> u32 {
+    let cpus = gpuring_uring::default_shards();
+    let wanted = match backend {
+        Backend::Host => cpus.saturating_sub(1).max(1),
+        _ => cpus,
+    };
+    gpuring_uring::memlock::fit_shards(slots, slot_size, wanted, gpuring_uring::memlock::budget())
+}
+
 /// How to ingest.
 #[derive(Clone, Debug)]
 pub struct IngestConfig {
@@ -154,6 +172,9 @@ pub struct IngestConfig {
     pub slots: u32,
     /// Bytes per slot (default: [`default_ring`]).
     pub slot_size: usize,
+    /// Rings reading at once, each on its own thread (default:
+    /// [`default_shards`] of the host backend; see `gpuring_uring::shard`).
+    pub shards: u32,
     /// Read with O_DIRECT.
     pub direct: bool,
     /// Read with `pread()` into a heap buffer and copy into the slots (the
@@ -184,6 +205,7 @@ impl Default for IngestConfig {
             device: None,
             slots,
             slot_size,
+            shards: default_shards(Backend::Host, slots, slot_size),
             direct: false,
             bounce: false,
             verify: true,
@@ -290,6 +312,8 @@ pub struct IngestReport {
     pub slots: u32,
     /// Bytes per slot.
     pub slot_size: usize,
+    /// Rings that read, each on its own thread (1 for the bounce path).
+    pub shards: u32,
     /// Whether O_DIRECT was used.
     pub direct: bool,
     /// Whether the bounce path (`pread()` + copy) was used instead of io_uring.
@@ -425,11 +449,18 @@ struct Driven {
     digests: Vec<StreamDigest>,
     nvme_fixed: Option<bool>,
     registered: bool,
+    shards: u32,
 }
 
 fn drive<S: StagingMemory>(staging: Arc<S>, sources: &[Source], config: &IngestConfig, progress: &mut dyn FnMut(u64)) -> Result<Driven, Error> {
     let memory_kind = staging.kind().name();
-    let options = DriverOptions { direct: config.direct, release_timeout: config.release_timeout, nvme_fixed: config.nvme_fixed, ..DriverOptions::default() };
+    let options = DriverOptions {
+        direct: config.direct,
+        release_timeout: config.release_timeout,
+        nvme_fixed: config.nvme_fixed,
+        shards: config.shards,
+        read_timeout: DriverOptions::default().read_timeout,
+    };
     let mut digests = vec![StreamDigest::new(); sources.len()];
     let on_event = |event| {
         if let Event::Released { source, segment, bytes, checksum, .. } = event {
@@ -437,12 +468,13 @@ fn drive<S: StagingMemory>(staging: Arc<S>, sources: &[Source], config: &IngestC
             progress(bytes);
         }
     };
-    let (mut nvme_fixed, mut registered) = (None, false);
+    let (mut nvme_fixed, mut registered, mut shards) = (None, false, 1);
     let stats = if config.bounce {
         gpuring_uring::bounce::ingest(&*staging, sources, &options, on_event)?
     } else {
         let mut driver = Driver::new(staging, options)?;
         registered = driver.registered();
+        shards = driver.shards();
         let result = driver.ingest(sources, on_event);
         driver.close_queue();
         if sources.iter().any(|s| s.kind == SourceKind::Nvme) {
@@ -450,7 +482,7 @@ fn drive<S: StagingMemory>(staging: Arc<S>, sources: &[Source], config: &IngestC
         }
         result?
     };
-    Ok(Driven { memory_kind, telemetry: stats.telemetry, seconds: stats.elapsed.as_secs_f64(), digests, nvme_fixed, registered })
+    Ok(Driven { memory_kind, telemetry: stats.telemetry, seconds: stats.elapsed.as_secs_f64(), digests, nvme_fixed, registered, shards })
 }
 
 fn finish(driven: Driven, device: Option<String>, done: ConsumerDone, sources: &[Source], config: &IngestConfig) -> Result<IngestReport, Error> {
@@ -487,6 +519,7 @@ fn finish(driven: Driven, device: Option<String>, done: ConsumerDone, sources: &
         gib_per_s: if driven.seconds > 0.0 { bytes as f64 / driven.seconds / (1u64 << 30) as f64 } else { 0.0 },
         slots: config.slots,
         slot_size: config.slot_size,
+        shards: driven.shards,
         direct: config.direct,
         bounce: config.bounce,
         consumer_mode: done.mode,

@@ -57,6 +57,12 @@ struct RingArgs {
     /// too small for one slot.
     #[arg(long, value_parser = size)]
     slot_size: Option<usize>,
+    /// Rings that read at once, each on its own thread with its share of
+    /// the slots. Default: one per CPU this process may use, less one for
+    /// the host backend's consumer (at most one per slot, and as many as
+    /// RLIMIT_MEMLOCK leaves room for).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=gpuring_uring::MAX_SHARDS as i64))]
+    shards: Option<u32>,
     /// How the CUDA consumer runs (--backend cuda only): `batched` launches
     /// per batch of published slots, one `persistent` kernel polling the
     /// queue, or `device-copy` (batched, after the copy engine moved each
@@ -161,6 +167,14 @@ enum Command {
         /// Leave fio's cases out even when fio is installed.
         #[arg(long)]
         no_fio: bool,
+        /// The size section's largest input: ingests of 1 MiB, 16 MiB, ...
+        /// up to this (ranges of one file of this size).
+        #[arg(long, default_value = "4G", value_parser = size)]
+        size_max: usize,
+        /// The size section's most files: ingests of 10, 100, ... up to
+        /// this many files of 4 KiB.
+        #[arg(long, default_value_t = 100_000)]
+        files_max: u32,
     },
     /// Print the io_queue contract your own consumer follows: a C header
     /// (CUDA, HIP, C, C++) or a WGSL module, generated from gpuring-core.
@@ -235,7 +249,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Ingest {
-            ring: RingArgs { backend, device, slots, slot_size, cuda_mode },
+            ring: RingArgs { backend, device, slots, slot_size, shards, cuda_mode },
             direct,
             bounce,
             no_verify,
@@ -258,6 +272,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 device,
                 slots,
                 slot_size,
+                shards: shards.unwrap_or_else(|| ingest::default_shards(backend, slots, slot_size)),
                 direct,
                 bounce,
                 verify: !no_verify,
@@ -295,13 +310,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let ok = report.complete && (!report.checksum.verified || report.checksum.matched);
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        Command::Load { ring: RingArgs { backend, device, slots, slot_size, cuda_mode }, direct, no_verify, json, paths } => {
+        Command::Load { ring: RingArgs { backend, device, slots, slot_size, shards, cuda_mode }, direct, no_verify, json, paths } => {
             if cuda_mode.is_some() {
                 return Err(Error::OptionNotForBackend { option: "--cuda-mode", backend: "load".into(), needs: "cuda with ingest" }.into());
             }
             let (slots, slot_size) = ingest::default_ring(slots, slot_size);
             let checkpoint = gpuring::load::Checkpoint::open(&paths)?;
-            let target = gpuring::read_into::Target { backend, device, slots: gpuring::read_into::SlotOptions { direct, slots, slot_size } };
+            let options = gpuring::read_into::SlotOptions {
+                direct,
+                slots,
+                slot_size,
+                shards: shards.unwrap_or_else(|| ingest::default_shards(backend, slots, slot_size)),
+            };
+            let target = gpuring::read_into::Target { backend, device, slots: options };
             let config = gpuring::load::LoadConfig { target, verify: !no_verify };
             let report = gpuring::load::load(&checkpoint, &config)?;
             if json {
@@ -345,8 +366,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             small_size,
             checkpoint_size,
             runs,
-            ring: RingArgs { backend, device, slots, slot_size, cuda_mode },
+            ring: RingArgs { backend, device, slots, slot_size, shards, cuda_mode },
             no_fio,
+            size_max,
+            files_max,
         } => {
             let (slots, slot_size) = ingest::default_ring(slots, slot_size);
             let config = bench::BenchConfig {
@@ -356,8 +379,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 small_size: small_size as u64,
                 checkpoint_size: checkpoint_size as u64,
                 runs: runs.max(1),
-                ingest: IngestConfig { backend, device, slots, slot_size, verify: false, cuda_mode, ..IngestConfig::default() },
+                ingest: IngestConfig {
+                    backend,
+                    device,
+                    slots,
+                    slot_size,
+                    shards: shards.unwrap_or_else(|| ingest::default_shards(backend, slots, slot_size)),
+                    verify: false,
+                    cuda_mode,
+                    ..IngestConfig::default()
+                },
                 fio: !no_fio,
+                size_max: size_max as u64,
+                files_max: files_max.max(1),
             };
             let report = bench::run(&config, &mut |line| eprintln!("{line}"))?;
             if json {

@@ -64,12 +64,16 @@ pub struct SlotOptions {
     pub slots: u32,
     /// Bytes per slot (a multiple of 4096).
     pub slot_size: usize,
+    /// Rings reading into the slots (GPU backends; the host reads straight
+    /// into the destination through one ring). Default:
+    /// [`crate::ingest::default_shards`] of a GPU backend: one per CPU.
+    pub shards: u32,
 }
 
 impl Default for SlotOptions {
     fn default() -> Self {
         let (slots, slot_size) = crate::ingest::default_ring(None, None);
-        Self { direct: false, slots, slot_size }
+        Self { direct: false, slots, slot_size, shards: crate::ingest::default_shards(Backend::Vulkan, slots, slot_size) }
     }
 }
 
@@ -266,16 +270,16 @@ fn through_slots<S: StagingMemory, C>(
     staging: Arc<S>,
     requests: &[ReadRequest],
     dst_len: u64,
-    direct: bool,
+    options: &SlotOptions,
     start: impl FnOnce(CopyPlan) -> Result<C, Error>,
     join: impl FnOnce(C) -> Result<CopyStats, Error>,
 ) -> Result<ReadIntoReport, Error> {
-    let (sources, plan) = plan(requests, dst_len, direct)?;
+    let (sources, plan) = plan(requests, dst_len, options.direct)?;
     let bytes = plan.bytes();
     let started = std::time::Instant::now();
     let consumer = start(plan)?;
     let driven = (|| {
-        let mut driver = Driver::new(staging.clone(), DriverOptions { direct, ..DriverOptions::default() })?;
+        let mut driver = Driver::new(staging.clone(), DriverOptions { direct: options.direct, shards: options.shards, ..DriverOptions::default() })?;
         let result = driver.ingest(&sources, |_| {});
         driver.close_queue();
         result
@@ -326,7 +330,7 @@ pub unsafe fn vulkan_buffer(
     // SAFETY: the caller's promise covers `dst`; `through_slots` joins the
     // consumer before it returns.
     let start = |plan| Ok(unsafe { gpuring_vulkan::CopyConsumer::start(staging.clone(), dst, plan) }?);
-    through_slots("vulkan", staging.clone(), requests, dst_len, options.direct, start, |c: gpuring_vulkan::CopyConsumer| Ok(c.join()?))
+    through_slots("vulkan", staging.clone(), requests, dst_len, options, start, |c: gpuring_vulkan::CopyConsumer| Ok(c.join()?))
 }
 
 /// Read `requests` into `dst`, device memory of `stream`'s context, through
@@ -354,7 +358,7 @@ pub fn cuda(
     // SAFETY: `dst` is borrowed mutably for the call, `len` bytes of the
     // stream's context; `through_slots` joins the consumer before it returns.
     let start = |plan| Ok(unsafe { gpuring_cuda::CudaCopyConsumer::start(staging.clone(), ptr, plan, stream.clone()) }?);
-    through_slots("cuda", staging.clone(), requests, len, options.direct, start, |c: gpuring_cuda::CudaCopyConsumer| Ok(c.join()?))
+    through_slots("cuda", staging.clone(), requests, len, options, start, |c: gpuring_cuda::CudaCopyConsumer| Ok(c.join()?))
 }
 
 /// Read `requests` into `dst_len` bytes of device memory at `dst` on
@@ -383,5 +387,5 @@ pub unsafe fn rocm(
         let stats = c.join()?;
         Ok(CopyStats { entries: stats.entries, bytes: stats.device_copy_bytes, copies: 0, batches: 0 })
     };
-    through_slots("rocm", staging.clone(), requests, dst_len, options.direct, start, join)
+    through_slots("rocm", staging.clone(), requests, dst_len, options, start, join)
 }

@@ -229,8 +229,27 @@ fn bench_json_has_every_case_with_ratios() {
     }
     let dir = test_dir();
     let data = dir.path().join("bench");
-    // Small data: a 4 MiB file, 8 files of 8 KiB, a 4 MiB checkpoint.
-    let small = ["--dir", data.to_str().unwrap(), "--size", "4M", "--small-files", "8", "--small-size", "8K", "--checkpoint-size", "4M"];
+    // Small data: a 4 MiB file, 8 files of 8 KiB, a 4 MiB checkpoint; two
+    // shards, so fio also runs with two jobs; a size section of 1 and 2 MiB,
+    // 10 and 30 files.
+    let small = [
+        "--dir",
+        data.to_str().unwrap(),
+        "--size",
+        "4M",
+        "--small-files",
+        "8",
+        "--small-size",
+        "8K",
+        "--checkpoint-size",
+        "4M",
+        "--shards",
+        "2",
+        "--size-max",
+        "2M",
+        "--files-max",
+        "30",
+    ];
     let out = gpuring(&[&["bench", "--json"][..], &small, &["--runs", "2"]].concat());
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
@@ -251,7 +270,7 @@ fn bench_json_has_every_case_with_ratios() {
         "mmap-load",
     ];
     if fio {
-        want.extend(["fio-buffered", "fio-direct", "fio-small-files"]);
+        want.extend(["fio-buffered", "fio-direct", "fio-small-files", "fio-buffered-2jobs", "fio-direct-2jobs", "fio-small-files-2jobs"]);
     }
     names.sort();
     want.sort();
@@ -272,6 +291,14 @@ fn bench_json_has_every_case_with_ratios() {
             let r = &c["ratios"];
             assert!(r["vs_bounce"].as_f64().unwrap() > 0.0 && r["vs_memcpy"].as_f64().unwrap() > 0.0, "{name}: {r}");
             assert_eq!(r["vs_fio"].is_f64(), fio, "{name}: {r}");
+            assert_eq!(r["vs_fio_1job"].is_f64(), fio, "{name}: {r}");
+            if fio {
+                // vs_fio is over the two-job case: the same-jobs comparison.
+                let mode = name.trim_start_matches("gpuring-");
+                let two = cases.iter().find(|c| c["name"] == format!("fio-{mode}-2jobs")).unwrap()["gib_per_s"].as_f64().unwrap();
+                let ratio = r["vs_fio"].as_f64().unwrap();
+                assert!((ratio - c["gib_per_s"].as_f64().unwrap() / two).abs() < 1e-9, "{name}: {r}");
+            }
         } else {
             assert!(c["vs_gpuring"].as_f64().unwrap() > 0.0, "{name}");
         }
@@ -279,12 +306,27 @@ fn bench_json_has_every_case_with_ratios() {
             assert!(c["files_per_s"].as_f64().unwrap() > 0.0 && c["iops"].as_f64().unwrap() > 0.0, "{name}");
         }
     }
+    assert_eq!(v["shards"], 2);
+    let cpus = v["cpus"].as_u64().unwrap();
+    let scaling: Vec<u64> = v["scaling"].as_array().unwrap().iter().map(|p| p["shards"].as_u64().unwrap()).collect();
+    assert_eq!(scaling.first(), Some(&1));
+    assert_eq!(scaling.last(), Some(&cpus), "scaling goes up to the CPUs");
+    for p in v["scaling"].as_array().unwrap() {
+        assert!(p["gib_per_s"].as_f64().unwrap() > 0.0, "{p}");
+    }
+    let sizes: Vec<(u64, u64)> = v["size_section"].as_array().unwrap().iter().map(|p| (p["bytes"].as_u64().unwrap(), p["files"].as_u64().unwrap())).collect();
+    assert_eq!(sizes, [(1 << 20, 1), (2 << 20, 1), (10 * 4096, 10), (30 * 4096, 30)]);
+    for p in v["size_section"].as_array().unwrap() {
+        let (before, peak) = (p["rss_before_bytes"].as_u64().unwrap(), p["peak_rss_bytes"].as_u64().unwrap());
+        assert!(before > 0 && peak >= before && p["gib_per_s"].as_f64().unwrap() > 0.0, "{p}");
+    }
     // The data is kept for the next run; the human table names every case.
     assert_eq!(std::fs::metadata(data.join("large.bin")).unwrap().len(), 4 << 20);
     let out = gpuring(&[&["bench"][..], &small, &["--runs", "1", "--no-fio"]].concat());
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
-    assert!(stdout.contains("| gpuring-buffered |") && stdout.contains("gpuring-buffered: n/a fio"), "{stdout}");
+    assert!(stdout.contains("| gpuring-buffered |") && stdout.contains("gpuring-buffered: n/a fio (2 job(s)), n/a fio (1 job)"), "{stdout}");
+    assert!(stdout.contains("scaling (buffered, large file):") && stdout.contains("size (buffered, warm):"), "{stdout}");
     assert!(stdout.contains("x pread() into host memory") && stdout.contains("x safetensors over mmap + copy"), "{stdout}");
     assert!(stdout.contains("fio: not run: --no-fio was given"), "{stdout}");
     assert!(!stderr.contains("writing"), "the data was reused: {stderr}");

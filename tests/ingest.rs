@@ -295,6 +295,13 @@ fn a_closure_consumer_sees_every_slot_once_and_its_results_reach_the_driver() {
 
 #[test]
 fn one_thread_drives_the_ring_and_consumes_it_in_turns() {
+    // One ring, then two shards (the second ring on a thread of its own).
+    for shards in [1, 2] {
+        one_thread_drives_and_consumes(shards);
+    }
+}
+
+fn one_thread_drives_and_consumes(shards: u32) {
     use gpuring::core::io_queue::CONSUMED;
     use gpuring::core::{slot_checksum, SlotGeometry, StagingMemory};
     use gpuring::host::HostStaging;
@@ -308,7 +315,8 @@ fn one_thread_drives_the_ring_and_consumes_it_in_turns() {
     let staging = Arc::new(HostStaging::new(SlotGeometry::new(2, SLOT).unwrap(), 2).unwrap());
     let mut consumer = staging.take_consumer().unwrap();
     let q = staging.queue();
-    let mut driver = Driver::new(staging.clone(), DriverOptions::default()).unwrap();
+    let mut driver = Driver::new(staging.clone(), DriverOptions { shards, ..DriverOptions::default() }).unwrap();
+    assert_eq!(driver.shards(), shards);
     let sources = [Source::file(&path)];
     let mut job = driver.begin(&sources).unwrap();
     let mut released = Vec::new();

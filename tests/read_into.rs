@@ -83,10 +83,10 @@ fn vulkan_read_into_copies_every_window_into_a_device_buffer() {
         let fill = vec![0xA5u8; len as usize];
         let fill_file = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(fill_file.path(), &fill).unwrap();
-        let options = SlotOptions { direct: false, slots: 4, slot_size: 1 << 20 };
+        let options = SlotOptions { direct: false, slots: 4, slot_size: 1 << 20, shards: 2 };
         read_into::vulkan(&[ReadRequest::new(fill_file.path(), 0..len, 0)], &mut dst, &options).unwrap();
         // Small slots: the 5 MiB request crosses many, and batches wrap the ring.
-        let options = SlotOptions { direct, slots: 4, slot_size: 256 << 10 };
+        let options = SlotOptions { direct, slots: 4, slot_size: 256 << 10, shards: 3 };
         let report = read_into::vulkan(reqs, &mut dst, &options).unwrap();
         assert_eq!(report.backend, "vulkan");
         (report, dst.read(0, len).unwrap())
@@ -111,7 +111,7 @@ fn bad_requests_are_refused_before_anything_is_read() {
         if common::backends().contains(&"vulkan") {
             let ctx = std::sync::Arc::new(gpuring::vulkan::Context::new(None).unwrap());
             let mut buffer = gpuring::vulkan::DeviceBuffer::new(&ctx, 8192).unwrap();
-            let e = read_into::vulkan(reqs, &mut buffer, &SlotOptions { direct: false, slots: 2, slot_size: 4096 }).unwrap_err().to_string();
+            let e = read_into::vulkan(reqs, &mut buffer, &SlotOptions { direct: false, slots: 2, slot_size: 4096, shards: 1 }).unwrap_err().to_string();
             assert!(e.contains(want) && e.contains("Fix:"), "vulkan: {e}");
         }
     }

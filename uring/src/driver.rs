@@ -46,6 +46,7 @@
 //! under the kernel.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -57,11 +58,18 @@ use rustix::io::Errno;
 
 use crate::error::IngestError;
 use crate::ring::Ring;
+use crate::shard::{Command, Shards, SlotMemory, BELL_TAG};
 use crate::source::{OpenSource, Source};
 use crate::wait;
 
 /// How long the driver polls for releases while also waiting for reads.
 const RELEASE_POLL: Duration = Duration::from_micros(200);
+
+/// With other shards, how many reads this thread's ring takes per round:
+/// its buffered reads are copied inline, during its submit, and meanwhile
+/// nothing is published, released or handed to the other shards. Two
+/// reads keep that pause to about two slots' copy.
+const LOCAL_BATCH: u32 = 2;
 
 /// How many `EAGAIN` answers in a row a read is retried before it fails.
 const AGAIN_RETRIES: u8 = 8;
@@ -87,12 +95,104 @@ pub struct DriverOptions {
     /// plain address (`Some(false)`), or whichever the kernel accepts,
     /// probed on the first NVMe Read (`None`).
     pub nvme_fixed: Option<bool>,
+    /// Rings to read with, each on its own thread with its own share of the
+    /// slots (see [`crate::shard`]); 1 (the default) reads on the calling
+    /// thread's ring alone. At most the slot count and [`MAX_SHARDS`].
+    /// [`default_shards`] is what the command line uses.
+    pub shards: u32,
 }
 
 impl Default for DriverOptions {
     fn default() -> Self {
-        Self { direct: false, release_timeout: Duration::from_secs(60), read_timeout: crate::ring::DEVICE_TIMEOUT, nvme_fixed: None }
+        Self { direct: false, release_timeout: Duration::from_secs(60), read_timeout: crate::ring::DEVICE_TIMEOUT, nvme_fixed: None, shards: 1 }
     }
+}
+
+/// The CPUs this process may run on (its affinity mask, as
+/// `std::thread::available_parallelism` reads it), at least 1: a shard per
+/// CPU lets the kernel's copies of buffered reads use them all.
+pub fn default_shards() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32).min(MAX_SHARDS)
+}
+
+pub use crate::shard::MAX_SHARDS;
+
+/// Where reads go: the driver's own ring (shard 0) and, with more shards,
+/// rings on threads of their own (see [`crate::shard`]).
+#[derive(Debug)]
+struct Reads {
+    ring: Ring,
+    /// Shards 1 and up.
+    shards: Option<Shards>,
+    /// Shards in all, this thread's ring included.
+    count: u32,
+    /// A wait on the shards' bell is queued in `ring` (and its sleeping flag set).
+    bell_armed: bool,
+    /// With other shards, faults are injected here, over every shard's
+    /// completions in the order this thread takes them.
+    #[cfg(feature = "fault-injection")]
+    faults: crate::fault::Faults,
+}
+
+impl Reads {
+    /// The shard of `slot`, and its fixed buffer there.
+    fn place(&self, slot: u32) -> (u32, u16) {
+        (slot % self.count, (slot / self.count) as u16)
+    }
+
+    fn submit(&mut self) -> Result<(), IngestError> {
+        // The other shards first: this ring's buffered reads are copied
+        // inline, during its submit, and theirs can run meanwhile.
+        if let Some(shards) = &mut self.shards {
+            shards.submit()?;
+        }
+        self.ring.submit()
+    }
+
+    /// Every completion, the ring's own waits included.
+    fn reap(&mut self, mut f: impl FnMut(u64, i32)) {
+        #[cfg(feature = "fault-injection")]
+        let (faults, sharded) = (&mut self.faults, self.shards.is_some());
+        #[cfg(feature = "fault-injection")]
+        let mut f = |user_data, res| {
+            let res = if sharded && user_data < crate::ring::INTERNAL_TAGS { faults.apply(user_data, res) } else { Some(res) };
+            if let Some(res) = res {
+                f(user_data, res);
+            }
+        };
+        self.ring.reap(&mut f);
+        if let Some(shards) = &mut self.shards {
+            shards.reap(f);
+        }
+    }
+
+    /// Reads the other shards have in flight.
+    fn elsewhere(&self) -> u32 {
+        self.shards.as_ref().map_or(0, Shards::in_flight)
+    }
+
+    fn cancel_all(&mut self) -> Result<(), IngestError> {
+        let here = self.ring.cancel_all();
+        if std::mem::take(&mut self.bell_armed) {
+            // Cancelled with the rest.
+            self.shards.as_ref().map(Shards::end_sleep);
+        }
+        let there = self.shards.as_mut().map_or(Ok(()), Shards::cancel_all);
+        // Completions a stall held back: their requests ended.
+        #[cfg(feature = "fault-injection")]
+        self.faults.release_held().for_each(drop);
+        here.and(there)
+    }
+}
+
+/// What arming a futex wait in the ring found.
+enum Armed {
+    /// The wait is in the ring.
+    Yes,
+    /// What it would wait for is there already.
+    Ready,
+    /// The kernel has no futex wait in io_uring: look every 200 µs.
+    Unsupported,
 }
 
 /// What the driver reports while it runs.
@@ -170,7 +270,8 @@ impl Run<'_> {
 
 /// Streams sources through the staging memory's slots with io_uring.
 pub struct Driver<S: StagingMemory> {
-    ring: Ring,
+    /// Dropped before `staging`: a ring drains, shards are joined.
+    reads: Reads,
     staging: Arc<S>,
     geometry: SlotGeometry,
     pending: PendingTable<Vec<SlotState>>,
@@ -195,11 +296,13 @@ pub struct Driver<S: StagingMemory> {
     futex_wait: Option<bool>,
     /// A release wait is in the ring (and the producer's sleeping flag set).
     release_armed: bool,
+    /// Where the next search for a free slot starts (with other shards).
+    slot_hint: u32,
 }
 
 impl<S: StagingMemory> std::fmt::Debug for Driver<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Driver").field("ring", &self.ring).field("geometry", &self.geometry).field("telemetry", &self.telemetry).finish()
+        f.debug_struct("Driver").field("reads", &self.reads).field("geometry", &self.geometry).field("telemetry", &self.telemetry).finish()
     }
 }
 
@@ -211,18 +314,39 @@ impl<S: StagingMemory> Driver<S> {
         let geometry = staging.geometry();
         // The queue's one producer: a second driver on this staging is an error.
         let producer = staging.take_producer()?;
-        let mut ring = Ring::new(geometry.slot_count())?;
         let buffers: Vec<_> = (0..geometry.slot_count()).map(|i| (staging.slot_ptr(i).as_ptr(), geometry.slot_size())).collect();
+        // A device's peer memory: the kernel pins registered buffers without
+        // FOLL_PCI_P2PDMA and refuses such pages (EFAULT), but reads by
+        // address may still reach them.
+        let peer_refused = |e: &IngestError| matches!(e, IngestError::Ring { errno: Errno::FAULT, .. }) && staging.kind() == MemoryKind::DevicePeer;
+        let count = options.shards.clamp(1, geometry.slot_count().min(MAX_SHARDS));
+        // Shard 0's slots, a release wait, a bell wait.
+        let mine: Vec<_> = buffers.iter().copied().step_by(count as usize).collect();
+        let mut ring = Ring::new(mine.len() as u32 + 2)?;
         // SAFETY: the slots are valid for the life of `staging`, which this
         // driver keeps alive until after the ring is dropped (and leaks it if
         // the ring cannot be drained).
-        let registered = match unsafe { ring.register_buffers(&buffers) } {
+        let registered = match unsafe { ring.register_buffers(&mine) } {
             Ok(()) => true,
-            // A device's peer memory: the kernel pins registered buffers
-            // without FOLL_PCI_P2PDMA and refuses such pages (EFAULT), but
-            // reads by address may still reach them.
-            Err(IngestError::Ring { errno: Errno::FAULT, .. }) if staging.kind() == MemoryKind::DevicePeer => false,
+            Err(e) if peer_refused(&e) => false,
             Err(e) => return Err(e),
+        };
+        let shards = if count > 1 {
+            let slots: Vec<*mut u8> = buffers.iter().map(|&(p, _)| p).collect();
+            let memory = SlotMemory { slots: &slots, slot_size: geometry.slot_size() };
+            // SAFETY: as for the ring: the shards are joined, or their reads
+            // cancelled and drained, before the driver lets go of `staging`.
+            Some(unsafe { Shards::start(memory, count, registered) }?)
+        } else {
+            None
+        };
+        let reads = Reads {
+            ring,
+            shards,
+            count,
+            bell_armed: false,
+            #[cfg(feature = "fault-injection")]
+            faults: Default::default(),
         };
         let mut nvme_fixed = options.nvme_fixed;
         if !registered {
@@ -234,7 +358,7 @@ impl<S: StagingMemory> Driver<S> {
         }
         Ok(Self {
             registered,
-            ring,
+            reads,
             staging,
             geometry,
             pending: PendingTable::new(vec![SlotState::Free; geometry.slot_count() as usize]),
@@ -249,6 +373,7 @@ impl<S: StagingMemory> Driver<S> {
             again: vec![0; geometry.slot_count() as usize],
             futex_wait: None,
             release_armed: false,
+            slot_hint: 0,
         })
     }
 
@@ -261,7 +386,15 @@ impl<S: StagingMemory> Driver<S> {
     /// see [`crate::fault`]).
     #[cfg(feature = "fault-injection")]
     pub fn inject_faults(&mut self, faults: &[crate::fault::Fault]) {
-        self.ring.inject(faults);
+        match self.reads.shards {
+            Some(_) => self.reads.faults.arm(faults),
+            None => self.reads.ring.inject(faults),
+        }
+    }
+
+    /// How many rings read (shards), this thread's included.
+    pub fn shards(&self) -> u32 {
+        self.reads.count
     }
 
     /// The staging memory.
@@ -321,7 +454,7 @@ impl<S: StagingMemory> Driver<S> {
     /// One step of an ingest: whether anything moved, or the outcome.
     fn step(&mut self, run: &mut Run<'_>, on_event: &mut impl FnMut(Event)) -> Result<Step, IngestError> {
         let filled = self.fill(run)?;
-        self.ring.submit()?;
+        self.reads.submit()?;
         let reaped = self.reap(run)?;
         let published = self.publish(run)?;
         let released = self.take_releases(run, on_event)?;
@@ -369,8 +502,10 @@ impl<S: StagingMemory> Driver<S> {
     /// Queue reads into free slots. Source errors end the run (after draining).
     fn fill(&mut self, run: &mut Run<'_>) -> Result<bool, IngestError> {
         let mut any = false;
+        let mut local = 0;
         while run.failure.is_none() {
-            let Some(slot) = self.pending.find_free() else { break };
+            let Some(slot) = self.free_slot(local < LOCAL_BATCH) else { break };
+            local += u32::from(self.reads.place(slot).0 == 0);
             let segment = match self.next_segment(run) {
                 Ok(Some(segment)) => segment,
                 Ok(None) => break,
@@ -410,6 +545,20 @@ impl<S: StagingMemory> Driver<S> {
         Ok(any)
     }
 
+    /// A free slot, round-robin; with other shards, one of this thread's
+    /// own only while `local` (see [`LOCAL_BATCH`]).
+    fn free_slot(&mut self, local: bool) -> Option<u32> {
+        if self.reads.count == 1 {
+            return self.pending.find_free();
+        }
+        let n = self.geometry.slot_count();
+        let found = (0..n)
+            .map(|step| (self.slot_hint + step) % n)
+            .find(|&slot| matches!(self.pending.state(slot), Ok(SlotState::Free)) && (local || self.reads.place(slot).0 != 0))?;
+        self.slot_hint = (found + 1) % n;
+        Some(found)
+    }
+
     /// Queue an NVMe Read of `blocks` blocks from `slba` into `slot`.
     fn push_nvme_read(&mut self, file: &OpenSource, slot: u32, slba: u64, blocks: u32) -> Result<(), IngestError> {
         let fixed = self.nvme_fixed.unwrap_or(true);
@@ -425,9 +574,20 @@ impl<S: StagingMemory> Driver<S> {
         // completion is reaped, the device's fd stays open while its source
         // has outstanding segments, and the ring drains before the memory
         // goes. `read_command` checked that the blocks fit the slot.
-        // SAFETY: per the lines above; the slot is registered buffer `slot`.
+        let fd = std::os::fd::AsFd::as_fd(&file.fd);
+        let (shard, index) = self.reads.place(slot);
+        let fixed = fixed.then_some(index);
+        // SAFETY: per the lines above; the slot is registered buffer `index`
+        // of its shard's ring.
         unsafe {
-            self.ring.push_uring_cmd(std::os::fd::AsFd::as_fd(&file.fd), nvme::NVME_URING_CMD_IO, &cmd.to_bytes(), fixed.then_some(slot as u16), user_data)
+            match &mut self.reads.shards {
+                Some(shards) if shard > 0 => {
+                    let (fd, op, cmd) = (fd.as_raw_fd(), nvme::NVME_URING_CMD_IO, cmd.to_bytes());
+                    shards.push(shard, Command::UringCmd { fd, op, cmd, fixed, user_data });
+                    Ok(())
+                }
+                _ => self.reads.ring.push_uring_cmd(fd, nvme::NVME_URING_CMD_IO, &cmd.to_bytes(), fixed, user_data),
+            }
         }
     }
 
@@ -439,16 +599,16 @@ impl<S: StagingMemory> Driver<S> {
         let mut last = 0;
         for fixed in [true, false] {
             self.push_nvme(file, slot, slba, 1, fixed, PROBE_TAG)?;
-            self.ring.submit()?;
+            self.reads.submit()?;
             let mut res = None;
             let deadline = Instant::now() + self.options.read_timeout;
             while res.is_none() {
-                if !self.ring.wait_until(deadline)? {
+                if !self.wait_for_reads(deadline, false)? {
                     let what = format!("{}: the one-block NVMe Read that probes fixed buffers", file.path.display());
                     return Err(IngestError::DeviceStalled { what, seconds: self.options.read_timeout.as_secs() });
                 }
                 let cqes = &mut self.cqes;
-                self.ring.reap(|user_data, r| if user_data == PROBE_TAG { res = Some(r) } else { cqes.push((user_data, r)) });
+                self.reads.reap(|user_data, r| if user_data == PROBE_TAG { res = Some(r) } else { cqes.push((user_data, r)) });
             }
             last = res.expect("the loop ends with the probe's completion");
             if last == 0 {
@@ -473,14 +633,21 @@ impl<S: StagingMemory> Driver<S> {
         // Nothing else touches the slot while it is in flight in the pending
         // table; the fd stays open while its source has outstanding segments;
         // the ring drains before the driver (and the staging memory) drops.
-        // SAFETY: per the three lines above; when registered, the slot is
-        // registered buffer `slot`.
+        let (shard, index) = self.reads.place(slot);
+        let fixed = self.registered.then_some(index);
+        // SAFETY: per the lines above; when registered, the slot is
+        // registered buffer `index` of its shard's ring.
         unsafe {
             let buf = self.staging.slot_ptr(slot).as_ptr().add(done as usize);
             let fd = std::os::fd::AsFd::as_fd(&file.fd);
-            match self.registered {
-                true => self.ring.push_read_fixed(fd, buf, submit_len, offset + done as u64, slot as u16, slot as u64),
-                false => self.ring.push_read(fd, buf, submit_len, offset + done as u64, slot as u64),
+            let at = offset + done as u64;
+            match (&mut self.reads.shards, fixed) {
+                (Some(shards), _) if shard > 0 => {
+                    shards.push(shard, Command::Read { fd: fd.as_raw_fd(), buf: buf as usize, len: submit_len, offset: at, fixed, user_data: slot as u64 });
+                    Ok(())
+                }
+                (_, Some(index)) => self.reads.ring.push_read_fixed(fd, buf, submit_len, at, index, slot as u64),
+                (_, None) => self.reads.ring.push_read(fd, buf, submit_len, at, slot as u64),
             }
         }
     }
@@ -488,11 +655,15 @@ impl<S: StagingMemory> Driver<S> {
     fn reap(&mut self, run: &mut Run<'_>) -> Result<u32, IngestError> {
         // `cqes` may already hold completions the fixed-buffer probe set aside.
         let mut cqes = std::mem::take(&mut self.cqes);
-        self.ring.reap(|user_data, res| cqes.push((user_data, res)));
+        self.reads.reap(|user_data, res| cqes.push((user_data, res)));
         let mut reads = 0;
         let result = cqes.drain(..).try_for_each(|(user_data, res)| {
             if user_data == RELEASE_TAG {
                 self.release_woken(res);
+                return Ok(());
+            }
+            if user_data == BELL_TAG {
+                self.bell_woken(res);
                 return Ok(());
             }
             reads += 1;
@@ -679,11 +850,9 @@ impl<S: StagingMemory> Driver<S> {
         }
     }
 
-    /// The release wait ended: woken (0), the word had moved (`EAGAIN`),
-    /// interrupted or cancelled; or the kernel has no such operation.
-    fn release_woken(&mut self, res: i32) {
-        self.release_armed = false;
-        self.producer.end_sleep(&self.staging.queue());
+    /// A futex wait in the ring ended with `res`: learn from it whether the
+    /// kernel has the operation.
+    fn futex_wait_ended(&mut self, res: i32) {
         let unsupported = [Errno::INVAL, Errno::OPNOTSUPP, Errno::NOSYS].iter().any(|e| res == -e.raw_os_error());
         if unsupported {
             self.futex_wait = Some(false);
@@ -692,27 +861,98 @@ impl<S: StagingMemory> Driver<S> {
         }
     }
 
+    /// The release wait ended: woken (0), the word had moved (`EAGAIN`),
+    /// interrupted or cancelled; or the kernel has no such operation.
+    fn release_woken(&mut self, res: i32) {
+        self.release_armed = false;
+        self.producer.end_sleep(&self.staging.queue());
+        self.futex_wait_ended(res);
+    }
+
+    /// The wait on the shards' bell ended, as [`Driver::release_woken`].
+    fn bell_woken(&mut self, res: i32) {
+        self.reads.bell_armed = false;
+        if let Some(shards) = &self.reads.shards {
+            shards.end_sleep();
+        }
+        self.futex_wait_ended(res);
+    }
+
     /// Have the ring wait for the next release too (once per sleep): the
     /// sleeping protocol's flag asks the consumer to wake the `consumer`
     /// word, and the futex wait in the ring completes on that wake.
-    fn arm_release_wait(&mut self) -> Result<bool, IngestError> {
+    fn arm_release_wait(&mut self) -> Result<Armed, IngestError> {
         if self.release_armed {
-            return Ok(true);
+            return Ok(Armed::Yes);
         }
         if self.futex_wait == Some(false) {
-            return Ok(false);
+            return Ok(Armed::Unsupported);
         }
         let q = self.staging.queue();
         if !self.producer.prepare_sleep(&q) {
-            // A release is already there: no need to wait for one.
             self.producer.end_sleep(&q);
-            return Ok(false);
+            return Ok(Armed::Ready);
         }
         // The word is the staging's, which this driver keeps alive until
         // the ring has drained (and leaks otherwise).
         // SAFETY: per the line above.
-        unsafe { self.ring.push_futex_wait(wait::consumer_word(&q), self.producer.released_position(), RELEASE_TAG)? };
+        unsafe { self.reads.ring.push_futex_wait(wait::consumer_word(&q), self.producer.released_position(), RELEASE_TAG)? };
         self.release_armed = true;
+        Ok(Armed::Yes)
+    }
+
+    /// Have the ring wait for the other shards' completions too, on their
+    /// bell (once per sleep), as [`Driver::arm_release_wait`] does for releases.
+    fn arm_bell_wait(&mut self) -> Result<Armed, IngestError> {
+        let Some(shards) = &self.reads.shards else { return Ok(Armed::Unsupported) };
+        if self.reads.bell_armed {
+            return Ok(Armed::Yes);
+        }
+        if self.futex_wait == Some(false) {
+            return Ok(Armed::Unsupported);
+        }
+        let seen = shards.prepare_sleep();
+        if shards.has_completions() {
+            shards.end_sleep();
+            return Ok(Armed::Ready);
+        }
+        // The bell lives as long as the shards, which are dropped after
+        // the ring (field order) and cancel their own reads.
+        // SAFETY: the ring is drained (cancel_all) before `Reads` drops,
+        // and the shards' outbox, holding the bell, is dropped after it.
+        unsafe { self.reads.ring.push_futex_wait(shards.bell(), seen, BELL_TAG)? };
+        self.reads.bell_armed = true;
+        Ok(Armed::Yes)
+    }
+
+    /// Wait, until `deadline` at most, for reads to complete: this ring's
+    /// or, through the bell, the other shards'; and when `releases`, for a
+    /// release too. `Ok(false)` once the deadline has passed.
+    fn wait_for_reads(&mut self, deadline: Instant, releases: bool) -> Result<bool, IngestError> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            self.reads.submit()?;
+            return Ok(false);
+        }
+        let mut timeout = left;
+        let mut arms = Vec::with_capacity(2);
+        if releases {
+            arms.push(self.arm_release_wait()?);
+        }
+        if self.reads.elsewhere() > 0 {
+            arms.push(self.arm_bell_wait()?);
+        }
+        for armed in arms {
+            match armed {
+                Armed::Yes => {}
+                Armed::Ready => timeout = Duration::ZERO,
+                Armed::Unsupported => timeout = timeout.min(RELEASE_POLL),
+            }
+        }
+        self.reads.submit()?;
+        if !timeout.is_zero() {
+            self.reads.ring.wait(Some(timeout))?;
+        }
         Ok(true)
     }
 
@@ -724,18 +964,13 @@ impl<S: StagingMemory> Driver<S> {
             return Err(IngestError::ConsumerStalled { outstanding: self.producer.outstanding(), why: "the consumer reported that it failed".into() });
         }
         if self.pending.in_flight() > 0 {
-            let left = (last_completion + self.options.read_timeout).saturating_duration_since(Instant::now());
-            if left.is_zero() {
+            let deadline = last_completion + self.options.read_timeout;
+            // With entries published, wait for a release too.
+            if !self.wait_for_reads(deadline, self.pending.published() > 0)? {
                 let what = format!("{} read(s) in flight", self.pending.in_flight());
                 return Err(IngestError::DeviceStalled { what, seconds: self.options.read_timeout.as_secs() });
             }
-            // With entries published, wait for a release too: in the ring
-            // where the kernel can, else by looking now and then.
-            let timeout = match self.pending.published() > 0 && !self.arm_release_wait()? {
-                true => RELEASE_POLL.min(left),
-                false => left,
-            };
-            return self.ring.wait(Some(timeout));
+            return Ok(());
         }
         if self.producer.outstanding() == 0 {
             return Ok(());
@@ -849,9 +1084,11 @@ impl<S: StagingMemory> Ingest<'_, '_, S> {
     fn abandon(&mut self, e: IngestError) -> IngestError {
         self.finished = true;
         self.driver.broken = true;
-        let _ = self.driver.ring.cancel_all();
+        let _ = self.driver.reads.cancel_all();
         // The release wait, if any, was cancelled with the reads.
-        self.driver.release_armed = false;
+        if std::mem::take(&mut self.driver.release_armed) {
+            self.driver.producer.end_sleep(&self.driver.staging.queue());
+        }
         e
     }
 }
@@ -866,7 +1103,7 @@ impl<S: StagingMemory> Drop for Ingest<'_, '_, S> {
 
 impl<S: StagingMemory> Drop for Driver<S> {
     fn drop(&mut self) {
-        let drained = self.ring.cancel_all().is_ok();
+        let drained = self.reads.cancel_all().is_ok();
         self.close_queue();
         if !drained {
             // The kernel may still write into the slots: never free them.

@@ -36,10 +36,11 @@ pub mod nvme;
 pub mod probe;
 pub mod read_into;
 pub mod ring;
+pub mod shard;
 pub mod source;
 mod wait;
 
-pub use driver::{Driver, DriverOptions, Event, Ingest, IngestStats, Poll};
+pub use driver::{default_shards, Driver, DriverOptions, Event, Ingest, IngestStats, Poll, MAX_SHARDS};
 pub use error::IngestError;
 pub use read_into::{read_into, ReadIntoOptions, ReadIntoStats, ReadRequest};
 pub use ring::Ring;

@@ -45,6 +45,26 @@ pub fn need(slots: u32, slot_size: usize) -> Option<u64> {
     u64::from(slots).checked_mul(slot_size as u64)?.checked_add(ring_bytes(slots))
 }
 
+/// Bytes charged for `slots` slots of `slot_size` read by `shards` rings
+/// (see [`crate::shard`]: each ring holds its share of the slots, plus a
+/// wait and a cancel); one shard is [`need`]. `None` on overflow.
+pub fn need_sharded(slots: u32, slot_size: usize, shards: u32) -> Option<u64> {
+    if shards <= 1 {
+        return need(slots, slot_size);
+    }
+    let per_ring = ring_bytes(slots.div_ceil(shards).saturating_add(2));
+    u64::from(slots).checked_mul(slot_size as u64)?.checked_add(per_ring.checked_mul(u64::from(shards))?)
+}
+
+/// The most shards, at most `wanted`, whose rings fit `budget` beside
+/// `slots` slots of `slot_size` (at least 1: one ring is what [`need`]
+/// charges, and its error says what to change).
+pub fn fit_shards(slots: u32, slot_size: usize, wanted: u32, budget: Option<u64>) -> u32 {
+    let wanted = wanted.clamp(1, slots.max(1));
+    let Some(budget) = budget else { return wanted };
+    (1..=wanted).rev().find(|&n| need_sharded(slots, slot_size, n).is_some_and(|need| need <= budget)).unwrap_or(1)
+}
+
 /// The most slots of `slot_size`, at most `max`, whose [`need`] fits in
 /// `budget`; `None` when not even one does.
 pub fn fit_slots(slot_size: usize, max: u32, budget: u64) -> Option<u32> {
@@ -103,6 +123,21 @@ mod tests {
         assert!(need(n, size).unwrap() <= 64 << 10 && need(1, size * 2).unwrap() > 64 << 10, "{size}");
         assert_eq!(fitting_ring(32, 256 << 10, 4096), None);
         assert_eq!(fit_slots(4096, 0, u64::MAX), None);
+    }
+
+    #[test]
+    fn shards_are_charged_a_ring_each_and_cut_to_fit() {
+        assert_eq!(need_sharded(31, 256 << 10, 1), need(31, 256 << 10));
+        let two = need_sharded(30, 256 << 10, 2).unwrap();
+        assert_eq!(two, 30 * (256 << 10) + 2 * ring_bytes(17));
+        assert_eq!(fit_shards(32, 256 << 10, 4, None), 4);
+        assert_eq!(fit_shards(2, 256 << 10, 16, None), 2, "never more shards than slots");
+        // 31 slots of 256 KiB leave 256 KiB of 8 MiB: room for 21 small rings
+        // of three pages, not for one per slot.
+        let n = fit_shards(31, 256 << 10, 64, Some(8 << 20));
+        assert_eq!(n, 21);
+        assert!(need_sharded(31, 256 << 10, n).unwrap() <= 8 << 20 && need_sharded(31, 256 << 10, n + 1).unwrap() > 8 << 20);
+        assert_eq!(fit_shards(32, 256 << 10, 4, Some(1 << 20)), 1, "nothing fits: one ring, whose error says why");
     }
 
     #[test]

@@ -204,7 +204,7 @@ if [ -n "$CUDA_WHY" ]; then
     skip modes "$CUDA_WHY"
 else
     # The bench makes its file unless one of the right size is there.
-    step bench 240 "$GPURING" bench --json --backend cuda --dir "$WORK/bench" --size "$SIZE" --runs "$RUNS" --checkpoint-size "$CKPT"
+    step bench 240 "$GPURING" bench --json --backend cuda --dir "$WORK/bench" --size "$SIZE" --runs "$RUNS" --checkpoint-size "$CKPT" --size-max 1G --files-max 10000
     # The bench's checkpoint loaded into device memory (read_into on CUDA:
     # slots, then cuMemcpyHtoDAsync), every tensor read back and compared.
     CHECKPOINT=$(ls "$WORK"/bench/checkpoint-*.safetensors 2>/dev/null | head -1)

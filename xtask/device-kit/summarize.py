@@ -89,6 +89,11 @@ def main():
             ratios = c.get("ratios") or {}
             extra = ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items() if isinstance(v, (int, float)))
             row(f"bench {c['name']}", "measured", c["gib_per_s"], f"{detail}{'; ' + extra if extra else ''}")
+        # Buffered ingest by shard count, and memory by input size.
+        for p in bench.get("scaling") or []:
+            row(f"bench scaling {p['shards']} shards", "measured", p["gib_per_s"], f"buffered, {bench['size']} bytes, CPU {p['cpu_s_per_gib']:.3f} s/GiB")
+        for p in bench.get("size_section") or []:
+            row(f"bench size {p['bytes']} B in {p['files']} file(s)", "measured", p["gib_per_s"], f"peak resident {p['peak_rss_bytes']} bytes (before {p['rss_before_bytes']})")
     else:
         verdict, why = why_failed("bench")
         row("bench (cuda)", verdict, None, why)

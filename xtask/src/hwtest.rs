@@ -282,6 +282,10 @@ pub fn run(args: &[String], cargo: impl Fn() -> Command) -> Result<()> {
             "256",
             "--checkpoint-size",
             "64M",
+            "--size-max",
+            "64M",
+            "--files-max",
+            "1000",
             "--runs",
             "1",
         ];
