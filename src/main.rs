@@ -58,9 +58,8 @@ struct RingArgs {
     #[arg(long, value_parser = size)]
     slot_size: Option<usize>,
     /// Rings that read at once, each on its own thread with its share of
-    /// the slots. Default: one per CPU this process may use, less one for
-    /// the host backend's consumer (at most one per slot, and as many as
-    /// RLIMIT_MEMLOCK leaves room for).
+    /// the slots. Default: one per CPU this process may use (at most one
+    /// per slot, and as many as RLIMIT_MEMLOCK leaves room for).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=gpuring_uring::MAX_SHARDS as i64))]
     shards: Option<u32>,
     /// How the CUDA consumer runs (--backend cuda only): `batched` launches
@@ -272,7 +271,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 device,
                 slots,
                 slot_size,
-                shards: shards.unwrap_or_else(|| ingest::default_shards(backend, slots, slot_size)),
+                shards: shards.unwrap_or_else(|| ingest::default_shards(slots, slot_size)),
                 direct,
                 bounce,
                 verify: !no_verify,
@@ -316,12 +315,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let (slots, slot_size) = ingest::default_ring(slots, slot_size);
             let checkpoint = gpuring::load::Checkpoint::open(&paths)?;
-            let options = gpuring::read_into::SlotOptions {
-                direct,
-                slots,
-                slot_size,
-                shards: shards.unwrap_or_else(|| ingest::default_shards(backend, slots, slot_size)),
-            };
+            let options =
+                gpuring::read_into::SlotOptions { direct, slots, slot_size, shards: shards.unwrap_or_else(|| ingest::default_shards(slots, slot_size)) };
             let target = gpuring::read_into::Target { backend, device, slots: options };
             let config = gpuring::load::LoadConfig { target, verify: !no_verify };
             let report = gpuring::load::load(&checkpoint, &config)?;
@@ -384,7 +379,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     device,
                     slots,
                     slot_size,
-                    shards: shards.unwrap_or_else(|| ingest::default_shards(backend, slots, slot_size)),
+                    shards: shards.unwrap_or_else(|| ingest::default_shards(slots, slot_size)),
                     verify: false,
                     cuda_mode,
                     ..IngestConfig::default()

@@ -66,14 +66,14 @@ pub struct SlotOptions {
     pub slot_size: usize,
     /// Rings reading into the slots (GPU backends; the host reads straight
     /// into the destination through one ring). Default:
-    /// [`crate::ingest::default_shards`] of a GPU backend: one per CPU.
+    /// [`crate::ingest::default_shards`], one per CPU.
     pub shards: u32,
 }
 
 impl Default for SlotOptions {
     fn default() -> Self {
         let (slots, slot_size) = crate::ingest::default_ring(None, None);
-        Self { direct: false, slots, slot_size, shards: crate::ingest::default_shards(Backend::Vulkan, slots, slot_size) }
+        Self { direct: false, slots, slot_size, shards: crate::ingest::default_shards(slots, slot_size) }
     }
 }
 

@@ -179,3 +179,32 @@ fn an_abandoned_sharded_ingest_cancels_its_reads_and_the_driver_refuses_more() {
         assert_eq!(Arc::strong_count(&staging), 1, "direct={direct}: the driver let go of the memory (it leaks it only when a ring cannot drain)");
     }
 }
+
+#[test]
+fn each_shard_starts_a_source_of_its_own_so_two_devices_are_read_at_once() {
+    let dir = test_dir();
+    let a = make_file(dir.path(), "a", 20 * SLOT, 1);
+    let b = make_file(dir.path(), "b", 20 * SLOT, 2);
+    let sources = [Source::file(&a), Source::file(&b)];
+    for (shards, interleaved) in [(1, false), (2, true)] {
+        let staging = staging(4);
+        let consumer = HostConsumer::start(staging.clone()).unwrap();
+        let mut driver = Driver::new(staging, DriverOptions { shards, ..DriverOptions::default() }).unwrap();
+        let mut order = Vec::new();
+        driver
+            .ingest(&sources, |e| {
+                if let Event::Released { source, .. } = e {
+                    order.push(source);
+                }
+            })
+            .unwrap();
+        driver.close_queue();
+        consumer.join().unwrap();
+        assert_eq!(order.len(), 40);
+        // One shard reads the sources one after the other; with two, the
+        // second source starts on the second shard while the first is read.
+        let first_of_b = order.iter().position(|&s| s == 1).unwrap();
+        let last_of_a = order.iter().rposition(|&s| s == 0).unwrap();
+        assert_eq!(first_of_b < last_of_a, interleaved, "{shards} shard(s): release order {order:?}");
+    }
+}

@@ -250,7 +250,9 @@ struct Active {
 struct Run<'s> {
     sources: &'s [Source],
     next_source: usize,
-    current: Option<usize>,
+    /// Per shard (a *lane*), the source it is reading, while that source
+    /// has bytes not yet handed out.
+    current: Vec<Option<usize>>,
     active: BTreeMap<usize, Active>,
     completed: VecDeque<u32>,
     /// Sources finished since the caller was last told: (index, bytes).
@@ -264,7 +266,14 @@ impl Run<'_> {
     }
 
     fn exhausted(&self) -> bool {
-        self.failure.is_some() || (self.current.is_none() && self.next_source == self.sources.len())
+        self.failure.is_some() || (self.current.iter().all(Option::is_none) && self.next_source == self.sources.len())
+    }
+
+    /// `idx` has no bytes left to hand out: no lane reads it any more.
+    fn handed_out(&mut self, idx: usize) {
+        for lane in self.current.iter_mut().filter(|c| **c == Some(idx)) {
+            *lane = None;
+        }
     }
 }
 
@@ -447,7 +456,15 @@ impl<S: StagingMemory> Driver<S> {
             });
         }
         let now = Instant::now();
-        let run = Run { sources, next_source: 0, current: None, active: BTreeMap::new(), completed: VecDeque::new(), done: Vec::new(), failure: None };
+        let run = Run {
+            sources,
+            next_source: 0,
+            current: vec![None; self.reads.count as usize],
+            active: BTreeMap::new(),
+            completed: VecDeque::new(),
+            done: Vec::new(),
+            failure: None,
+        };
         Ok(Ingest { driver: self, run, started: now, last_release: now, last_completion: now, finished: false })
     }
 
@@ -469,33 +486,44 @@ impl<S: StagingMemory> Driver<S> {
         wait::wake(wait::producer_word(&q));
     }
 
-    /// Hand out the next segment: (source index, offset, length).
-    fn next_segment(&mut self, run: &mut Run<'_>) -> Result<Option<(usize, u64, u32)>, IngestError> {
+    /// Hand out the next segment for a slot of shard `lane`: (source
+    /// index, offset, length). Each lane reads a source of its own, the
+    /// next one in order when its own is handed out, so that sources (on
+    /// different devices, say) are read at once by different shards; once
+    /// no source is left to start, a lane helps another lane's source, so
+    /// that a large file is spread over every shard.
+    fn next_segment(&mut self, run: &mut Run<'_>, lane: usize) -> Result<Option<(usize, u64, u32)>, IngestError> {
         loop {
-            if let Some(idx) = run.current {
-                let a = run.active.get_mut(&idx).expect("current source is active");
-                if a.next < a.file.end {
-                    let len = (a.file.end - a.next).min(a.file.segment_bytes as u64) as u32;
-                    let offset = a.next;
-                    a.next += len as u64;
-                    a.outstanding += 1;
-                    if a.next == a.file.end {
-                        run.current = None;
-                    }
-                    return Ok(Some((idx, offset, len)));
+            let idx = match run.current[lane] {
+                Some(idx) => idx,
+                None if run.next_source < run.sources.len() => {
+                    let idx = run.next_source;
+                    run.next_source += 1;
+                    let file = OpenSource::open(&run.sources[idx], self.options.direct, self.geometry.slot_size())?;
+                    let next = file.start;
+                    run.active.insert(idx, Active { file, next, outstanding: 0, failed: false });
+                    run.current[lane] = Some(idx);
+                    idx
                 }
-                run.current = None;
-                self.finish_source(run, idx);
+                None => match run.current.iter().flatten().next() {
+                    Some(&idx) => idx,
+                    None => return Ok(None),
+                },
+            };
+            let a = run.active.get_mut(&idx).expect("current source is active");
+            if a.next < a.file.end {
+                let len = (a.file.end - a.next).min(a.file.segment_bytes as u64) as u32;
+                let offset = a.next;
+                a.next += len as u64;
+                a.outstanding += 1;
+                if a.next == a.file.end {
+                    run.handed_out(idx);
+                }
+                return Ok(Some((idx, offset, len)));
             }
-            if run.next_source == run.sources.len() {
-                return Ok(None);
-            }
-            let idx = run.next_source;
-            run.next_source += 1;
-            let file = OpenSource::open(&run.sources[idx], self.options.direct, self.geometry.slot_size())?;
-            let next = file.start;
-            run.active.insert(idx, Active { file, next, outstanding: 0, failed: false });
-            run.current = Some(idx);
+            // An empty source (or range): nothing to read, done now.
+            run.handed_out(idx);
+            self.finish_source(run, idx);
         }
     }
 
@@ -505,8 +533,9 @@ impl<S: StagingMemory> Driver<S> {
         let mut local = 0;
         while run.failure.is_none() {
             let Some(slot) = self.free_slot(local < LOCAL_BATCH) else { break };
-            local += u32::from(self.reads.place(slot).0 == 0);
-            let segment = match self.next_segment(run) {
+            let lane = self.reads.place(slot).0;
+            local += u32::from(lane == 0);
+            let segment = match self.next_segment(run, lane as usize) {
                 Ok(Some(segment)) => segment,
                 Ok(None) => break,
                 Err(e) => {
@@ -823,7 +852,7 @@ impl<S: StagingMemory> Driver<S> {
                 checksummed: r.consumer_status == CONSUMED,
             });
         }
-        if a.outstanding == 0 && a.next == a.file.end && run.current != Some(idx) {
+        if a.outstanding == 0 && a.next == a.file.end && !run.current.contains(&Some(idx)) {
             self.finish_source(run, idx);
         }
         Ok(())
