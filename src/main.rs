@@ -284,13 +284,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(dev) = nvme {
                 inputs.sources.push(gpuring::inputs::nvme_source(dev, lba, blocks)?);
             }
-            // A file of /proc or /sys reports 0 bytes whatever it holds: say
-            // what it is rather than that it is empty.
-            for source in inputs.sources.iter().filter(|s| s.kind == gpuring::uring::SourceKind::File) {
-                gpuring::uring::source::refuse_generated(&source.path).map_err(Error::from)?;
-            }
             let total = total_bytes(&inputs.sources);
             if !inputs.sources.is_empty() && total == Some(0) {
+                // A file of /proc or /sys reports 0 bytes whatever it holds:
+                // say what it is rather than that it is empty (the driver
+                // refuses one among others itself, when it opens it).
+                for source in inputs.sources.iter().filter(|s| s.kind == gpuring::uring::SourceKind::File) {
+                    gpuring::uring::source::refuse_generated(&source.path).map_err(Error::from)?;
+                }
                 return Err(Error::NothingToIngest { why: "every input file is empty (0 bytes)".into() }.into());
             }
             if inputs.sources.is_empty() {
