@@ -452,7 +452,9 @@ fn drive<S: StagingMemory>(staging: Arc<S>, sources: &[Source], config: &IngestC
         release_timeout: config.release_timeout,
         nvme_fixed: config.nvme_fixed,
         shards: config.shards,
-        read_timeout: DriverOptions::default().read_timeout,
+        // 128-byte SQEs only where a source needs them.
+        passthrough: sources.iter().any(|s| s.kind == SourceKind::Nvme),
+        ..DriverOptions::default()
     };
     let mut digests = vec![StreamDigest::new(); sources.len()];
     let on_event = |event| {

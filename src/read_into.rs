@@ -279,7 +279,8 @@ fn through_slots<S: StagingMemory, C>(
     let started = std::time::Instant::now();
     let consumer = start(plan)?;
     let driven = (|| {
-        let mut driver = Driver::new(staging.clone(), DriverOptions { direct: options.direct, shards: options.shards, ..DriverOptions::default() })?;
+        let mut driver =
+            Driver::new(staging.clone(), DriverOptions { direct: options.direct, shards: options.shards, passthrough: false, ..DriverOptions::default() })?;
         let result = driver.ingest(&sources, |_| {});
         driver.close_queue();
         result

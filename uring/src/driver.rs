@@ -100,11 +100,23 @@ pub struct DriverOptions {
     /// thread's ring alone. At most the slot count and [`MAX_SHARDS`].
     /// [`default_shards`] is what the command line uses.
     pub shards: u32,
+    /// Rings able to carry NVMe passthrough (128-byte SQEs where the
+    /// kernel has them; the default). `false` makes plain 64-byte SQEs, a
+    /// little cheaper per read (see [`Ring::with_passthrough`]), and an NVMe
+    /// source then fails with [`IngestError::Unsupported`].
+    pub passthrough: bool,
 }
 
 impl Default for DriverOptions {
     fn default() -> Self {
-        Self { direct: false, release_timeout: Duration::from_secs(60), read_timeout: crate::ring::DEVICE_TIMEOUT, nvme_fixed: None, shards: 1 }
+        Self {
+            direct: false,
+            release_timeout: Duration::from_secs(60),
+            read_timeout: crate::ring::DEVICE_TIMEOUT,
+            nvme_fixed: None,
+            shards: 1,
+            passthrough: true,
+        }
     }
 }
 
@@ -331,7 +343,7 @@ impl<S: StagingMemory> Driver<S> {
         let count = options.shards.clamp(1, geometry.slot_count().min(MAX_SHARDS));
         // Shard 0's slots, a release wait, a bell wait.
         let mine: Vec<_> = buffers.iter().copied().step_by(count as usize).collect();
-        let mut ring = Ring::new(mine.len() as u32 + 2)?;
+        let mut ring = Ring::with_passthrough(mine.len() as u32 + 2, options.passthrough)?;
         // SAFETY: the slots are valid for the life of `staging`, which this
         // driver keeps alive until after the ring is dropped (and leaks it if
         // the ring cannot be drained).
@@ -345,7 +357,7 @@ impl<S: StagingMemory> Driver<S> {
             let memory = SlotMemory { slots: &slots, slot_size: geometry.slot_size() };
             // SAFETY: as for the ring: the shards are joined, or their reads
             // cancelled and drained, before the driver lets go of `staging`.
-            Some(unsafe { Shards::start(memory, count, registered) }?)
+            Some(unsafe { Shards::start(memory, count, registered, options.passthrough) }?)
         } else {
             None
         };
@@ -500,6 +512,13 @@ impl<S: StagingMemory> Driver<S> {
                     let idx = run.next_source;
                     run.next_source += 1;
                     let file = OpenSource::open(&run.sources[idx], self.options.direct, self.geometry.slot_size())?;
+                    if file.namespace.is_some() && !self.options.passthrough {
+                        let what = format!(
+                            "{} is an NVMe namespace, but this driver's rings were made without passthrough. Fix: leave DriverOptions::passthrough at its default (true)",
+                            file.path.display()
+                        );
+                        return Err(IngestError::Unsupported { what });
+                    }
                     let next = file.start;
                     run.active.insert(idx, Active { file, next, outstanding: 0, failed: false });
                     run.current[lane] = Some(idx);

@@ -118,6 +118,14 @@ impl Ring {
     /// A ring able to hold `depth` requests in flight (plus one cancel), with
     /// 128-byte SQEs and 32-byte CQEs where the kernel supports them.
     pub fn new(depth: u32) -> Result<Self, IngestError> {
+        Self::with_passthrough(depth, true)
+    }
+
+    /// As [`Ring::new`]; with `passthrough` false, plain 64-byte SQEs and
+    /// 16-byte CQEs, which cannot carry NVMe passthrough but cost a little
+    /// less per read (cached 1 GiB, 8 interleaved runs: median 5.88 against
+    /// 5.78 GiB/s; 2048 files of 64 KiB: 49.6k against 46.5k files/s).
+    pub fn with_passthrough(depth: u32, passthrough: bool) -> Result<Self, IngestError> {
         if depth > MAX_BUFFERS {
             return Err(IngestError::RingGeometry {
                 what: format!(
@@ -131,9 +139,11 @@ impl Ring {
         // completions. SQE128/CQE32 arrived in the same release; a kernel
         // without them gets a plain ring, and one without COOP_TASKRUN a
         // ring without that flag.
-        let uring = IoUring::<squeue::Entry128, cqueue::Entry32>::builder()
-            .setup_coop_taskrun()
-            .build(entries)
+        let big = match passthrough {
+            true => IoUring::<squeue::Entry128, cqueue::Entry32>::builder().setup_coop_taskrun().build(entries),
+            false => Err(std::io::Error::from(std::io::ErrorKind::Unsupported)),
+        };
+        let uring = big
             .map(Uring::Big)
             .or_else(|_| IoUring::builder().setup_coop_taskrun().build(entries).map(Uring::Plain))
             .or_else(|_| IoUring::new(entries).map(Uring::Plain))

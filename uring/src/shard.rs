@@ -199,7 +199,7 @@ impl Shards {
     /// # Safety
     /// Every slot must stay valid for writes until the returned `Shards`
     /// is dropped or [`Shards::cancel_all`] failed (then never freed).
-    pub(crate) unsafe fn start(memory: SlotMemory<'_>, count: u32, register: bool) -> Result<Self, IngestError> {
+    pub(crate) unsafe fn start(memory: SlotMemory<'_>, count: u32, register: bool, passthrough: bool) -> Result<Self, IngestError> {
         let outbox = Arc::new(Outbox::default());
         let mut shards = Shards { workers: Vec::new(), outbox: outbox.clone(), in_flight: 0, taken: Vec::new() };
         let mut ready = Vec::new();
@@ -211,7 +211,7 @@ impl Shards {
             let (inbox2, outbox2) = (inbox.clone(), outbox.clone());
             let thread = std::thread::Builder::new()
                 .name(format!("gpuring-shard-{k}"))
-                .spawn(move || shard_main(&mine, register, &inbox2, &outbox2, &ready_tx, &cancel_tx))
+                .spawn(move || shard_main(&mine, register, passthrough, &inbox2, &outbox2, &ready_tx, &cancel_tx))
                 .map_err(|e| IngestError::Ring { op: "starting a shard thread", errno: Errno::from_io_error(&e).unwrap_or(Errno::AGAIN) })?;
             shards.workers.push(Worker { inbox, cancelled: cancel_rx, thread: Some(thread), queued: Vec::new() });
             ready.push(ready_rx);
@@ -341,13 +341,14 @@ impl Drop for Shards {
 fn shard_main(
     mine: &[(usize, usize)],
     register: bool,
+    passthrough: bool,
     inbox: &Inbox,
     outbox: &Outbox,
     ready: &mpsc::Sender<Result<(), IngestError>>,
     cancelled: &mpsc::Sender<Result<(), IngestError>>,
 ) {
     // Its slots, its bell wait and a cancel.
-    let mut ring = match Ring::new(mine.len() as u32 + 2) {
+    let mut ring = match Ring::with_passthrough(mine.len() as u32 + 2, passthrough) {
         Ok(ring) => ring,
         Err(e) => return drop(ready.send(Err(e))),
     };
