@@ -4,7 +4,8 @@
 //! flight. Where the kernel allows, the ring has 128-byte SQEs and 32-byte
 //! CQEs (`IORING_SETUP_SQE128 | IORING_SETUP_CQE32`, Linux 5.19), which NVMe
 //! passthrough (`IORING_OP_URING_CMD`) needs; plain reads travel in the first
-//! half of such an SQE. Elsewhere it falls back to a plain ring and refuses
+//! half of such an SQE. Elsewhere, or when asked for a plain ring
+//! ([`Ring::with_passthrough`]), it has 64-byte SQEs and refuses
 //! passthrough with a clear error. Dropping it with requests in flight first cancels them all
 //! (`IORING_OP_ASYNC_CANCEL` with `IORING_ASYNC_CANCEL_ANY`) and then waits
 //! until the kernel has posted a completion for every one, so no request

@@ -301,7 +301,14 @@ pub fn run(args: &[String], cargo: impl Fn() -> Command) -> Result<()> {
                         } else if ratios["vs_mmap"].is_number() {
                             format!("{} safetensors over mmap + copy, {} memcpy", x("vs_mmap"), x("vs_memcpy"))
                         } else {
-                            format!("{} fio, {} bounce, {} memcpy", x("vs_fio"), x("vs_bounce"), x("vs_memcpy"))
+                            format!(
+                                "{} fio ({} jobs), {} fio (1 job), {} bounce, {} memcpy",
+                                x("vs_fio"),
+                                v["shards"],
+                                x("vs_fio_1job"),
+                                x("vs_bounce"),
+                                x("vs_memcpy")
+                            )
                         };
                         if ratios["vs_pinned_htod"].is_number() {
                             d += &format!(", {} read()+HtoD, {} pinned HtoD", x("vs_read_htod"), x("vs_pinned_htod"));

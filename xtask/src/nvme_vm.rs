@@ -20,8 +20,10 @@
 //!    `/dev/ng0n1` and runs the test binary's NVMe tests (`--ignored`): the
 //!    `local` suite; then exports the namespace with the kernel's NVMe
 //!    target over TCP on 127.0.0.1, connects the kernel's initiator to it
-//!    and runs the same tests on `/dev/ng1n1`: the `fabric` suite; then
-//!    powers off;
+//!    and runs the same tests on `/dev/ng1n1`: the `fabric` suite; between
+//!    the two, it reads one namespace alone and two (the same image behind
+//!    a second controller) in one ingest with two shards, three times each
+//!    (`nvme-vm: two namespaces read together ...`); then powers off;
 //! 6. boots QEMU with that image as an NVMe namespace, echoes the guest's
 //!    console, prints one `nvme-vm: SUITE: ...` line per suite, and fails
 //!    unless every suite reports that its tests passed.
@@ -365,6 +367,18 @@ ls -l /dev/ng* /dev/nvme*
 cd /tmp
 suite local /dev/ng${data#nvme}n1 --skip peer_
 
+# Several devices at once: a second controller (serial gpuring1) holds the
+# same image. One namespace alone, then both in one ingest (each shard
+# starts a source of its own), O_DIRECT through the block devices.
+two=$(controller serial gpuring1)
+if [ -n "$two" ]; then
+    wait_for /dev/${two}n1
+    rate() { /gpuring ingest --json --direct --no-verify --shards 2 "$@" 2>/dev/null | sed -n 's/.*"gib_per_s":\([0-9.e+-]*\).*/\1/p'; }
+    for run in 1 2 3; do
+        echo "gpuring-vm: devices run $run: one $(rate /dev/${data}n1) two $(rate /dev/${data}n1 /dev/${two}n1)"
+    done
+fi
+
 # NVMe over Fabrics: nvmet exports the namespace over TCP on 127.0.0.1:4420
 # and nvme-tcp connects to it. nvmet opens a block device for writing, which
 # a read-only namespace may refuse: then it exports a copy in a tmpfs file.
@@ -464,7 +478,11 @@ fn boot(guest: &Guest<'_>, vmlinuz: &Path, initramfs: &Path, disk: &Path) -> Res
         .arg(initramfs)
         .args(["-append", "console=ttyS0 panic=-1 quiet"])
         .arg("-drive")
-        .arg(format!("file={},if=none,id=d,format=raw,readonly=on", disk.display()));
+        .arg(format!("file={},if=none,id=d,format=raw,readonly=on", disk.display()))
+        // The same image again, for a second controller: two namespaces
+        // read at once against one alone.
+        .arg("-drive")
+        .arg(format!("file={},if=none,id=d2,format=raw,readonly=on", disk.display()));
     if kernel.peer {
         // Both controllers behind one switch: the kernel allows a peer path
         // there, and refuses one between two root ports of q35's host
@@ -477,11 +495,13 @@ fn boot(guest: &Guest<'_>, vmlinuz: &Path, initramfs: &Path, disk: &Path) -> Res
             "xio3130-downstream,id=dn2,bus=up1,chassis=3,slot=1",
             "nvme,serial=gpuring0,drive=d,bus=dn1",
             "nvme,serial=gpuring-peer,cmb_size_mb=64,bus=dn2",
+            "pcie-root-port,id=rp2,chassis=4,slot=2",
+            "nvme,serial=gpuring1,drive=d2,bus=rp2",
         ] {
             cmd.args(["-device", device]);
         }
     } else {
-        cmd.args(["-device", "nvme,serial=gpuring0,drive=d"]);
+        cmd.args(["-device", "nvme,serial=gpuring0,drive=d", "-device", "nvme,serial=gpuring1,drive=d2"]);
     }
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
     println!("$ {cmd:?}");
@@ -559,6 +579,8 @@ struct Suites {
     /// The guest kernel's `major.minor`.
     kernel: String,
     list: Vec<Suite>,
+    /// GiB/s of one namespace alone and of two read together, per run.
+    devices: Vec<(f64, f64)>,
 }
 
 impl Suites {
@@ -576,6 +598,16 @@ impl Suites {
                     }
                 }
                 _ => {}
+            }
+            return;
+        }
+        if let Some(rest) = at("gpuring-vm: devices run ") {
+            // "N: one X two Y"
+            let words: Vec<&str> = rest.split_whitespace().collect();
+            if let [_, "one", one, "two", two] = words[..] {
+                if let (Ok(one), Ok(two)) = (one.parse(), two.parse()) {
+                    self.devices.push((one, two));
+                }
             }
             return;
         }
@@ -615,6 +647,20 @@ impl Suites {
                 fabric / local
             ));
         }
+        if !self.devices.is_empty() {
+            let median = |mut v: Vec<f64>| {
+                v.sort_by(f64::total_cmp);
+                v[v.len() / 2]
+            };
+            let one = median(self.devices.iter().map(|d| d.0).collect());
+            let two = median(self.devices.iter().map(|d| d.1).collect());
+            out.push(format!(
+                "nvme-vm: two namespaces read together on {}: {two:.3} GiB/s against {one:.3} for one alone, {:.2}x (median of {} runs; O_DIRECT, 2 shards, TCG)",
+                self.kernel,
+                two / one.max(1e-9),
+                self.devices.len()
+            ));
+        }
         out
     }
 
@@ -637,6 +683,9 @@ mod tests {
             "\u{1b}[0mnvme-vm throughput (64 MiB per run, 16 slots of 512 KiB): passthrough 0.250 GiB/s, O_DIRECT block device 0.200 GiB/s, ratio 1.25",
             "test result: ok. 9 passed; 0 failed; 0 ignored; 0 measured; 4 filtered out; finished in 9.1s",
             "gpuring-vm: suite local exit 0",
+            "gpuring-vm: devices run 1: one 0.2 two 0.3",
+            "gpuring-vm: devices run 2: one 0.21 two 0.35",
+            "gpuring-vm: devices run 3: one 0.19 two 0.33",
             "gpuring-vm: suite fabric on /dev/ng1n1",
             "test result: FAILED. 8 passed; 1 failed; 0 ignored; 0 measured; 4 filtered out; finished in 9.1s",
             "nvme-vm throughput (64 MiB per run, 16 slots of 512 KiB): passthrough 0.125 GiB/s, O_DIRECT block device 0.100 GiB/s, ratio 1.25",
@@ -648,6 +697,10 @@ mod tests {
         assert_eq!(lines[0], "nvme-vm: local on 7.2: 13 passed, 0 failed on /dev/ng0n1 (exit 0, passthrough 0.250 GiB/s)");
         assert_eq!(lines[1], "nvme-vm: fabric on 7.2: 8 passed, 1 failed on /dev/ng1n1 (exit 101, passthrough 0.125 GiB/s)");
         assert!(lines[2].starts_with("nvme-vm: fabric to local passthrough throughput on 7.2: 0.50x"), "{}", lines[2]);
+        assert_eq!(
+            lines[3],
+            "nvme-vm: two namespaces read together on 7.2: 0.330 GiB/s against 0.200 for one alone, 1.65x (median of 3 runs; O_DIRECT, 2 shards, TCG)"
+        );
         assert_eq!(suites.failed(), ["fabric"]);
     }
 
