@@ -27,7 +27,8 @@
 //! fio runs twice per group: with one job, and with as many jobs as
 //! gpuring has shards (`fio-buffered-2jobs`: the large file cut into one
 //! contiguous range per job, fio's `offset_increment`; the small files cut
-//! into one contiguous run of files per job), and a gpuring case's `vs_fio`
+//! into one contiguous run of files per job, through links named as fio
+//! names a job's files), and a gpuring case's `vs_fio`
 //! is over the fio case with its number of jobs (`vs_fio_1job` over the
 //! other).
 //!
@@ -852,23 +853,31 @@ fn run_fio(data: &Data, group: &str, config: &BenchConfig, jobs: u32) -> Result<
     if jobs > 1 {
         cmd.arg("--group_reporting");
     }
-    let jobfile;
     let (files, expect) = match group {
         "small-files" if jobs > 1 => {
-            // One contiguous run of the files per job, in a job file (the
-            // lists are too long for the command line).
-            let per = (config.small_files as usize).div_ceil(jobs as usize);
-            let mut text = format!("[global]\nbs={}\nfile_service_type=sequential\ninvalidate=0\ndirect=0\n", bs.min(config.small_size));
-            let mut total = 0;
-            for (k, chunk) in data.small.chunks(per).enumerate() {
-                let names: Vec<String> = chunk.iter().map(|s| s.path.display().to_string().replace(':', "\\:")).collect();
-                text += &format!("[small{k}]\nfilename={}\nsize={}\n", names.join(":"), config.small_size * chunk.len() as u64);
-                total += config.small_size * chunk.len() as u64;
+            // One contiguous run of the files per job: job k of fio's
+            // `small` reads `small.k.i`, which here are links to the files
+            // k * per + i (the last few files, under one per job, are left
+            // out, as fio would cut them).
+            let per = (config.small_files / jobs).max(1);
+            let links = config.dir.join(format!("small-{}x{}-{jobs}jobs", config.small_files, config.small_size));
+            std::fs::create_dir_all(&links).map_err(io_error(&links, "creating fio's link directory"))?;
+            for k in 0..jobs {
+                for i in 0..per {
+                    let link = links.join(format!("small.{k}.{i}"));
+                    let target = &data.small[(k * per + i) as usize].path;
+                    if std::fs::read_link(&link).ok().as_deref() != Some(target.as_path()) {
+                        let _ = std::fs::remove_file(&link);
+                        std::os::unix::fs::symlink(target, &link).map_err(io_error(&link, "linking a small file for fio"))?;
+                    }
+                }
             }
-            jobfile = config.dir.join(format!("small-{jobs}jobs.fio"));
-            std::fs::write(&jobfile, text).map_err(io_error(&jobfile, "writing fio's job file"))?;
-            cmd.arg(&jobfile);
-            (config.small_files as u64, total)
+            cmd.arg("--name=small").arg(format!("--directory={}", links.display())).arg(format!("--numjobs={jobs}"));
+            cmd.arg(format!("--nrfiles={per}")).arg(format!("--filesize={}", config.small_size));
+            cmd.arg(format!("--size={}", config.small_size * per as u64));
+            cmd.args(["--file_service_type=sequential", "--invalidate=0", "--direct=0"]);
+            cmd.arg(format!("--bs={}", bs.min(config.small_size)));
+            ((per * jobs) as u64, config.small_size * (per * jobs) as u64)
         }
         "small-files" => {
             cmd.arg("--name=small").arg(format!("--directory={}", data.small_dir.display()));
