@@ -76,6 +76,8 @@ pub struct BenchConfig {
     pub ingest: IngestConfig,
     /// Run fio when it is installed.
     pub fio: bool,
+    /// Rings of the read-into and load cases (`gpuring::read_into::default_shards`).
+    pub read_shards: u32,
     /// The size section's largest input (bytes of one file).
     pub size_max: u64,
     /// The size section's most files.
@@ -191,6 +193,8 @@ pub struct BenchReport {
     pub slot_size: usize,
     /// gpuring's shards (and the jobs of fio's same-jobs cases).
     pub shards: u32,
+    /// Rings of the read-into and load cases.
+    pub read_shards: u32,
     /// Runs per case.
     pub runs: u32,
     /// fio's status.
@@ -411,7 +415,7 @@ fn size_section(config: &BenchConfig, say: &mut dyn FnMut(&str)) -> Result<Vec<S
     let big = dir.join(format!("size-{}.bin", config.size_max));
     if std::fs::metadata(&big).map(|m| m.len()).ok() != Some(config.size_max) {
         say(&format!("writing {} to {}", gpuring::core::Bytes(config.size_max), big.display()));
-        write_pattern(&big, config.size_max, 3)?;
+        write_pattern(&big, config.size_max, 3, false)?;
     }
     let files_dir = dir.join(format!("files-{}x{FILE}", config.files_max));
     std::fs::create_dir_all(&files_dir).map_err(io_error(&files_dir, "creating the size section's directory"))?;
@@ -422,7 +426,7 @@ fn size_section(config: &BenchConfig, say: &mut dyn FnMut(&str)) -> Result<Vec<S
             if files.len() == i as usize && i % 10_000 == 0 {
                 say(&format!("writing files of {} to {} ({i} of {})", gpuring::core::Bytes(FILE), files_dir.display(), config.files_max));
             }
-            write_pattern(&path, FILE, i as u64 + 11)?;
+            write_pattern(&path, FILE, i as u64 + 11, false)?;
         }
         files.push(Source::file(path));
     }
@@ -513,7 +517,7 @@ fn prepare(config: &BenchConfig, say: &mut dyn FnMut(&str)) -> Result<Data, Erro
     let large = dir.join("large.bin");
     if std::fs::metadata(&large).map(|m| m.len()).ok() != Some(config.size) {
         say(&format!("writing {} to {}", gpuring::core::Bytes(config.size), large.display()));
-        write_pattern(&large, config.size, 1)?;
+        write_pattern(&large, config.size, 1, true)?;
     }
     let small_dir = dir.join(format!("small-{}x{}", config.small_files, config.small_size));
     std::fs::create_dir_all(&small_dir).map_err(io_error(&small_dir, "creating the small-file directory"))?;
@@ -527,7 +531,7 @@ fn prepare(config: &BenchConfig, say: &mut dyn FnMut(&str)) -> Result<Data, Erro
                 say(&format!("writing {} files of {} to {}", config.small_files, gpuring::core::Bytes(config.small_size), small_dir.display()));
                 wrote = true;
             }
-            write_pattern(&path, config.small_size, i as u64 + 2)?;
+            write_pattern(&path, config.small_size, i as u64 + 2, true)?;
         }
         small.push(Source::file(path));
     }
@@ -600,8 +604,9 @@ fn checkpoint(dir: &Path, size: u64, say: &mut dyn FnMut(&str)) -> Result<gpurin
     gpuring::load::Checkpoint::open(&[path])
 }
 
-/// Write `len` pseudo-random bytes (xorshift) to `path`.
-fn write_pattern(path: &Path, len: u64, seed: u64) -> Result<(), Error> {
+/// Write `len` pseudo-random bytes (xorshift) to `path`, and with `sync`
+/// wait until they are on the disk (the direct cases read from there).
+fn write_pattern(path: &Path, len: u64, seed: u64, sync: bool) -> Result<(), Error> {
     let mut file = std::fs::File::create(path).map_err(io_error(path, "creating"))?;
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut chunk = vec![0u8; 4 << 20];
@@ -617,7 +622,10 @@ fn write_pattern(path: &Path, len: u64, seed: u64) -> Result<(), Error> {
         file.write_all(&chunk[..n]).map_err(io_error(path, "writing"))?;
         left -= n as u64;
     }
-    file.sync_all().map_err(io_error(path, "syncing"))
+    if sync {
+        file.sync_all().map_err(io_error(path, "syncing"))?;
+    }
+    Ok(())
 }
 
 /// Warm the files a group reads, or drop the large file from the cache.
@@ -681,7 +689,7 @@ fn cuda_baseline(_: &Data, case: &Case, _: &BenchConfig) -> Result<Sample, Error
 /// the gpuring cases.
 fn target(config: &BenchConfig) -> gpuring::read_into::Target {
     let i = &config.ingest;
-    let slots = gpuring::read_into::SlotOptions { direct: false, slots: i.slots, slot_size: i.slot_size, shards: i.shards };
+    let slots = gpuring::read_into::SlotOptions { direct: false, slots: i.slots, slot_size: i.slot_size, shards: config.read_shards };
     gpuring::read_into::Target { backend: i.backend, device: i.device.clone(), slots }
 }
 
@@ -694,7 +702,12 @@ fn read_into(data: &Data, config: &BenchConfig) -> Result<Sample, Error> {
     let target = target(config);
     let report = match target.backend {
         ingest::Backend::Host => {
-            let options = gpuring::read_into::ReadIntoOptions { chunk: target.slots.slot_size as u32, depth: target.slots.slots, ..Default::default() };
+            let options = gpuring::read_into::ReadIntoOptions {
+                chunk: target.slots.slot_size as u32,
+                depth: target.slots.slots,
+                shards: target.slots.shards,
+                ..Default::default()
+            };
             gpuring::read_into::host(&requests, &mut data.destination.borrow_mut(), &options)?
         }
         _ => gpuring::read_into::into_new_buffer(&target, &requests, config.size, false)?.0,
@@ -1002,6 +1015,7 @@ fn report(config: &BenchConfig, data: &Data, fio: FioStatus, cases: &[Case], sca
         slots: config.ingest.slots,
         slot_size: config.ingest.slot_size,
         shards: config.ingest.shards,
+        read_shards: config.read_shards,
         runs: config.runs,
         fio,
         cases: out,
@@ -1028,7 +1042,7 @@ fn utc_date() -> String {
 /// The report as a table, one line per case, then gpuring's ratios.
 pub fn table(r: &BenchReport) -> String {
     let mut s = format!(
-        "gpuring bench, {}: {} CPUs, kernel {}, backend {}, {} slots of {}, {} shard(s), large file {}, {} small files of {}, checkpoint {} in {} tensors, median of {} runs\n\n",
+        "gpuring bench, {}: {} CPUs, kernel {}, backend {}, {} slots of {}, {} shard(s) ({} ring(s) for read-into and load), large file {}, {} small files of {}, checkpoint {} in {} tensors, median of {} runs\n\n",
         r.date,
         r.cpus,
         r.kernel,
@@ -1036,6 +1050,7 @@ pub fn table(r: &BenchReport) -> String {
         r.slots,
         gpuring::core::Bytes(r.slot_size as u64),
         r.shards,
+        r.read_shards,
         gpuring::core::Bytes(r.size),
         r.small_files,
         gpuring::core::Bytes(r.small_size),

@@ -142,15 +142,21 @@ pub fn default_ring(slots: Option<u32>, slot_size: Option<usize>) -> (u32, usize
     }
 }
 
-/// Shards for a ring of `slots` slots of `slot_size`: one per CPU this
-/// process may use (`gpuring_uring::default_shards`), at most one per slot,
+/// Shards for an ingest on `backend` with a ring of `slots` slots of
+/// `slot_size`: one per CPU this process may use
+/// (`gpuring_uring::default_shards`), less one on the host backend, whose
+/// consumer checksums every byte on a CPU of its own; at most one per slot,
 /// and only as many rings as RLIMIT_MEMLOCK leaves room for beside the
-/// slots (`gpuring_uring::memlock::fit_shards`). On the 2-CPU machine of the
-/// README's table, with the host consumer checksumming every byte on the
-/// same two CPUs, 2 shards ingest a cached 1 GiB file at a median of 5.85
-/// GiB/s against 5.30 for one (8 interleaved runs each).
-pub fn default_shards(slots: u32, slot_size: usize) -> u32 {
-    gpuring_uring::memlock::fit_shards(slots, slot_size, gpuring_uring::default_shards(), gpuring_uring::memlock::budget())
+/// slots (`gpuring_uring::memlock::fit_shards`). Measured on the README's
+/// 2-CPU machine (`gpuring bench`'s scaling section, host backend, cached
+/// 1 GiB, four runs of 5): 1 shard 7.7-8.0 GiB/s, 2 shards 7.1-7.4.
+pub fn default_shards(backend: Backend, slots: u32, slot_size: usize) -> u32 {
+    let cpus = gpuring_uring::default_shards();
+    let wanted = match backend {
+        Backend::Host => cpus.saturating_sub(1).max(1),
+        _ => cpus,
+    };
+    gpuring_uring::memlock::fit_shards(slots, slot_size, wanted, gpuring_uring::memlock::budget())
 }
 
 /// How to ingest.
@@ -166,7 +172,7 @@ pub struct IngestConfig {
     /// Bytes per slot (default: [`default_ring`]).
     pub slot_size: usize,
     /// Rings reading at once, each on its own thread (default:
-    /// [`default_shards`]; see `gpuring_uring::shard`).
+    /// [`default_shards`] of the host backend; see `gpuring_uring::shard`).
     pub shards: u32,
     /// Read with O_DIRECT.
     pub direct: bool,
@@ -198,7 +204,7 @@ impl Default for IngestConfig {
             device: None,
             slots,
             slot_size,
-            shards: default_shards(slots, slot_size),
+            shards: default_shards(Backend::Host, slots, slot_size),
             direct: false,
             bounce: false,
             verify: true,

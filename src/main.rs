@@ -58,8 +58,10 @@ struct RingArgs {
     #[arg(long, value_parser = size)]
     slot_size: Option<usize>,
     /// Rings that read at once, each on its own thread with its share of
-    /// the slots. Default: one per CPU this process may use (at most one
-    /// per slot, and as many as RLIMIT_MEMLOCK leaves room for).
+    /// the slots (load: of the destination). Default: one per CPU this
+    /// process may use, less one for ingest on the host backend, whose
+    /// consumer needs a CPU (at most one per slot, and as many as
+    /// RLIMIT_MEMLOCK leaves room for).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=gpuring_uring::MAX_SHARDS as i64))]
     shards: Option<u32>,
     /// How the CUDA consumer runs (--backend cuda only): `batched` launches
@@ -271,7 +273,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 device,
                 slots,
                 slot_size,
-                shards: shards.unwrap_or_else(|| ingest::default_shards(slots, slot_size)),
+                shards: shards.unwrap_or_else(|| ingest::default_shards(backend, slots, slot_size)),
                 direct,
                 bounce,
                 verify: !no_verify,
@@ -316,8 +318,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let (slots, slot_size) = ingest::default_ring(slots, slot_size);
             let checkpoint = gpuring::load::Checkpoint::open(&paths)?;
-            let options =
-                gpuring::read_into::SlotOptions { direct, slots, slot_size, shards: shards.unwrap_or_else(|| ingest::default_shards(slots, slot_size)) };
+            let options = gpuring::read_into::SlotOptions {
+                direct,
+                slots,
+                slot_size,
+                shards: shards.unwrap_or_else(|| gpuring::read_into::default_shards(slots, slot_size)),
+            };
             let target = gpuring::read_into::Target { backend, device, slots: options };
             let config = gpuring::load::LoadConfig { target, verify: !no_verify };
             let report = gpuring::load::load(&checkpoint, &config)?;
@@ -380,12 +386,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     device,
                     slots,
                     slot_size,
-                    shards: shards.unwrap_or_else(|| ingest::default_shards(slots, slot_size)),
+                    shards: shards.unwrap_or_else(|| ingest::default_shards(backend, slots, slot_size)),
                     verify: false,
                     cuda_mode,
                     ..IngestConfig::default()
                 },
                 fio: !no_fio,
+                read_shards: shards.unwrap_or_else(|| gpuring::read_into::default_shards(slots, slot_size)),
                 size_max: size_max as u64,
                 files_max: files_max.max(1),
             };

@@ -64,16 +64,28 @@ pub struct SlotOptions {
     pub slots: u32,
     /// Bytes per slot (a multiple of 4096).
     pub slot_size: usize,
-    /// Rings reading into the slots (GPU backends; the host reads straight
-    /// into the destination through one ring). Default:
-    /// [`crate::ingest::default_shards`], one per CPU.
+    /// Rings that read, each on its own thread (on GPUs into their share of
+    /// the slots; on the host straight into their part of the
+    /// destination). Default:
+    /// [`default_shards`], one per CPU.
     pub shards: u32,
+}
+
+/// Rings for a `read_into` through `slots` slots of `slot_size`: one per
+/// CPU this process may use, at most one per slot, as many as
+/// RLIMIT_MEMLOCK leaves room for. Unlike an ingest on the host, nothing
+/// else needs a CPU: measured with `gpuring bench` on the README's 2-CPU
+/// machine, two rings read a cached 1 GiB file into a host buffer at
+/// 11.07-11.32 GiB/s against 5.68-6.12 for one (`pread()`: 5.84-6.22), and
+/// load a 1 GiB checkpoint into a new arena at 3.10-3.13 against 2.45-2.48.
+pub fn default_shards(slots: u32, slot_size: usize) -> u32 {
+    gpuring_uring::memlock::fit_shards(slots, slot_size, gpuring_uring::default_shards(), gpuring_uring::memlock::budget())
 }
 
 impl Default for SlotOptions {
     fn default() -> Self {
         let (slots, slot_size) = crate::ingest::default_ring(None, None);
-        Self { direct: false, slots, slot_size, shards: crate::ingest::default_shards(slots, slot_size) }
+        Self { direct: false, slots, slot_size, shards: default_shards(slots, slot_size) }
     }
 }
 
@@ -146,7 +158,13 @@ pub fn into_new_buffer(target: &Target, requests: &[ReadRequest], len: u64, veri
         Backend::Host => {
             let mut buffer = vec![0u8; len as usize];
             let chunk = u32::try_from(options.slot_size).unwrap_or(u32::MAX) / 4096 * 4096;
-            let host_options = ReadIntoOptions { direct: options.direct, chunk: chunk.max(4096), depth: options.slots.max(1), ..ReadIntoOptions::default() };
+            let host_options = ReadIntoOptions {
+                direct: options.direct,
+                chunk: chunk.max(4096),
+                depth: options.slots.max(1),
+                shards: options.shards,
+                ..ReadIntoOptions::default()
+            };
             let report = host(requests, &mut buffer, &host_options)?;
             let matched = check(&mut |r| Ok(buffer[r.dst_range().start as usize..r.dst_range().end as usize].to_vec()))?;
             Ok((report, matched))

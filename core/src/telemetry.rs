@@ -229,6 +229,31 @@ impl Telemetry {
         })
     }
 
+    /// Add every counter of `other` (another ring's run over the same
+    /// job, say) to these, or change nothing if one would overflow.
+    pub fn absorb(&mut self, other: &Telemetry) -> Result<(), TelemetryError> {
+        self.transaction(|t| {
+            add(&mut t.submitted_bytes, other.submitted_bytes, "submitted_bytes")?;
+            add(&mut t.submitted_reads, other.submitted_reads, "submitted_reads")?;
+            add(&mut t.completed_bytes, other.completed_bytes, "completed_bytes")?;
+            add(&mut t.completed_reads, other.completed_reads, "completed_reads")?;
+            add(&mut t.failed_completions, other.failed_completions, "failed_completions")?;
+            add(&mut t.short_reads, other.short_reads, "short_reads")?;
+            add(&mut t.inflight_reads, other.inflight_reads, "inflight_reads")?;
+            add(&mut t.published, other.published, "published")?;
+            add(&mut t.released, other.released, "released")?;
+            for (mine, theirs, name) in [
+                (&mut t.dma, other.dma, "dma_bytes"),
+                (&mut t.kernel_copy, other.kernel_copy, "kernel_copy_bytes"),
+                (&mut t.bounce, other.bounce, "bounce_bytes"),
+            ] {
+                add(&mut mine.bytes, theirs.bytes, name)?;
+                add(&mut mine.reads, theirs.reads, name)?;
+            }
+            Ok(())
+        })
+    }
+
     /// The counters of one path.
     pub fn path(&self, path: Path) -> PathCounters {
         match path {
@@ -263,6 +288,27 @@ impl Telemetry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn absorbing_adds_every_counter_or_nothing() {
+        let mut a = Telemetry::new();
+        a.on_submit(10).unwrap();
+        a.on_complete(Path::KernelCopy, 10, false).unwrap();
+        let mut b = Telemetry::new();
+        b.on_submit(7).unwrap();
+        b.on_complete(Path::Dma, 4, true).unwrap();
+        b.on_submit(0).unwrap();
+        b.on_failure().unwrap();
+        a.absorb(&b).unwrap();
+        assert_eq!((a.submitted_bytes, a.submitted_reads, a.completed_bytes, a.completed_reads), (17, 3, 14, 2));
+        assert_eq!((a.short_reads, a.failed_completions, a.inflight_reads), (1, 1, 0));
+        assert_eq!((a.kernel_copy.bytes, a.dma.bytes, a.dma.reads, a.bounce.reads), (10, 4, 1, 0));
+        let before = a;
+        let mut huge = Telemetry::new();
+        huge.kernel_copy.bytes = u64::MAX;
+        assert!(a.absorb(&huge).is_err());
+        assert_eq!(a, before, "a failed absorb changes nothing");
+    }
     extern crate std;
     use std::string::ToString;
 

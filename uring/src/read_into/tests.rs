@@ -120,3 +120,76 @@ fn direct_reads_go_straight_in_where_aligned_and_through_scratch_where_not() {
     assert_eq!(t.bounce.bytes, (len as u64 % align) + second_head + second_tail + 11_808, "{t:?}");
     assert_eq!(t.dma.bytes + t.kernel_copy.bytes + t.bounce.bytes, r.bytes);
 }
+
+#[test]
+fn a_plan_is_split_in_destination_order_at_chunk_multiples_and_loses_nothing() {
+    let piece = |start, end, dst, scratch| Piece { file: 0, start, end, dst, scratch };
+    // Out of destination order on purpose; one scratch piece in the middle.
+    let plan = vec![piece(0, 10 << 20, 50 << 20, false), piece(4096, 9000, 0, true), piece(8192, (20 << 20) + 8192, 8192, false)];
+    let parts = split_plan(plan.clone(), 3, 1 << 20);
+    assert_eq!(parts.len(), 3);
+    let mut back: Vec<Piece> = Vec::new();
+    let mut last_base = None;
+    for (base, pieces) in &parts {
+        assert!(!pieces.is_empty());
+        assert!(last_base.is_none_or(|b| b < *base), "parts follow each other in the destination");
+        last_base = Some(*base);
+        for p in pieces {
+            back.push(Piece { dst: p.dst + *base as u64, ..*p });
+        }
+    }
+    // Glue the cut pieces back together: the same bytes to the same places.
+    back.sort_by_key(|p| p.dst);
+    let mut glued: Vec<Piece> = Vec::new();
+    for p in back {
+        match glued.last_mut() {
+            Some(q) if q.end == p.start && q.dst + (q.end - q.start) == p.dst && q.scratch == p.scratch => q.end = p.end,
+            _ => glued.push(p),
+        }
+    }
+    let mut want = plan.clone();
+    want.sort_by_key(|p| p.dst);
+    assert_eq!(
+        glued.iter().map(|p| (p.start, p.end, p.dst, p.scratch)).collect::<Vec<_>>(),
+        want.iter().map(|p| (p.start, p.end, p.dst, p.scratch)).collect::<Vec<_>>()
+    );
+    // Cuts fall at a multiple of the chunk from the piece's start.
+    for (base, pieces) in &parts {
+        for p in pieces.iter().filter(|p| !p.scratch) {
+            let dst = p.dst + *base as u64;
+            let whole = plan.iter().find(|w| w.dst <= dst && dst < w.dst + (w.end - w.start)).unwrap();
+            assert_eq!((p.start - whole.start) % (1 << 20), 0, "{p:?}");
+        }
+    }
+    // Never more parts than asked, even with tiny plans.
+    assert_eq!(split_plan(vec![piece(0, 10, 0, false)], 4, 4096).len(), 1);
+}
+
+#[test]
+fn several_rings_fill_their_own_parts_of_the_destination() {
+    for direct in [false, true] {
+        let dir = direct_dir();
+        let (a, a_bytes) = pattern_file(dir.path(), "a", 20 << 20, 5);
+        let (b, b_bytes) = pattern_file(dir.path(), "b", (9 << 20) + 123, 6);
+        let requests =
+            vec![ReadRequest::new(&a, 4096..(20 << 20), 8192), ReadRequest::new(&b, 0..(9 << 20) + 123, (21 << 20) + 4096), ReadRequest::new(&a, 77..5000, 4)];
+        let len = (31 << 20) + 8192;
+        let mut dst = HeapBuffer::new(len, 0xEE);
+        let options = ReadIntoOptions { direct, chunk: 1 << 20, depth: 4, shards: 3, ..ReadIntoOptions::default() };
+        let stats = read_into(&requests, dst.as_mut_slice(), &options).unwrap_or_else(|e| panic!("direct={direct}: {e}"));
+        let dst = dst.as_slice();
+        assert_eq!(&dst[8192..8192 + (20 << 20) - 4096], &a_bytes[4096..]);
+        assert_eq!(&dst[(21 << 20) + 4096..(21 << 20) + 4096 + (9 << 20) + 123], &b_bytes[..]);
+        assert_eq!(&dst[4..4 + 5000 - 77], &a_bytes[77..5000]);
+        let outside = [0..4, 4 + 5000 - 77..8192, 8192 + (20 << 20) - 4096..(21 << 20) + 4096, (21 << 20) + 4096 + (9 << 20) + 123..len];
+        for r in outside {
+            assert!(dst[r.clone()].iter().all(|&x| x == 0xEE), "direct={direct}: bytes outside the windows were written in {r:?}");
+        }
+        let want = ((20 << 20) - 4096) + (9 << 20) + 123 + (5000 - 77);
+        assert_eq!(stats.bytes, want as u64);
+        let verdict = stats.telemetry.validate().unwrap();
+        assert!(verdict.complete, "direct={direct}: {:?}", stats.telemetry);
+        let t = stats.telemetry;
+        assert_eq!(t.kernel_copy.bytes + t.dma.bytes + t.bounce.bytes, want as u64, "every byte counted once over the rings");
+    }
+}
