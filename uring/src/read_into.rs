@@ -2,7 +2,8 @@
 //!
 //! [`read_into`] takes a list of [`ReadRequest`]s (a file, a byte range of
 //! it, and where in the destination the range goes) and reads them, through
-//! one io_uring, straight into the caller's `&mut [u8]`: the kernel copies
+//! io_uring (one ring, or several: below), straight into the caller's
+//! `&mut [u8]`: the kernel copies
 //! from the page cache into it (buffered), or the device writes it
 //! (`O_DIRECT`), with no staging slot and no copy in between.
 //!
