@@ -149,9 +149,8 @@ pub fn default_ring(slots: Option<u32>, slot_size: Option<usize>) -> (u32, usize
 /// and only as many rings as RLIMIT_MEMLOCK leaves room for beside the
 /// slots (`gpuring_uring::memlock::fit_shards`). Measured on the README's
 /// 2-CPU machine (`gpuring bench`'s scaling section, host backend, cached
-/// 1 GiB, four runs of 5, inside one process): 1 shard 7.7-8.0 GiB/s, 2
-/// shards 7.1-7.4. The command line, a fresh process per run, measured the
-/// other way (4.9-5.8 against 6.1-6.3); the README says more.
+/// 1 GiB, four runs of 5): 1 shard 7.7-8.0 GiB/s, 2 shards 7.1-7.4; the
+/// command line, 8 interleaved runs: 7.16-7.68 against 6.85-7.56.
 pub fn default_shards(backend: Backend, slots: u32, slot_size: usize) -> u32 {
     let cpus = gpuring_uring::default_shards();
     let wanted = match backend {
