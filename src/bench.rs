@@ -360,7 +360,7 @@ pub fn run(config: &BenchConfig, say: &mut dyn FnMut(&str)) -> Result<BenchRepor
     Ok(report)
 }
 
-/// Shard counts to measure: 1, 2, 4, ... below the CPUs, and the CPUs.
+/// Shard counts to measure: 1, 2, 4, ... below `cpus`, and `cpus`.
 fn shard_counts(cpus: u32) -> Vec<u32> {
     let mut counts: Vec<u32> = std::iter::successors(Some(1u32), |n| n.checked_mul(2)).take_while(|&n| n < cpus).collect();
     counts.push(cpus.max(1));
@@ -369,7 +369,8 @@ fn shard_counts(cpus: u32) -> Vec<u32> {
 
 /// The buffered large-file ingest with each shard count, interleaved.
 fn scaling_section(data: &Data, config: &BenchConfig, say: &mut dyn FnMut(&str)) -> Result<Vec<ScalingPoint>, Error> {
-    let counts = shard_counts(gpuring_uring::default_shards());
+    // A driver has at most one shard per slot.
+    let counts = shard_counts(gpuring_uring::default_shards().min(config.ingest.slots));
     let mut samples = vec![Vec::new(); counts.len()];
     set_cache(data, "large-buffered")?;
     for run in 1..=config.runs {
