@@ -44,7 +44,7 @@
 //! `usr_cpu + sys_cpu` for fio. gpuring's CPU time includes the consumer's
 //! checksum of every byte; fio's includes no consumer at all.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -301,6 +301,8 @@ struct Data {
     destination: std::cell::RefCell<Vec<u8>>,
     small_dir: PathBuf,
     small: Vec<Source>,
+    /// fio's link directory for its same-jobs small-file case is in place.
+    links_ready: std::cell::Cell<bool>,
 }
 
 /// Run the bench, calling `say` with a line of progress now and then.
@@ -538,7 +540,7 @@ fn prepare(config: &BenchConfig, say: &mut dyn FnMut(&str)) -> Result<Data, Erro
     }
     let checkpoint = checkpoint(dir, config.checkpoint_size, say)?;
     let destination = std::cell::RefCell::new(vec![0x5Au8; config.size as usize]);
-    Ok(Data { large, checkpoint, destination, small_dir, small })
+    Ok(Data { large, checkpoint, destination, small_dir, small, links_ready: std::cell::Cell::new(false) })
 }
 
 /// A tensor the bench's checkpoint is written from, made when written.
@@ -631,20 +633,18 @@ fn write_pattern(path: &Path, len: u64, seed: u64, sync: bool) -> Result<(), Err
 
 /// Warm the files a group reads, or drop the large file from the cache.
 fn set_cache(data: &Data, group: &str) -> Result<(), Error> {
-    let paths: Vec<&Path> = match group {
-        "small-files" => data.small.iter().map(|s| s.path.as_path()).collect(),
-        "load" => data.checkpoint.files.iter().map(PathBuf::as_path).collect(),
-        _ => vec![data.large.as_path()],
+    let sources: Vec<Source> = match group {
+        "small-files" => data.small.clone(),
+        "load" => data.checkpoint.files.iter().map(Source::file).collect(),
+        _ => vec![Source::file(&data.large)],
     };
-    for path in paths {
-        let mut file = std::fs::File::open(path).map_err(io_error(path, "opening"))?;
-        if group == "large-direct" {
-            // Best effort: dirty or mapped pages stay, which O_DIRECT ignores anyway.
-            let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed);
-        } else {
-            let mut buf = vec![0u8; 1 << 20];
-            while file.read(&mut buf).map_err(io_error(path, "warming the page cache"))? > 0 {}
-        }
+    if group != "large-direct" {
+        return warm(&sources);
+    }
+    for s in &sources {
+        let file = std::fs::File::open(&s.path).map_err(io_error(&s.path, "opening"))?;
+        // Best effort: dirty or mapped pages stay, which O_DIRECT ignores anyway.
+        let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed);
     }
     Ok(())
 }
@@ -856,6 +856,31 @@ fn fio_status(config: &BenchConfig) -> FioStatus {
     FioStatus { ran: why_not.is_none(), version, why_not }
 }
 
+/// For fio's `jobs`-job small-file case: a directory where job k's file i,
+/// `small.k.i` as fio names it, links to small file k * per + i (the last
+/// few files, under one per job, are left out, as fio would cut them).
+/// Made, or checked with one `readlink` per link, on the first run only.
+fn fio_links(data: &Data, config: &BenchConfig, jobs: u32) -> Result<PathBuf, Error> {
+    let per = (config.small_files / jobs).max(1);
+    let links = config.dir.join(format!("small-{}x{}-{jobs}jobs", config.small_files, config.small_size));
+    if data.links_ready.get() {
+        return Ok(links);
+    }
+    std::fs::create_dir_all(&links).map_err(io_error(&links, "creating fio's link directory"))?;
+    for k in 0..jobs {
+        for i in 0..per {
+            let link = links.join(format!("small.{k}.{i}"));
+            let target = &data.small[(k * per + i) as usize].path;
+            if std::fs::read_link(&link).ok().as_deref() != Some(target.as_path()) {
+                let _ = std::fs::remove_file(&link);
+                std::os::unix::fs::symlink(target, &link).map_err(io_error(&link, "linking a small file for fio"))?;
+            }
+        }
+    }
+    data.links_ready.set(true);
+    Ok(links)
+}
+
 /// fio's io_uring engine with fixed buffers and registered files, page-aligned
 /// buffers, the slots' block size and depth.
 fn run_fio(data: &Data, group: &str, config: &BenchConfig, jobs: u32) -> Result<Sample, Error> {
@@ -869,23 +894,9 @@ fn run_fio(data: &Data, group: &str, config: &BenchConfig, jobs: u32) -> Result<
     }
     let (files, expect) = match group {
         "small-files" if jobs > 1 => {
-            // One contiguous run of the files per job: job k of fio's
-            // `small` reads `small.k.i`, which here are links to the files
-            // k * per + i (the last few files, under one per job, are left
-            // out, as fio would cut them).
+            // One contiguous run of the files per job (see `fio_links`).
             let per = (config.small_files / jobs).max(1);
-            let links = config.dir.join(format!("small-{}x{}-{jobs}jobs", config.small_files, config.small_size));
-            std::fs::create_dir_all(&links).map_err(io_error(&links, "creating fio's link directory"))?;
-            for k in 0..jobs {
-                for i in 0..per {
-                    let link = links.join(format!("small.{k}.{i}"));
-                    let target = &data.small[(k * per + i) as usize].path;
-                    if std::fs::read_link(&link).ok().as_deref() != Some(target.as_path()) {
-                        let _ = std::fs::remove_file(&link);
-                        std::os::unix::fs::symlink(target, &link).map_err(io_error(&link, "linking a small file for fio"))?;
-                    }
-                }
-            }
+            let links = fio_links(data, config, jobs)?;
             cmd.arg("--name=small").arg(format!("--directory={}", links.display())).arg(format!("--numjobs={jobs}"));
             cmd.arg(format!("--nrfiles={per}")).arg(format!("--filesize={}", config.small_size));
             cmd.arg(format!("--size={}", config.small_size * per as u64));

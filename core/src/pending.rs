@@ -218,10 +218,17 @@ impl<S: AsRef<[SlotState]> + AsMut<[SlotState]>> PendingTable<S> {
 
     /// A free slot, if any, searching round-robin so slots are used evenly.
     pub fn find_free(&mut self) -> Option<u32> {
+        self.find_free_where(|_| true)
+    }
+
+    /// A free slot that `accept` takes, searching round-robin as
+    /// [`PendingTable::find_free`] does (a driver with several rings uses
+    /// it to skip the slots of one of them).
+    pub fn find_free_where(&mut self, accept: impl Fn(u32) -> bool) -> Option<u32> {
         let n = self.states.as_ref().len();
         for step in 0..n {
             let i = (self.hint + step) % n;
-            if matches!(self.states.as_ref()[i], SlotState::Free) {
+            if matches!(self.states.as_ref()[i], SlotState::Free) && accept(i as u32) {
                 self.hint = (i + 1) % n;
                 return Some(i as u32);
             }
@@ -319,6 +326,19 @@ impl<S: AsRef<[SlotState]> + AsMut<[SlotState]>> PendingTable<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn find_free_where_skips_what_it_is_told_and_stays_round_robin() {
+        let mut t = PendingTable::new([SlotState::Free; 4]);
+        let odd = |slot: u32| slot % 2 == 1;
+        assert_eq!(t.find_free_where(odd), Some(1));
+        assert_eq!(t.find_free_where(odd), Some(3));
+        assert_eq!(t.find_free_where(odd), Some(1), "wraps around");
+        t.submit(1, PendingRead::new(Target::File { offset: 0 }, 0, 8, Judge::ByteCount)).unwrap();
+        t.submit(3, PendingRead::new(Target::File { offset: 8 }, 0, 8, Judge::ByteCount)).unwrap();
+        assert_eq!(t.find_free_where(odd), None, "every accepted slot is taken");
+        assert!(matches!(t.find_free(), Some(0 | 2)));
+    }
     extern crate std;
     use std::string::ToString;
 

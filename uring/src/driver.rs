@@ -58,7 +58,7 @@ use rustix::io::Errno;
 
 use crate::error::IngestError;
 use crate::ring::Ring;
-use crate::shard::{Command, Shards, SlotMemory, BELL_TAG};
+use crate::shard::{Command, Shards, BELL_TAG};
 use crate::source::{OpenSource, Source};
 use crate::wait;
 
@@ -67,8 +67,9 @@ const RELEASE_POLL: Duration = Duration::from_micros(200);
 
 /// With other shards, how many reads this thread's ring takes per round:
 /// its buffered reads are copied inline, during its submit, and meanwhile
-/// nothing is published, released or handed to the other shards. Two
-/// reads keep that pause to about two slots' copy.
+/// nothing is published, released or handed to the other shards. A bound
+/// keeps that pause short; its value did not show in the bench (1, 2, 4
+/// and 32 measured alike, `bench --shards 2`, two rounds, 2 CPUs).
 const LOCAL_BATCH: u32 = 2;
 
 /// How many `EAGAIN` answers in a row a read is retried before it fails.
@@ -317,8 +318,6 @@ pub struct Driver<S: StagingMemory> {
     futex_wait: Option<bool>,
     /// A release wait is in the ring (and the producer's sleeping flag set).
     release_armed: bool,
-    /// Where the next search for a free slot starts (with other shards).
-    slot_hint: u32,
 }
 
 impl<S: StagingMemory> std::fmt::Debug for Driver<S> {
@@ -353,11 +352,9 @@ impl<S: StagingMemory> Driver<S> {
             Err(e) => return Err(e),
         };
         let shards = if count > 1 {
-            let slots: Vec<*mut u8> = buffers.iter().map(|&(p, _)| p).collect();
-            let memory = SlotMemory { slots: &slots, slot_size: geometry.slot_size() };
             // SAFETY: as for the ring: the shards are joined, or their reads
             // cancelled and drained, before the driver lets go of `staging`.
-            Some(unsafe { Shards::start(memory, count, registered, options.passthrough) }?)
+            Some(unsafe { Shards::start(&buffers, count, registered, options.passthrough) }?)
         } else {
             None
         };
@@ -394,7 +391,6 @@ impl<S: StagingMemory> Driver<S> {
             again: vec![0; geometry.slot_count() as usize],
             futex_wait: None,
             release_armed: false,
-            slot_hint: 0,
         })
     }
 
@@ -596,15 +592,8 @@ impl<S: StagingMemory> Driver<S> {
     /// A free slot, round-robin; with other shards, one of this thread's
     /// own only while `local` (see [`LOCAL_BATCH`]).
     fn free_slot(&mut self, local: bool) -> Option<u32> {
-        if self.reads.count == 1 {
-            return self.pending.find_free();
-        }
-        let n = self.geometry.slot_count();
-        let found = (0..n)
-            .map(|step| (self.slot_hint + step) % n)
-            .find(|&slot| matches!(self.pending.state(slot), Ok(SlotState::Free)) && (local || self.reads.place(slot).0 != 0))?;
-        self.slot_hint = (found + 1) % n;
-        Some(found)
+        let reads = &self.reads;
+        self.pending.find_free_where(|slot| reads.shards.is_none() || local || reads.place(slot).0 != 0)
     }
 
     /// Queue an NVMe Read of `blocks` blocks from `slba` into `slot`.

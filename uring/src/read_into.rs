@@ -108,7 +108,7 @@ impl Default for ReadIntoOptions {
 }
 
 /// Bytes each ring gets at least before a `read_into` is split over more
-/// than one (a thread costs tens of microseconds; 8 MiB take about 1.5 ms).
+/// than one: a thread per ring is not worth it for a few small reads.
 const MIN_SHARD_BYTES: u64 = 8 << 20;
 
 /// What [`read_into`] did.
@@ -273,9 +273,7 @@ pub fn read_into(requests: &[ReadRequest], dst: &mut [u8], options: &ReadIntoOpt
         // a new arena took 1.72-2.23 GiB/s with two rings faulting their
         // own parts, against 2.53 with one ring).
         if !options.direct {
-            for p in &plan {
-                populate(&mut dst[p.dst as usize..(p.dst + (p.end - p.start)) as usize]);
-            }
+            populate_plan(&plan, dst);
         }
         let parts = split_plan(plan, shards, options.chunk as u64);
         // Each part's window of the destination: from its first byte to the
@@ -384,11 +382,7 @@ fn read_plan(plan: &[Piece], files: &[OpenSource], dst: &mut [u8], options: &Rea
     // they are registered; buffered reads only copy into them.
     let fixed = options.direct && plan.iter().any(|p| !p.scratch) && register(&mut ring, dst);
     if !fixed && !populated {
-        for p in plan {
-            // In bounds: `check_requests` put every window inside the
-            // destination, and a part's pieces inside its part.
-            populate(&mut dst[p.dst as usize..(p.dst + (p.end - p.start)) as usize]);
-        }
+        populate_plan(plan, dst);
     }
     let base = dst.as_ptr() as usize / gpuring_core::PAGE_SIZE * gpuring_core::PAGE_SIZE;
     let mut job = Job {
@@ -409,6 +403,15 @@ fn read_plan(plan: &[Piece], files: &[OpenSource], dst: &mut [u8], options: &Rea
     // it is handed back.
     drain(&mut ring);
     result.map(|()| telemetry)
+}
+
+/// [`populate`] every piece's window of `dst` (in bounds: `check_requests`
+/// put every window inside the destination, and a part's pieces inside its
+/// part).
+fn populate_plan(plan: &[Piece], dst: &mut [u8]) {
+    for p in plan {
+        populate(&mut dst[p.dst as usize..(p.dst + (p.end - p.start)) as usize]);
+    }
 }
 
 /// Register `dst` (its whole pages, in buffers of at most 1 GiB) as the

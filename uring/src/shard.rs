@@ -20,14 +20,16 @@
 //! Why one queue with one producer, and not a queue per shard or several
 //! producers on one queue: the io_queue's producer does little per slot
 //! (a pending-table step, an entry, a release store); the copies are the
-//! work. In `perf` of a cached 4 GiB ingest with 2 shards on 2 CPUs, the
-//! coordinator's own code (the driver's step, the hand-over, the waits)
-//! took under 2% of the samples, the kernel's copies 45-47% and the host
-//! consumer's checksum 30%. With the checksum taken out of the host
-//! consumer (a one-off build standing in for a GPU consumer), 2 shards read
-//! at 10.6-10.7 GiB/s against 7.2-7.4 for one (fio with two jobs: 13-13.9). A queue per shard would instead change the published
-//! contract: every consumer, users' own kernels and shaders among them,
-//! would have to drain N queues.
+//! work. `perf record gpuring ingest --no-verify --shards 2` of a cached
+//! 1 GiB file four times on 2 CPUs: gpuring's own code on the driver's and
+//! the shard's threads (the step, the hand-over, the waits) took 1.3% of
+//! the samples, the kernel's copies 46% and the host consumer's checksum
+//! 35%; the kernel's side of waking threads (`try_to_wake_up`, task
+//! switches) about 10%. With the checksum taken out of the host consumer
+//! (a one-off build standing in for a GPU consumer), 2 shards read at
+//! 10.6-10.7 GiB/s against 7.2-7.4 for one. A queue per shard would
+//! instead change the published contract: every consumer, users' own
+//! kernels and shaders among them, would have to drain N queues.
 //!
 //! Ordering, from a shard's read to the consumer and back:
 //! 1. The kernel writes the slot, then posts the read's completion; the
@@ -180,18 +182,10 @@ pub(crate) struct Shards {
     taken: Vec<(u64, i32)>,
 }
 
-/// The slot memory the shards read into: every slot's address and its size.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct SlotMemory<'a> {
-    /// Each slot's first byte, slot 0 first.
-    pub slots: &'a [*mut u8],
-    /// Bytes per slot.
-    pub slot_size: usize,
-}
-
 impl Shards {
-    /// Start shards 1 to `count - 1` over `memory` (shard 0 is the
-    /// caller's), each with its own ring of its share of the slots,
+    /// Start shards 1 to `count - 1` over `slots` (every slot's address and
+    /// length, slot 0 first; shard 0 is the caller's), each with its own
+    /// ring of its share of the slots,
     /// registered as fixed buffers when `register`. Fails, with every
     /// started thread stopped, when a ring cannot be set up or registered
     /// (as [`Ring::new`] and [`Ring::register_buffers`]).
@@ -199,12 +193,13 @@ impl Shards {
     /// # Safety
     /// Every slot must stay valid for writes until the returned `Shards`
     /// is dropped or [`Shards::cancel_all`] failed (then never freed).
-    pub(crate) unsafe fn start(memory: SlotMemory<'_>, count: u32, register: bool, passthrough: bool) -> Result<Self, IngestError> {
+    pub(crate) unsafe fn start(slots: &[(*mut u8, usize)], count: u32, register: bool, passthrough: bool) -> Result<Self, IngestError> {
         let outbox = Arc::new(Outbox::default());
         let mut shards = Shards { workers: Vec::new(), outbox: outbox.clone(), in_flight: 0, taken: Vec::new() };
         let mut ready = Vec::new();
         for k in 1..count {
-            let mine: Vec<(usize, usize)> = memory.slots.iter().skip(k as usize).step_by(count as usize).map(|&p| (p as usize, memory.slot_size)).collect();
+            // As addresses: raw pointers do not cross threads.
+            let mine: Vec<(usize, usize)> = slots.iter().skip(k as usize).step_by(count as usize).map(|&(p, len)| (p as usize, len)).collect();
             let inbox = Arc::new(Inbox::default());
             let (ready_tx, ready_rx) = mpsc::channel();
             let (cancel_tx, cancel_rx) = mpsc::channel();
@@ -282,17 +277,15 @@ impl Shards {
     }
 
     /// Take every completion the shards sent back, passing each request's
-    /// `user_data` and `res` to `f`; returns how many.
-    pub(crate) fn reap(&mut self, mut f: impl FnMut(u64, i32)) -> u32 {
+    /// `user_data` and `res` to `f`.
+    pub(crate) fn reap(&mut self, mut f: impl FnMut(u64, i32)) {
         let mut taken = std::mem::take(&mut self.taken);
         std::mem::swap(&mut *lock(&self.outbox.completions), &mut taken);
-        let n = taken.len() as u32;
-        self.in_flight -= n;
+        self.in_flight -= taken.len() as u32;
         for (user_data, res) in taken.drain(..) {
             f(user_data, res);
         }
         self.taken = taken;
-        n
     }
 
     /// Cancel everything every shard has in flight and wait until each
