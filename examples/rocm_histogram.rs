@@ -16,6 +16,8 @@ use std::sync::Arc;
 use gpuring::core::SlotGeometry;
 use gpuring::rocm::{RocmConsumer, RocmStaging, UserKernel};
 
+use gpuring::ConsumeOptions;
+
 mod common;
 
 /// The kernel's source (the contract header is put before it).
@@ -37,9 +39,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     // consumer_status and the 256 counts of its output; no stream is passed.
     let consumer = unsafe { RocmConsumer::with_kernel(staging.clone(), &kernel, None)? };
     let device = staging.device().info().name.clone();
-    let ingested = common::ingest(staging, &sources);
-    let (consumed, output) = consumer.finish()?;
-    let stats = ingested?;
+    // One call drives the reads, closes the queue whatever happens, and
+    // finishes the consumer.
+    let run = gpuring::consume::run(staging, consumer, &sources, &ConsumeOptions::default())?;
+    let (stats, (consumed, output)) = (run.stats, run.output);
     eprintln!("{} files, {} bytes on {device} in {:.3} s, {} launches", sources.len(), consumed.bytes, stats.elapsed.as_secs_f64(), consumed.launches);
     common::print_output(sources.len(), consumed.bytes, &output);
     Ok(())

@@ -16,6 +16,8 @@ use std::sync::Arc;
 use gpuring::core::SlotGeometry;
 use gpuring::vulkan::{Shader, VulkanConsumer, VulkanStaging};
 
+use gpuring::ConsumeOptions;
+
 mod common;
 
 /// The shader. `Shader::wgsl` puts the contract (`GPURING_*`,
@@ -79,9 +81,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let shader = Shader::wgsl(HISTOGRAM, "histogram")?.with_output(256 * 4);
     let consumer = VulkanConsumer::with_shader(staging.clone(), &shader)?;
     let device = staging.context().info().name.clone();
-    let ingested = common::ingest(staging, &sources);
-    let (consumed, output) = consumer.finish()?;
-    let stats = ingested?;
+    // One call drives the reads, closes the queue whatever happens, and
+    // finishes the consumer.
+    let run = gpuring::consume::run(staging, consumer, &sources, &ConsumeOptions::default())?;
+    let (stats, (consumed, output)) = (run.stats, run.output);
     eprintln!("{} files, {} bytes on {device} in {:.3} s, {} slots", sources.len(), consumed.bytes, stats.elapsed.as_secs_f64(), consumed.entries);
     common::print_output(sources.len(), consumed.bytes, &output);
     Ok(())

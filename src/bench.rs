@@ -51,7 +51,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use gpuring::ingest::{self, IngestConfig};
+use gpuring::ingest::{self, IngestOptions};
 use gpuring::Error;
 use gpuring_uring::bounce::HeapBuffer;
 use gpuring_uring::Source;
@@ -73,7 +73,7 @@ pub struct BenchConfig {
     pub runs: u32,
     /// Slots, backend and slot size of the gpuring cases (and the block
     /// size and depth of fio's).
-    pub ingest: IngestConfig,
+    pub ingest: IngestOptions,
     /// Run fio when it is installed.
     pub fio: bool,
     /// Rings of the read-into and load cases (`gpuring::read_into::default_shards`).
@@ -378,7 +378,7 @@ fn scaling_section(data: &Data, config: &BenchConfig, say: &mut dyn FnMut(&str))
     for run in 1..=config.runs {
         say(&format!("scaling, run {run} of {}", config.runs));
         for (i, &shards) in counts.iter().enumerate() {
-            let ingest = IngestConfig { shards, verify: false, direct: false, ..config.ingest.clone() };
+            let ingest = IngestOptions { shards, verify: false, direct: false, ..config.ingest.clone() };
             let sample = timed_ingest(&[Source::file(&data.large)], &ingest, &format!("scaling ({shards} shards)"))?;
             say(&format!("  {shards:>3} shards {:>7.2} GiB/s", sample.gib_per_s()));
             samples[i].push(sample);
@@ -446,7 +446,7 @@ fn size_section(config: &BenchConfig, say: &mut dyn FnMut(&str)) -> Result<Vec<S
         count *= 10;
     }
     inputs.push(files.clone());
-    let ingest = IngestConfig { verify: false, direct: false, ..config.ingest.clone() };
+    let ingest = IngestOptions { verify: false, direct: false, ..config.ingest.clone() };
     let mut points = Vec::new();
     for sources in inputs {
         let bytes: u64 = sources.iter().map(|s| s.range.as_ref().map_or(FILE, |r| r.end - r.start)).sum();
@@ -498,7 +498,7 @@ fn warm(sources: &[Source]) -> Result<(), Error> {
 }
 
 /// One ingest of `sources`, timed, with the process's CPU time around it.
-fn timed_ingest(sources: &[Source], ingest: &IngestConfig, case: &str) -> Result<Sample, Error> {
+fn timed_ingest(sources: &[Source], ingest: &IngestOptions, case: &str) -> Result<Sample, Error> {
     let cpu = cpu_now();
     let report = ingest::run(sources, ingest, &mut |_| {})?;
     let cpu_seconds = cpu_now() - cpu;
@@ -656,7 +656,7 @@ fn cpu_now() -> f64 {
 
 /// A gpuring or bounce ingest, verification off (the consumer still checksums).
 fn in_process(data: &Data, case: &Case, config: &BenchConfig) -> Result<Sample, Error> {
-    let mut ingest = IngestConfig { verify: false, bounce: case.kind == Kind::Bounce, direct: case.group == "large-direct", ..config.ingest.clone() };
+    let mut ingest = IngestOptions { verify: false, bounce: case.kind == Kind::Bounce, direct: case.group == "large-direct", ..config.ingest.clone() };
     let sources: Vec<Source> = match case.group {
         "small-files" => {
             ingest.direct = false;
@@ -690,7 +690,7 @@ fn cuda_baseline(_: &Data, case: &Case, _: &BenchConfig) -> Result<Sample, Error
 /// the gpuring cases.
 fn target(config: &BenchConfig) -> gpuring::read_into::Target {
     let i = &config.ingest;
-    let slots = gpuring::read_into::SlotOptions { direct: false, slots: i.slots, slot_size: i.slot_size, shards: config.read_shards };
+    let slots = gpuring::read_into::ReadOptions { direct: false, slots: i.slots, slot_size: i.slot_size, shards: config.read_shards };
     gpuring::read_into::Target { backend: i.backend, device: i.device.clone(), slots }
 }
 
@@ -702,15 +702,7 @@ fn read_into(data: &Data, config: &BenchConfig) -> Result<Sample, Error> {
     let cpu = cpu_now();
     let target = target(config);
     let report = match target.backend {
-        ingest::Backend::Host => {
-            let options = gpuring::read_into::ReadIntoOptions {
-                chunk: target.slots.slot_size as u32,
-                depth: target.slots.slots,
-                shards: target.slots.shards,
-                ..Default::default()
-            };
-            gpuring::read_into::host(&requests, &mut data.destination.borrow_mut(), &options)?
-        }
+        ingest::Backend::Host => gpuring::read_into::host(&requests, &mut data.destination.borrow_mut(), &target.slots)?,
         _ => gpuring::read_into::into_new_buffer(&target, &requests, config.size, false)?.0,
     };
     let cpu_seconds = cpu_now() - cpu;
@@ -748,7 +740,8 @@ fn prime(len: u64) {
 fn load(data: &Data, config: &BenchConfig) -> Result<Sample, Error> {
     prime(data.checkpoint.arena_bytes);
     let cpu = cpu_now();
-    let report = gpuring::load::load(&data.checkpoint, &gpuring::load::LoadConfig { target: target(config), verify: false })?;
+    let plan = data.checkpoint.plan(&gpuring::LoadOptions::default())?;
+    let report = gpuring::load::report(&plan, &target(config), false)?;
     let cpu_seconds = cpu_now() - cpu;
     Ok(Sample { bytes: report.bytes, seconds: report.seconds, cpu_seconds, files: report.files as u64, reads: report.telemetry.completed_reads })
 }

@@ -14,8 +14,11 @@ use gpuring_uring::IngestError;
 #[cfg(feature = "vulkan")]
 use gpuring_vulkan::VulkanError;
 
-/// Why an ingest (or its setup) failed.
-#[derive(Debug)]
+/// Why an ingest, a read, a load (or its setup) failed.
+///
+/// Its `Display` is the message with its `Fix:`; so is its `Debug`, so a
+/// `main` that returns `Result<(), gpuring::Error>` prints the message, not
+/// the variant's fields.
 pub enum Error {
     /// The driver failed.
     Ingest(IngestError),
@@ -87,6 +90,27 @@ pub enum Error {
         /// How to fix it.
         fix: &'static str,
     },
+    /// An option's value cannot be used.
+    BadOption {
+        /// What is wrong.
+        what: String,
+        /// How to fix it.
+        fix: &'static str,
+    },
+    /// A loaded checkpoint has no tensor of that name.
+    NoSuchTensor {
+        /// The name asked for.
+        name: String,
+    },
+    /// A tensor was asked for as another element type than its dtype.
+    WrongDtype {
+        /// The tensor.
+        name: String,
+        /// Its dtype.
+        dtype: &'static str,
+        /// The dtype of the type asked for.
+        asked: &'static str,
+    },
     /// Walking a directory or reading for verification failed.
     Io {
         /// The path.
@@ -135,11 +159,25 @@ impl fmt::Display for Error {
                 "the copy engine moved {copied} bytes into the destination, but the requests asked for {asked}. Fix: this is a gpuring bug; please report it"
             ),
             Self::Checkpoint { path, what, fix } => write!(f, "{}: {what}. Fix: {fix}", path.display()),
+            Self::BadOption { what, fix } => write!(f, "{what}. Fix: {fix}"),
+            Self::NoSuchTensor { name } => {
+                write!(f, "no tensor called {name:?} was loaded. Fix: check the name (Loaded::tensors lists them) and that the load's selection keeps it")
+            }
+            Self::WrongDtype { name, dtype, asked } => {
+                write!(f, "tensor {name:?} is {dtype}, not {asked}. Fix: view it as the Rust type of {dtype}, or as bytes")
+            }
             Self::Io { path, op, error } => write!(f, "{}: {op} failed: {error}. Fix: check the path and its permissions", path.display()),
         }
     }
 }
 
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+// No `source`: each variant's message already holds its cause's.
 impl std::error::Error for Error {}
 
 impl From<IngestError> for Error {

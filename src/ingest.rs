@@ -162,7 +162,7 @@ pub fn default_shards(backend: Backend, slots: u32, slot_size: usize) -> u32 {
 
 /// How to ingest.
 #[derive(Clone, Debug)]
-pub struct IngestConfig {
+pub struct IngestOptions {
     /// The backend (one of [`BACKENDS`]).
     pub backend: Backend,
     /// The GPU backend's device: an index or part of a name (`None`: the
@@ -197,7 +197,7 @@ pub struct IngestConfig {
     pub peer_memory: Option<String>,
 }
 
-impl Default for IngestConfig {
+impl Default for IngestOptions {
     fn default() -> Self {
         let (slots, slot_size) = default_ring(None, None);
         Self {
@@ -346,7 +346,7 @@ pub struct IngestReport {
 
 /// Ingest `sources` as `config` says, calling `progress` with the bytes of
 /// each segment the consumer releases.
-pub fn run(sources: &[Source], config: &IngestConfig, progress: &mut dyn FnMut(u64)) -> Result<IngestReport, Error> {
+pub fn run(sources: &[Source], config: &IngestOptions, progress: &mut dyn FnMut(u64)) -> Result<IngestReport, Error> {
     let geometry = SlotGeometry::new(config.slots, config.slot_size)?;
     let max = gpuring_uring::ring::MAX_BUFFERS;
     if config.slots > max {
@@ -429,7 +429,7 @@ fn with_consumer<S: StagingMemory>(
     device: Option<String>,
     join: impl FnOnce() -> Result<ConsumerDone, Error>,
     sources: &[Source],
-    config: &IngestConfig,
+    config: &IngestOptions,
     progress: &mut dyn FnMut(u64),
 ) -> Result<IngestReport, Error> {
     let outcome = drive(staging.clone(), sources, config, progress);
@@ -452,7 +452,7 @@ struct Driven {
     shards: u32,
 }
 
-fn drive<S: StagingMemory>(staging: Arc<S>, sources: &[Source], config: &IngestConfig, progress: &mut dyn FnMut(u64)) -> Result<Driven, Error> {
+fn drive<S: StagingMemory>(staging: Arc<S>, sources: &[Source], config: &IngestOptions, progress: &mut dyn FnMut(u64)) -> Result<Driven, Error> {
     let memory_kind = staging.kind().name();
     let options = DriverOptions {
         direct: config.direct,
@@ -487,7 +487,7 @@ fn drive<S: StagingMemory>(staging: Arc<S>, sources: &[Source], config: &IngestC
     Ok(Driven { memory_kind, telemetry: stats.telemetry, seconds: stats.elapsed.as_secs_f64(), digests, nvme_fixed, registered, shards })
 }
 
-fn finish(driven: Driven, device: Option<String>, done: ConsumerDone, sources: &[Source], config: &IngestConfig) -> Result<IngestReport, Error> {
+fn finish(driven: Driven, device: Option<String>, done: ConsumerDone, sources: &[Source], config: &IngestOptions) -> Result<IngestReport, Error> {
     let t = &driven.telemetry;
     let verdict = t.validate().map_err(|e| Error::Ingest(e.into()))?;
     let bytes = t.completed_bytes;

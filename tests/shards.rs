@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::{backends, make_file, test_dir};
 use gpuring::core::{slot_checksum, SlotGeometry};
 use gpuring::host::{HostConsumer, HostStaging};
-use gpuring::ingest::{self, Backend, IngestConfig};
+use gpuring::ingest::{self, Backend, IngestOptions};
 use gpuring::uring::fault::{Fault, FaultKind};
 use gpuring::uring::{Driver, DriverOptions, Event, IngestError, Source};
 use rustix::io::Errno;
@@ -86,7 +86,7 @@ fn the_whole_ingest_is_the_same_on_every_shard_count_and_backend() {
         for shards in [1, 2, 4] {
             for direct in [false, true] {
                 let config =
-                    IngestConfig { backend: Backend::from_name(backend).unwrap(), slots: 8, slot_size: 64 << 10, shards, direct, ..IngestConfig::default() };
+                    IngestOptions { backend: Backend::from_name(backend).unwrap(), slots: 8, slot_size: 64 << 10, shards, direct, ..IngestOptions::default() };
                 let r = ingest::run(&sources, &config, &mut |_| {}).unwrap_or_else(|e| panic!("{backend}, {shards} shards, direct={direct}: {e}"));
                 assert!(r.checksum.verified && r.checksum.matched && r.complete, "{backend}, {shards} shards, direct={direct}: {:?}", r.checksum);
                 assert_eq!(r.shards, shards);

@@ -8,7 +8,7 @@
 mod common;
 
 use common::{make_file, test_dir};
-use gpuring::ingest::{self, IngestConfig};
+use gpuring::ingest::{self, IngestOptions};
 use gpuring::uring::Source;
 
 const SLOTS: u32 = 4;
@@ -33,7 +33,7 @@ fn a_million_slot_cycles_through_a_small_ring_leak_nothing() {
     let cycles: u64 = std::env::var("GPURING_SOAK_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
     let dir = test_dir();
     let file = make_file(dir.path(), "f", SEGMENTS_PER_FILE as usize * SLOT, 11);
-    let config = IngestConfig { slots: SLOTS, slot_size: SLOT, ..IngestConfig::default() };
+    let config = IngestOptions { slots: SLOTS, slot_size: SLOT, ..IngestOptions::default() };
     // The same file many times: each source is opened, read, verified
     // against an independent read, and closed.
     let sources = vec![Source::file(&file); (CYCLES_PER_CALL / SEGMENTS_PER_FILE) as usize];

