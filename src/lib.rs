@@ -107,3 +107,8 @@ pub fn read_into(requests: &[ReadRequest], dst: &mut [u8], options: &ReadOptions
 pub fn load<P: AsRef<std::path::Path>>(paths: &[P], options: &LoadOptions) -> Result<Loaded<HostBuffer>, Error> {
     load::host(paths, options)
 }
+
+// The README's quick starts compile as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -28,11 +28,11 @@
 //! `pread` of its range (on a GPU, the window read back by the copy engine).
 //!
 //! ```no_run
-//! use gpuring::read_into::{self, ReadIntoOptions, ReadRequest};
+//! use gpuring::read_into::{self, ReadOptions, ReadRequest};
 //!
-//! let mut weights = vec![0u8; 8 << 20];
+//! let mut weights = gpuring::HostBuffer::new(8 << 20)?;
 //! let requests = [ReadRequest::new("model.bin", 4096..(4 << 20) + 4096, 0), ReadRequest::new("model.bin", 0..4096, 4 << 20)];
-//! let report = read_into::host(&requests, &mut weights, &ReadIntoOptions::default())?;
+//! let report = read_into::host(&requests, &mut weights, &ReadOptions::default())?;
 //! let matched = read_into::verify(&requests, |r| Ok(weights[r.dst_range().start as usize..r.dst_range().end as usize].to_vec()))?;
 //! assert!(matched.iter().all(|&m| m));
 //! println!("{:.2} GiB/s", report.gib_per_s);

@@ -20,6 +20,34 @@
 //!   copy in VRAM: for consumers that need the bytes on the device. The
 //!   copies are counted ([`CudaStats::device_copy_bytes`]); they are not a
 //!   userspace copy, so the zero-bounce verdict is unchanged.
+//!
+//! ## Memory scope and release order
+//!
+//! The CUDA consumer reads and writes every io_queue word with system scope
+//! (volatile access plus `__threadfence_system()`, before a release store,
+//! after an acquire load), since the other party is the CPU across PCIe.
+//! Batched and device-copy modes queue batches on one stream without waiting
+//! for them: `gr_partial` (lanes of slot chunks, summed into per-entry
+//! scratch with atomics), `gr_finish` (results, then one release of
+//! `consumer = first + count` after checking `consumer == first`), then a
+//! host function that futex-wakes the producer. Stream order makes the
+//! releases happen in queue order; the host thread tracks what it handed over
+//! (`Consumer::hand_over`) separately from what was released. In device-copy
+//! mode the slot copies run on a second stream and the compute stream waits
+//! for their event; a VRAM copy of slot *s* is only overwritten after the
+//! entry that last used *s* was released, which happens after the kernels
+//! that read the copy. The persistent kernel's block 0 is the releaser; the
+//! other blocks claim positions in order from a device counter, checksum,
+//! and mark `done[position % capacity] = position + 1` (the marks start at
+//! the first position, never zero, which is the `position + 1` of the entry
+//! at 2^32 - 1); the releaser moves
+//! `consumer` over every done entry in order. It is launched cooperatively
+//! (all blocks resident, or the launch fails), since its blocks wait on each
+//! other; a device without cooperative launches gets an error at start,
+//! never a plain launch; the host thread only watches `consumer` to wake the producer and
+//! sets an abort word if the consumer is dropped early.
+//!
+//! ## Deliberately absent
 
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, Ordering};

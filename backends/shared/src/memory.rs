@@ -145,14 +145,6 @@ impl Mapping {
         if fill == Fill::Lazy {
             return Ok(mapping);
         }
-        if fill == Fill::Huge {
-            // Transparent huge pages, where the system has them (`enabled`
-            // = `madvise` asks for this call); elsewhere the advice fails
-            // or does nothing, and the buffer has 4 KiB pages.
-            // SAFETY: `ptr..ptr+len` is the part of the mapping kept, ours alone.
-            let _ = unsafe { rustix::mm::madvise(ptr.cast(), len, rustix::mm::Advice::LinuxHugepage) };
-            return Ok(mapping);
-        }
         // SAFETY: `ptr..ptr+len` is the part of the mapping kept, ours alone.
         let populated = unsafe { rustix::mm::madvise(ptr.cast(), len, rustix::mm::Advice::LinuxPopulateWrite) };
         match populated {
@@ -186,8 +178,7 @@ impl Mapping {
 }
 
 /// Host memory of your own that gpuring reads into, and that `O_DIRECT`
-/// reads can DMA into: page-aligned (2 MiB-aligned from 2 MiB up, in
-/// transparent huge pages where the system has them), zero-filled, exactly
+/// reads can DMA into: page-aligned, zero-filled, exactly
 /// [`HostBuffer::len`] bytes as a `[u8]` (it derefs to one). Any offset
 /// that is a multiple of 4096 is aligned for direct I/O; a `Vec<u8>` is
 /// not (the allocator places it where it likes), so a direct read into one
@@ -195,7 +186,12 @@ impl Mapping {
 ///
 /// Its pages are faulted in on first touch, not up front: `read_into`
 /// faults in what it is about to read into, and a buffer that is never
-/// touched costs no memory. Freed (unmapped) on drop; a read into it
+/// touched costs no memory. It asks for no transparent huge pages: with
+/// `MADV_HUGEPAGE` (THP `enabled` and `defrag` = `madvise` here) a load of
+/// a 1 GiB checkpoint into a new buffer took 0.21 s in one run and
+/// 1.1-2.5 s in three others, whenever the kernel compacted memory to
+/// find them, against 0.43-0.46 s with 4 KiB pages (`gpuring load
+/// --no-verify`, 4 interleaved runs each). Freed (unmapped) on drop; a read into it
 /// borrows it mutably, so it cannot be freed while the kernel writes it.
 ///
 /// ```
@@ -210,14 +206,10 @@ pub struct HostBuffer {
     len: usize,
 }
 
-/// Buffers this large or larger get 2 MiB alignment and huge pages.
-const HUGE_PAGE: usize = 2 << 20;
-
 impl HostBuffer {
     /// `len` zero bytes, page-aligned (see the type's docs).
     pub fn new(len: usize) -> Result<Self, HostError> {
-        let (align, fill) = if len >= HUGE_PAGE { (HUGE_PAGE, Fill::Huge) } else { (PAGE_SIZE, Fill::Lazy) };
-        Ok(Self { mapping: Mapping::map(len, align, fill)?, len })
+        Ok(Self { mapping: Mapping::map(len, PAGE_SIZE, Fill::Lazy)?, len })
     }
 
     /// Its length in bytes, as asked for.
@@ -271,9 +263,7 @@ impl fmt::Debug for HostBuffer {
 enum Fill {
     /// All present before `map` returns (4 KiB pages).
     Present,
-    /// On first touch, as transparent huge pages where the system has them.
-    Huge,
-    /// On first touch, 4 KiB pages.
+    /// On first touch.
     Lazy,
 }
 
@@ -334,8 +324,7 @@ mod tests {
     fn host_buffers_are_aligned_zeroed_and_exactly_their_length() {
         for len in [0, 1, 4096, 5000, 2 << 20, (2 << 20) + 1] {
             let mut b = HostBuffer::new(len).unwrap();
-            let align = if len >= 2 << 20 { 2 << 20 } else { PAGE_SIZE };
-            assert_eq!((b.len(), b.as_ptr() as usize % align), (len, 0), "{len}");
+            assert_eq!((b.len(), b.as_ptr() as usize % PAGE_SIZE), (len, 0), "{len}");
             assert!(b.iter().all(|&x| x == 0), "{len}");
             b.fill(0xA5);
             assert!(b.iter().all(|&x| x == 0xA5));

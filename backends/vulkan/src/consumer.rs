@@ -29,6 +29,30 @@
 //! keeps reading into the slots that are free. The batch is every entry
 //! published when the thread looks, so the batches grow when the device is
 //! the slower side.
+//!
+//! ## Release order and visibility
+//!
+//! The Vulkan consumer releases in queue order, one batch at a time. Its
+//! host thread waits for published entries (never reading a slot), counts
+//! the batch's bytes from the entries *before* submitting (after the release
+//! the producer may reuse them), and submits one command buffer: `checksum`
+//! (one workgroup per entry; writes `result` and `consumer_status`), a
+//! compute-to-compute pipeline barrier, `release` (one invocation: checks
+//! that `consumer` is where the batch starts and that no entry was rejected,
+//! else sets `consumer_failed`), and a compute-to-host barrier. The slot
+//! bytes and entries the shader reads were written before `vkQueueSubmit`,
+//! which makes host writes visible to the device. The host thread releases
+//! the batch itself, after the fence signalled: a release store of
+//! `consumer = first + count` (`Consumer::release_batch`). The device's
+//! writes are visible to that thread once the fence has signalled (the
+//! compute-to-host barrier and the fence wait), and its release store
+//! passes them on to the producer's acquire of `consumer`. The shader does
+//! not store `consumer`: a device store to host memory may reach the host
+//! before the device's earlier stores, so the producer could have read
+//! results that were not there yet. One batch is on the device at a time, so
+//! releases stay in queue order; meanwhile the driver keeps reading into the
+//! free slots. A rejected entry sets `consumer_failed` and releases nothing;
+//! the driver then stops with the consumer's error.
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
