@@ -9,9 +9,9 @@
 //!   closes the queue on every path.
 //! - **Read byte ranges into memory you own** ([`read_into()`]): a
 //!   [`HostBuffer`] or any `&mut [u8]` on the host; device buffers through
-//!   [`read_into`]'s backend functions.
+//!   [`read_into`](mod@read_into)'s backend functions.
 //! - **Load a checkpoint** ([`load()`]): safetensors files into one buffer
-//!   that stays, with each tensor's dtype, shape and bytes ([`load`]).
+//!   that stays, with each tensor's dtype, shape and bytes ([`load`](mod@load)).
 //!
 //! ```no_run
 //! use gpuring::{IngestOptions, Source};
@@ -74,7 +74,7 @@ pub fn ingest(sources: &[Source], options: &IngestOptions) -> Result<IngestRepor
 /// Read `requests` into `dst`, host memory of yours: the kernel (buffered)
 /// or the device (`O_DIRECT`, into a [`HostBuffer`]) writes it, with no
 /// copy in between. Every request is checked before anything is read. See
-/// [`read_into::host`]; device buffers: [`read_into`]'s backend functions.
+/// [`read_into::host`]; device buffers: [`read_into`](mod@read_into)'s backend functions.
 ///
 /// ```no_run
 /// use gpuring::{HostBuffer, ReadOptions, ReadRequest};
@@ -92,7 +92,7 @@ pub fn read_into(requests: &[ReadRequest], dst: &mut [u8], options: &ReadOptions
 /// Load the safetensors checkpoint made of `paths` (files, or a sharded
 /// checkpoint's `*.index.json`) into host memory that stays: a
 /// [`HostBuffer`] holding every tensor selected by `options`, each at a
-/// 256-byte aligned offset, with its dtype and shape. See [`load`].
+/// 256-byte aligned offset, with its dtype and shape. See [`load`](mod@load).
 ///
 /// ```no_run
 /// use gpuring::{Dtype, LoadOptions};

@@ -1,6 +1,6 @@
 //! Load a safetensors checkpoint into one device buffer (an arena, each
 //! tensor at an offset aligned to [`TENSOR_ALIGN`]), with
-//! [`crate::read_into`], and verify every tensor.
+//! [`crate::read_into`](mod@crate::read_into), and verify every tensor.
 //!
 //! [`Checkpoint::open`] reads only each file's header: its length (8
 //! bytes), then the JSON, which the `safetensors` crate parses and

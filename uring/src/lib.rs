@@ -26,22 +26,34 @@
 //! `gpuring-core`'s `StagingMemory` trait. Everything that is not the ring
 //! itself goes through `rustix`.
 
+// `bounce`, `memlock`, `ring`, `shard` and `read_into` are gpuring's own
+// plumbing: public because the facade, its command and its bench use them
+// across the crate boundary, hidden because no user needs them (the facade
+// has `gpuring::read_into`, the driver's options cover rings and shards).
+#[doc(hidden)]
 pub mod bounce;
 pub mod driver;
 pub mod error;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
+#[doc(hidden)]
 pub mod memlock;
 pub mod nvme;
 pub mod probe;
+#[doc(hidden)]
 pub mod read_into;
+#[doc(hidden)]
 pub mod ring;
+#[doc(hidden)]
 pub mod shard;
 pub mod source;
 mod wait;
 
 pub use driver::{default_shards, Driver, DriverOptions, Event, Ingest, IngestStats, Poll, MAX_SHARDS};
 pub use error::IngestError;
-pub use read_into::{read_into, ReadIntoOptions, ReadIntoStats, ReadRequest};
+pub use read_into::ReadRequest;
+#[doc(hidden)]
+pub use read_into::{read_into, ReadIntoOptions, ReadIntoStats};
+#[doc(hidden)]
 pub use ring::Ring;
 pub use source::{Source, SourceKind};
