@@ -111,6 +111,16 @@ pub enum Error {
         /// The dtype of the type asked for.
         asked: &'static str,
     },
+    /// Bytes gpuring read differ from an independent read of the file.
+    Mismatch {
+        /// What differs.
+        what: String,
+    },
+    /// A framework (candle) refused what gpuring handed it.
+    Framework {
+        /// What it said.
+        what: String,
+    },
     /// Walking a directory or reading for verification failed.
     Io {
         /// The path.
@@ -166,6 +176,11 @@ impl fmt::Display for Error {
             Self::WrongDtype { name, dtype, asked } => {
                 write!(f, "tensor {name:?} is {dtype}, not {asked}. Fix: view it as the Rust type of {dtype}, or as bytes")
             }
+            Self::Mismatch { what } => write!(
+                f,
+                "{what} differs from an independent read of its file. Fix: check that nothing writes the file while it is read; otherwise this is a gpuring bug, please report it"
+            ),
+            Self::Framework { what } => write!(f, "{what}. Fix: check the framework's version against gpuring's (candle 0.11)"),
             Self::Io { path, op, error } => write!(f, "{}: {op} failed: {error}. Fix: check the path and its permissions", path.display()),
         }
     }

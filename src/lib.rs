@@ -30,6 +30,8 @@
 //! `cli` feature (default), so a library build with `default-features =
 //! false` pulls none of its dependencies.
 
+#[cfg(feature = "candle")]
+pub mod candle;
 pub mod consume;
 pub mod error;
 pub mod ingest;

@@ -443,6 +443,11 @@ impl TensorInfo {
     pub fn range(&self) -> Range<usize> {
         self.offset as usize..(self.offset + self.bytes) as usize
     }
+
+    /// Its read requests, as indexes into [`Plan::requests`].
+    pub(crate) fn requests(&self) -> Range<usize> {
+        self.requests.clone()
+    }
 }
 
 /// What a load reads and where it puts it: from [`Checkpoint::plan`].

@@ -210,11 +210,25 @@ pub fn into_new_buffer(target: &Target, requests: &[ReadRequest], len: u64, veri
 /// window of it goes through a scratch buffer and a copy: the report's
 /// `telemetry.bounce_bytes` counts them and `zero_bounce` is false.
 pub fn host(requests: &[ReadRequest], dst: &mut [u8], options: &ReadOptions) -> Result<ReadIntoReport, Error> {
-    let chunk = u32::try_from(options.slot_size).unwrap_or(u32::MAX) / 4096 * 4096;
-    let options =
-        ReadIntoOptions { direct: options.direct, chunk: chunk.max(4096), depth: options.slots.max(1), shards: options.shards, ..ReadIntoOptions::default() };
-    let stats = gpuring_uring::read_into(requests, dst, &options)?;
+    let stats = gpuring_uring::read_into(requests, dst, &uring_options(options))?;
     ReadIntoReport::new("host", &stats.telemetry, stats.bytes, stats.elapsed.as_secs_f64(), 0)
+}
+
+/// Read every request into its own destination, `dsts[request.dst]`, in
+/// host memory: a scatter read (one allocation per tensor, say), with the
+/// checks, reads and accounting of [`host`]; requests name their
+/// destination with [`ReadRequest::to_destination`]. The requests of one
+/// file are read in file order, whatever destination they go to.
+pub fn host_many(requests: &[ReadRequest], dsts: &mut [&mut [u8]], options: &ReadOptions) -> Result<ReadIntoReport, Error> {
+    let stats = gpuring_uring::read_into_many(requests, dsts, &uring_options(options))?;
+    ReadIntoReport::new("host", &stats.telemetry, stats.bytes, stats.elapsed.as_secs_f64(), 0)
+}
+
+/// The ring's options for `options` on the host: reads of a slot's size,
+/// as many in flight as there are slots.
+fn uring_options(options: &ReadOptions) -> ReadIntoOptions {
+    let chunk = u32::try_from(options.slot_size).unwrap_or(u32::MAX) / 4096 * 4096;
+    ReadIntoOptions { direct: options.direct, chunk: chunk.max(4096), depth: options.slots.max(1), shards: options.shards, ..ReadIntoOptions::default() }
 }
 
 /// Compare every non-empty request's destination window (as `read_back`
@@ -256,7 +270,7 @@ fn reference_error(r: &ReadRequest, e: std::io::Error) -> Error {
 /// read twice; a source starts at its first range's start, rounded down to
 /// 4096 under `O_DIRECT`.
 fn plan(requests: &[ReadRequest], dst_len: u64, direct: bool) -> Result<(Vec<Source>, CopyPlan), Error> {
-    check_requests(requests, dst_len)?;
+    check_requests(requests, &[dst_len])?;
     let align = |at: u64| if direct { at / 4096 * 4096 } else { at };
     // Each file's requests, files in the order they first appear.
     let mut files: Vec<(&std::path::Path, Vec<&ReadRequest>)> = Vec::new();

@@ -103,6 +103,15 @@ pub enum IngestError {
         /// The destination's length.
         dst_len: u64,
     },
+    /// A request names a destination a scatter read was not given.
+    NoSuchDestination {
+        /// The request's index.
+        index: usize,
+        /// The destination it names.
+        dst: usize,
+        /// Destinations given.
+        count: usize,
+    },
     /// Two requests' destination windows overlap.
     DestinationsOverlap {
         /// The lower request index.
@@ -305,6 +314,10 @@ impl fmt::Display for IngestError {
                 f,
                 "request {index} ({}): its {bytes} bytes at destination offset {dst_offset} end past the destination's {dst_len} bytes. Fix: give a larger destination, or a smaller offset",
                 path.display()
+            ),
+            Self::NoSuchDestination { index, dst, count } => write!(
+                f,
+                "request {index} names destination {dst}, but {count} destination(s) were given. Fix: give each request the index of a destination in the list"
             ),
             Self::DestinationsOverlap { first, second, at } => write!(
                 f,

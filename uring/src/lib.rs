@@ -53,7 +53,7 @@ pub use driver::{default_shards, Driver, DriverOptions, Event, Ingest, IngestSta
 pub use error::IngestError;
 pub use read_into::ReadRequest;
 #[doc(hidden)]
-pub use read_into::{read_into, ReadIntoOptions, ReadIntoStats};
+pub use read_into::{read_into, read_into_many, ReadIntoOptions, ReadIntoStats};
 #[doc(hidden)]
 pub use ring::Ring;
 pub use source::{Source, SourceKind};

@@ -59,12 +59,21 @@ pub struct ReadRequest {
     pub range: Range<u64>,
     /// Where in the destination the first byte goes.
     pub dst_offset: u64,
+    /// Which destination, in a scatter read of many
+    /// ([`read_into_many`]); 0, the only one, otherwise.
+    pub dst: usize,
 }
 
 impl ReadRequest {
     /// Bytes `range` of `path`, to `dst_offset` in the destination.
     pub fn new(path: impl Into<PathBuf>, range: Range<u64>, dst_offset: u64) -> Self {
-        Self { path: path.into(), range, dst_offset }
+        Self { path: path.into(), range, dst_offset, dst: 0 }
+    }
+
+    /// The same request into destination `dst` of a scatter read.
+    pub fn to_destination(mut self, dst: usize) -> Self {
+        self.dst = dst;
+        self
     }
 
     /// Bytes asked for (0 for an empty or reversed range).
@@ -123,26 +132,31 @@ pub struct ReadIntoStats {
     pub elapsed: Duration,
 }
 
-/// Check `requests` against a destination of `dst_len` bytes, without
-/// touching a file: every non-empty request's window must lie inside the
-/// destination and no two windows may overlap. Empty requests are ignored.
-/// (Ranges are checked against their files once those are opened.)
-pub fn check_requests(requests: &[ReadRequest], dst_len: u64) -> Result<(), IngestError> {
+/// Check `requests` against destinations of `dst_lens` bytes, without
+/// touching a file: every non-empty request must name a destination that
+/// exists, its window must lie inside it, and no two windows of one
+/// destination may overlap. Empty requests are ignored. (Ranges are
+/// checked against their files once those are opened.)
+pub fn check_requests(requests: &[ReadRequest], dst_lens: &[u64]) -> Result<(), IngestError> {
     let mut windows = Vec::with_capacity(requests.len());
     for (index, r) in requests.iter().enumerate() {
         if r.bytes() == 0 {
             continue;
         }
+        let Some(&dst_len) = dst_lens.get(r.dst) else {
+            return Err(IngestError::NoSuchDestination { index, dst: r.dst, count: dst_lens.len() });
+        };
         let end = r.dst_offset.checked_add(r.bytes());
         if end.is_none_or(|end| end > dst_len) {
             return Err(IngestError::DestinationTooSmall { index, path: r.path.clone(), dst_offset: r.dst_offset, bytes: r.bytes(), dst_len });
         }
-        windows.push((r.dst_range(), index));
+        windows.push(((r.dst, r.dst_offset), r.dst_range(), index));
     }
-    windows.sort_by_key(|(w, _)| w.start);
+    windows.sort_by_key(|(at, ..)| *at);
     for pair in windows.windows(2) {
-        let ((a, first), (b, second)) = (&pair[0], &pair[1]);
-        if b.start < a.end {
+        let ((da, _), a, first) = &pair[0];
+        let ((db, _), b, second) = &pair[1];
+        if da == db && b.start < a.end {
             let (first, second) = ((*first).min(*second), (*first).max(*second));
             let at = b.start;
             return Err(IngestError::DestinationsOverlap { first, second, at });
@@ -185,10 +199,10 @@ fn open_files(requests: &[ReadRequest], direct: bool, chunk: u32) -> Result<(Vec
 enum Target {
     /// Straight into the destination at this offset; `fixed`: through the
     /// registered buffer that holds it.
-    Direct { dst: u64, fixed: bool },
+    Direct { buf: usize, dst: u64, fixed: bool },
     /// Into scratch buffer `scratch`; then bytes `skip .. skip + want` of it
-    /// are copied to the destination at `dst`.
-    Scratch { scratch: usize, skip: u32, want: u32, dst: u64 },
+    /// are copied to destination `buf` at `dst`.
+    Scratch { scratch: usize, skip: u32, want: u32, buf: usize, dst: u64 },
 }
 
 /// One read: `len` bytes of file `file` at `offset`, `done` of them in.
@@ -211,6 +225,8 @@ struct Piece {
     file: usize,
     start: u64,
     end: u64,
+    /// Which destination, and where in it.
+    buf: usize,
     dst: u64,
     scratch: bool,
 }
@@ -220,23 +236,23 @@ struct Piece {
 /// `O_DIRECT`, the aligned middle goes straight into the destination when
 /// its address is aligned too, the rest through scratch.
 fn pieces(r: &ReadRequest, file: usize, align: u64, mem_align: u64, dst_base: usize, out: &mut Vec<Piece>) {
-    let (s, e, d) = (r.range.start, r.range.end, r.dst_offset);
+    let (s, e, d, buf) = (r.range.start, r.range.end, r.dst_offset, r.dst);
     if align == 0 {
-        out.push(Piece { file, start: s, end: e, dst: d, scratch: false });
+        out.push(Piece { file, start: s, end: e, buf, dst: d, scratch: false });
         return;
     }
     let mid_start = s.next_multiple_of(align);
     let mid_end = e / align * align;
     if mid_start >= mid_end || !(dst_base as u64 + d + (mid_start - s)).is_multiple_of(mem_align.max(1)) {
-        out.push(Piece { file, start: s, end: e, dst: d, scratch: true });
+        out.push(Piece { file, start: s, end: e, buf, dst: d, scratch: true });
         return;
     }
     if s < mid_start {
-        out.push(Piece { file, start: s, end: mid_start, dst: d, scratch: true });
+        out.push(Piece { file, start: s, end: mid_start, buf, dst: d, scratch: true });
     }
-    out.push(Piece { file, start: mid_start, end: mid_end, dst: d + (mid_start - s), scratch: false });
+    out.push(Piece { file, start: mid_start, end: mid_end, buf, dst: d + (mid_start - s), scratch: false });
     if mid_end < e {
-        out.push(Piece { file, start: mid_end, end: e, dst: d + (mid_end - s), scratch: true });
+        out.push(Piece { file, start: mid_end, end: e, buf, dst: d + (mid_end - s), scratch: true });
     }
 }
 
@@ -244,6 +260,14 @@ fn pieces(r: &ReadRequest, file: usize, align: u64, mem_align: u64, dst_base: us
 /// nothing more is submitted, every read in flight is waited for, and the
 /// first error is returned (some windows may then be filled, others not).
 pub fn read_into(requests: &[ReadRequest], dst: &mut [u8], options: &ReadIntoOptions) -> Result<ReadIntoStats, IngestError> {
+    read_into_many(requests, &mut [dst], options)
+}
+
+/// Read every request into its destination, `dsts[request.dst]` (a scatter
+/// read: one allocation per tensor, say), with the same checks, reads and
+/// accounting as [`read_into`]. With several rings, each ring takes whole
+/// destinations, about the same bytes each.
+pub fn read_into_many(requests: &[ReadRequest], dsts: &mut [&mut [u8]], options: &ReadIntoOptions) -> Result<ReadIntoStats, IngestError> {
     let started = Instant::now();
     if options.chunk == 0 || !options.chunk.is_multiple_of(4096) || options.depth == 0 {
         let what = format!(
@@ -252,7 +276,8 @@ pub fn read_into(requests: &[ReadRequest], dst: &mut [u8], options: &ReadIntoOpt
         );
         return Err(IngestError::RingGeometry { what });
     }
-    check_requests(requests, dst.len() as u64)?;
+    let lens: Vec<u64> = dsts.iter().map(|d| d.len() as u64).collect();
+    check_requests(requests, &lens)?;
     let (files, which) = open_files(requests, options.direct, options.chunk)?;
     let mut plan = Vec::new();
     for (r, &file) in requests.iter().zip(&which) {
@@ -260,20 +285,23 @@ pub fn read_into(requests: &[ReadRequest], dst: &mut [u8], options: &ReadIntoOpt
             continue;
         }
         let f = &files[file];
-        pieces(r, file, f.dio_align as u64, f.dio_mem_align as u64, dst.as_ptr() as usize, &mut plan);
+        pieces(r, file, f.dio_align as u64, f.dio_mem_align as u64, dsts[r.dst].as_ptr() as usize, &mut plan);
     }
     let bytes: u64 = requests.iter().map(ReadRequest::bytes).sum();
     let shards = u64::from(options.shards.max(1)).min(bytes / MIN_SHARD_BYTES).max(1) as usize;
     let telemetry = if shards == 1 {
-        read_plan(&plan, &files, dst, options, false)?
+        read_plan(&plan, &files, dsts, options, false)?
+    } else if dsts.len() > 1 {
+        read_scattered(plan, &files, dsts, shards, options)?
     } else {
+        let dst = &mut *dsts[0];
         // Buffered: fault the windows in here, once, before the rings
         // start; faulting a fresh destination from several threads at once
         // contends in the kernel (measured: loading a 1 GiB checkpoint into
         // a new arena took 1.72-2.23 GiB/s with two rings faulting their
         // own parts, against 2.53 with one ring).
         if !options.direct {
-            populate_plan(&plan, dst);
+            populate_plan(&plan, &mut [&mut *dst]);
         }
         let parts = split_plan(plan, shards, options.chunk as u64);
         // Each part's window of the destination: from its first byte to the
@@ -295,28 +323,85 @@ pub fn read_into(requests: &[ReadRequest], dst: &mut [u8], options: &ReadIntoOpt
                 .map(|((_, part), slice)| {
                     std::thread::Builder::new()
                         .name("gpuring-read-into".into())
-                        .spawn_scoped(scope, move || read_plan(part, files, slice, options, !options.direct))
+                        .spawn_scoped(scope, move || read_plan(part, files, &mut [slice], options, !options.direct))
                 })
                 .collect();
-            threads
-                .into_iter()
-                .map(|t| match t {
-                    // A ring's thread returns only once its ring is drained (or aborts).
-                    Ok(t) => t.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-                    Err(e) => Err(IngestError::Ring {
-                        op: "starting a read_into thread",
-                        errno: rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::AGAIN),
-                    }),
-                })
-                .collect()
+            join_rings(threads)
         });
-        let mut telemetry = Telemetry::new();
-        for result in results {
-            telemetry.absorb(&result?)?;
-        }
-        telemetry
+        absorb(results)?
     };
     Ok(ReadIntoStats { telemetry, bytes, elapsed: started.elapsed() })
+}
+
+/// Join the rings' threads: each one's result (a ring's thread returns only
+/// once its ring is drained, or aborts).
+fn join_rings(threads: Vec<std::io::Result<std::thread::ScopedJoinHandle<'_, Result<Telemetry, IngestError>>>>) -> Vec<Result<Telemetry, IngestError>> {
+    threads
+        .into_iter()
+        .map(|t| match t {
+            Ok(t) => t.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            Err(e) => {
+                Err(IngestError::Ring { op: "starting a read_into thread", errno: rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::AGAIN) })
+            }
+        })
+        .collect()
+}
+
+/// The rings' counters added up, or the first ring's error.
+fn absorb(results: Vec<Result<Telemetry, IngestError>>) -> Result<Telemetry, IngestError> {
+    let mut telemetry = Telemetry::new();
+    for result in results {
+        telemetry.absorb(&result?)?;
+    }
+    Ok(telemetry)
+}
+
+/// A scatter read on `shards` rings: each ring gets whole destinations (in
+/// order, until it has about its share of the bytes) and their pieces, on
+/// a thread of its own. Buffered destinations are faulted in first, as in
+/// the one-destination case.
+fn read_scattered(plan: Vec<Piece>, files: &[OpenSource], dsts: &mut [&mut [u8]], shards: usize, options: &ReadIntoOptions) -> Result<Telemetry, IngestError> {
+    if !options.direct {
+        populate_plan(&plan, dsts);
+    }
+    let mut per_dst = vec![0u64; dsts.len()];
+    for p in &plan {
+        per_dst[p.buf] += p.end - p.start;
+    }
+    let share = per_dst.iter().sum::<u64>().div_ceil(shards as u64).max(1);
+    // Which ring each destination goes to, and its index there.
+    let (mut ring_of, mut index_in) = (vec![0usize; dsts.len()], vec![0usize; dsts.len()]);
+    let (mut ring, mut filled, mut counts) = (0usize, 0u64, vec![0usize; shards]);
+    for (d, &bytes) in per_dst.iter().enumerate() {
+        if filled >= share && ring + 1 < shards {
+            (ring, filled) = (ring + 1, 0);
+        }
+        (ring_of[d], index_in[d]) = (ring, counts[ring]);
+        counts[ring] += 1;
+        filled += bytes;
+    }
+    let mut groups: Vec<Vec<&mut [u8]>> = (0..shards).map(|_| Vec::new()).collect();
+    for (d, dst) in dsts.iter_mut().enumerate() {
+        groups[ring_of[d]].push(&mut **dst);
+    }
+    let mut parts: Vec<Vec<Piece>> = vec![Vec::new(); shards];
+    for p in plan {
+        parts[ring_of[p.buf]].push(Piece { buf: index_in[p.buf], ..p });
+    }
+    let results = std::thread::scope(|scope| {
+        let threads: Vec<_> = parts
+            .iter()
+            .zip(groups)
+            .filter(|(part, _)| !part.is_empty())
+            .map(|(part, mut group)| {
+                std::thread::Builder::new()
+                    .name("gpuring-read-into".into())
+                    .spawn_scoped(scope, move || read_plan(part, files, &mut group, options, !options.direct))
+            })
+            .collect();
+        join_rings(threads)
+    });
+    absorb(results)
 }
 
 /// Cut `plan` into `parts` parts of about the same bytes, in destination
@@ -376,20 +461,21 @@ fn split_plan(mut plan: Vec<Piece>, parts: usize, chunk: u64) -> Vec<(usize, Vec
 /// Read `plan` into `dst` through one ring, as the module documents
 /// (`populated`: the windows were faulted in already); the ring is drained
 /// before this returns, whatever happened.
-fn read_plan(plan: &[Piece], files: &[OpenSource], dst: &mut [u8], options: &ReadIntoOptions, populated: bool) -> Result<Telemetry, IngestError> {
+fn read_plan(plan: &[Piece], files: &[OpenSource], dsts: &mut [&mut [u8]], options: &ReadIntoOptions, populated: bool) -> Result<Telemetry, IngestError> {
     let mut ring = Ring::with_passthrough(options.depth, false)?;
     // O_DIRECT reads pin their target pages one read at a time unless
-    // they are registered; buffered reads only copy into them.
-    let fixed = options.direct && plan.iter().any(|p| !p.scratch) && register(&mut ring, dst);
+    // they are registered (one destination only: a scatter read's many
+    // are read by address); buffered reads only copy into them.
+    let fixed = options.direct && dsts.len() == 1 && plan.iter().any(|p| !p.scratch) && register(&mut ring, dsts[0]);
     if !fixed && !populated {
-        populate_plan(plan, dst);
+        populate_plan(plan, dsts);
     }
-    let base = dst.as_ptr() as usize / gpuring_core::PAGE_SIZE * gpuring_core::PAGE_SIZE;
+    let base = dsts.first().map_or(0, |d| d.as_ptr() as usize / gpuring_core::PAGE_SIZE * gpuring_core::PAGE_SIZE);
     let mut job = Job {
         fixed: fixed.then_some(base),
         ring: &mut ring,
         files,
-        dst,
+        dsts,
         telemetry: Telemetry::new(),
         ops: Vec::new(),
         free_ops: Vec::new(),
@@ -408,9 +494,9 @@ fn read_plan(plan: &[Piece], files: &[OpenSource], dst: &mut [u8], options: &Rea
 /// [`populate`] every piece's window of `dst` (in bounds: `check_requests`
 /// put every window inside the destination, and a part's pieces inside its
 /// part).
-fn populate_plan(plan: &[Piece], dst: &mut [u8]) {
+fn populate_plan(plan: &[Piece], dsts: &mut [&mut [u8]]) {
     for p in plan {
-        populate(&mut dst[p.dst as usize..(p.dst + (p.end - p.start)) as usize]);
+        populate(&mut dsts[p.buf][p.dst as usize..(p.dst + (p.end - p.start)) as usize]);
     }
 }
 
@@ -491,13 +577,14 @@ fn drain(ring: &mut Ring) {
 }
 
 /// One `read_into` call's state.
-struct Job<'a> {
-    /// The page-aligned start of `dst` when it is registered (fixed buffer
-    /// `k` starts `k` GiB after it).
+struct Job<'a, 'b> {
+    /// The page-aligned start of the one destination when it is registered
+    /// (fixed buffer `k` starts `k` GiB after it).
     fixed: Option<usize>,
     ring: &'a mut Ring,
     files: &'a [OpenSource],
-    dst: &'a mut [u8],
+    /// The destinations, by `Piece::buf`.
+    dsts: &'a mut [&'b mut [u8]],
     telemetry: Telemetry,
     /// Reads by `user_data`; `None` once finished.
     ops: Vec<Option<Op>>,
@@ -508,7 +595,7 @@ struct Job<'a> {
     chunk: u32,
 }
 
-impl Job<'_> {
+impl Job<'_, '_> {
     fn run(&mut self, plan: &[Piece], options: &ReadIntoOptions) -> Result<(), IngestError> {
         let mut next = 0usize;
         let mut at = plan.first().map_or(0, |p| p.start);
@@ -560,7 +647,7 @@ impl Job<'_> {
                 // A fixed read stays inside one registered buffer: cut at the
                 // boundary (a multiple of 4096 bytes, which keeps O_DIRECT's
                 // alignment), or read by address the one piece too close to it.
-                let addr = self.dst.as_ptr() as usize + (piece.dst + (at - piece.start)) as usize - base;
+                let addr = self.dsts[piece.buf].as_ptr() as usize + (piece.dst + (at - piece.start)) as usize - base;
                 let to_boundary = ((addr / crate::ring::MAX_BUFFER_BYTES + 1) * crate::ring::MAX_BUFFER_BYTES - addr) as u64;
                 if to_boundary >= len {
                     fixed = true;
@@ -569,7 +656,7 @@ impl Job<'_> {
                 }
             }
             let len = len as u32;
-            let into = Target::Direct { dst: piece.dst + (at - piece.start), fixed };
+            let into = Target::Direct { buf: piece.buf, dst: piece.dst + (at - piece.start), fixed };
             return Op { file: piece.file, offset: at, len, need: len, done: 0, into };
         }
         let align = (self.files[piece.file].dio_align as u64).max(1);
@@ -578,7 +665,7 @@ impl Job<'_> {
         let want = (piece.end - at).min(chunk - skip);
         let len = (skip + want).next_multiple_of(align).min(chunk) as u32;
         let scratch = self.take_scratch();
-        let into = Target::Scratch { scratch, skip: skip as u32, want: want as u32, dst: piece.dst + (at - piece.start) };
+        let into = Target::Scratch { scratch, skip: skip as u32, want: want as u32, buf: piece.buf, dst: piece.dst + (at - piece.start) };
         Op { file: piece.file, offset: read_start, len, need: (skip + want) as u32, done: 0, into }
     }
 
@@ -601,7 +688,7 @@ impl Job<'_> {
         };
         let buf = match op.into {
             // In bounds: `check_requests` put every window inside `dst`.
-            Target::Direct { dst, .. } => self.dst[dst as usize + op.done as usize..].as_mut_ptr(),
+            Target::Direct { buf, dst, .. } => self.dsts[buf][dst as usize + op.done as usize..].as_mut_ptr(),
             Target::Scratch { scratch, .. } => self.scratch[scratch].as_mut_slice()[op.done as usize..].as_mut_ptr(),
         };
         self.ops[id] = Some(op);
@@ -659,9 +746,9 @@ impl Job<'_> {
             Target::Direct { .. } => {
                 self.telemetry.on_complete(path, got as u64, false)?;
             }
-            Target::Scratch { scratch, skip, want, dst } => {
+            Target::Scratch { scratch, skip, want, buf, dst } => {
                 let from = &self.scratch[scratch].as_slice()[skip as usize..(skip + want) as usize];
-                self.dst[dst as usize..dst as usize + want as usize].copy_from_slice(from);
+                self.dsts[buf][dst as usize..dst as usize + want as usize].copy_from_slice(from);
                 self.free_scratch.push(scratch);
                 self.telemetry.on_complete(path, want as u64, false)?;
             }

@@ -135,8 +135,8 @@ fn ensure_hip() -> Result<()> {
 }
 
 /// The facade features CI builds, lints, documents and tests: every backend
-/// this machine can build.
-const FEATURES: &str = "gpuring/vulkan,gpuring/cuda,gpuring/rocm";
+/// this machine can build, and candle.
+const FEATURES: &str = "gpuring/vulkan,gpuring/cuda,gpuring/rocm,gpuring/candle";
 
 /// Install Debian package `package` when `command` is not on the PATH.
 fn ensure_package(command: &str, package: &str, needed_by: &str) -> Result<()> {

@@ -123,7 +123,7 @@ fn direct_reads_go_straight_in_where_aligned_and_through_scratch_where_not() {
 
 #[test]
 fn a_plan_is_split_in_destination_order_at_chunk_multiples_and_loses_nothing() {
-    let piece = |start, end, dst, scratch| Piece { file: 0, start, end, dst, scratch };
+    let piece = |start, end, dst, scratch| Piece { file: 0, start, end, buf: 0, dst, scratch };
     // Out of destination order on purpose; one scratch piece in the middle.
     let plan = vec![piece(0, 10 << 20, 50 << 20, false), piece(4096, 9000, 0, true), piece(8192, (20 << 20) + 8192, 8192, false)];
     let parts = split_plan(plan.clone(), 3, 1 << 20);
@@ -192,4 +192,57 @@ fn several_rings_fill_their_own_parts_of_the_destination() {
         let t = stats.telemetry;
         assert_eq!(t.kernel_copy.bytes + t.dma.bytes + t.bounce.bytes, want as u64, "every byte counted once over the rings");
     }
+}
+
+/// A scatter read: each request into its own destination, many
+/// destinations over two rings (the multi-ring split by destination) and
+/// over one, buffered and O_DIRECT; every destination gets exactly its
+/// windows, and a request naming a destination that was not given, or two
+/// windows of one destination that overlap, are refused before any read.
+#[test]
+fn scatter_reads_fill_each_destination_with_its_own_requests() {
+    let dir = direct_dir();
+    let (a, a_bytes) = pattern_file(dir.path(), "a", 24 << 20, 5);
+    // 40 destinations of uneven sizes, each filled from its own range of `a`
+    // at an offset inside it, so bytes around each window must stay.
+    let sizes: Vec<usize> = (0..40).map(|i| ((i * 7919) % 900_000) + 4096 * (i % 3) + 1).collect();
+    let mut at = 0u64;
+    let mut requests = Vec::new();
+    for (i, &size) in sizes.iter().enumerate() {
+        let offset = (i as u64 * 13) % 4096;
+        let len = (size as u64 - offset).min(a_bytes.len() as u64 - at);
+        requests.push(ReadRequest::new(&a, at..at + len, offset).to_destination(i));
+        at += len;
+    }
+    for (shards, direct) in [(1, false), (2, false), (2, true), (3, true)] {
+        let mut dsts: Vec<Vec<u8>> = sizes.iter().map(|&n| vec![0xEE; n]).collect();
+        let mut views: Vec<&mut [u8]> = dsts.iter_mut().map(|d| d.as_mut_slice()).collect();
+        let options = ReadIntoOptions { chunk: 256 << 10, depth: 8, shards, direct, ..ReadIntoOptions::default() };
+        let stats = read_into_many(&requests, &mut views, &options).unwrap();
+        assert_eq!(stats.bytes, at, "shards {shards} direct {direct}");
+        for (r, d) in requests.iter().zip(&dsts) {
+            let w = r.dst_range();
+            assert_eq!(
+                &d[w.start as usize..w.end as usize],
+                &a_bytes[r.range.start as usize..r.range.end as usize],
+                "destination {} ({shards}, {direct})",
+                r.dst
+            );
+            assert!(d[..w.start as usize].iter().chain(&d[w.end as usize..]).all(|&x| x == 0xEE), "destination {}: a byte outside its window", r.dst);
+        }
+        assert!(stats.telemetry.validate().unwrap().complete);
+    }
+    let mut one = vec![0u8; 100];
+    let mut two = vec![0u8; 100];
+    let options = ReadIntoOptions::default();
+    let missing = [ReadRequest::new(&a, 0..10, 0).to_destination(2)];
+    let e = read_into_many(&missing, &mut [&mut one, &mut two], &options).unwrap_err().to_string();
+    assert!(e.contains("names destination 2, but 2 destination(s) were given") && e.contains("Fix:"), "{e}");
+    // The same offsets in two destinations are fine; twice in one are not.
+    let same = [ReadRequest::new(&a, 0..10, 0), ReadRequest::new(&a, 10..20, 0).to_destination(1)];
+    read_into_many(&same, &mut [&mut one, &mut two], &options).unwrap();
+    assert_eq!((&one[..10], &two[..10]), (&a_bytes[..10], &a_bytes[10..20]));
+    let overlap = [ReadRequest::new(&a, 0..10, 0).to_destination(1), ReadRequest::new(&a, 10..20, 5).to_destination(1)];
+    let e = read_into_many(&overlap, &mut [&mut one, &mut two], &options).unwrap_err().to_string();
+    assert!(e.contains("overlap"), "{e}");
 }
