@@ -15,7 +15,17 @@
 //! buffer (`pread-into`), and `load` loads a checkpoint of about the
 //! large file's size in 300 tensors, written with the `safetensors` crate
 //! (`gpuring-load`), against that crate over a mmap with each tensor copied
-//! into a host arena (`mmap-load`, what Rust programs do today). For a GPU
+//! into a host arena (`mmap-load`, what Rust programs do today), against
+//! candle's loader (`candle-load`, `candle_core::safetensors::load`: the
+//! whole file read, then a copy per tensor) and gpuring's loader into
+//! candle tensors (`gpuring-candle`), both with the `candle` feature, and
+//! against Python's `safetensors.numpy.load_file` timed inside the
+//! interpreter (`safetensors-numpy`, where a Python with safetensors is
+//! found: `GPURING_PYTHON`, else `python3`). With `--model DIR` (default:
+//! `GPURING_MINILM`, the real all-MiniLM-L6-v2 the test command fetches),
+//! the same load cases run on that model's `model.safetensors` too
+//! (`gpuring-load-model`, ...). `gpuring-load` keeps what it loaded until
+//! its clock stops (on the host a `Loaded` over a `HostBuffer`). For a GPU
 //! backend both baselines stop in host memory; on CUDA the `read-htod` case
 //! is the one that reaches the device.
 //!
@@ -82,6 +92,9 @@ pub struct BenchConfig {
     pub size_max: u64,
     /// The size section's most files.
     pub files_max: u32,
+    /// A real model's directory (with `model.safetensors`) for the load
+    /// cases' second group, `load-model`.
+    pub model: Option<PathBuf>,
 }
 
 /// One case's result.
@@ -151,6 +164,17 @@ pub struct Ratios {
     /// each tensor then copied into the host arena (null for other cases).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vs_mmap: Option<f64>,
+    /// load: over candle's loader on the same checkpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vs_candle: Option<f64>,
+    /// load: over Python's `safetensors.numpy.load_file`, timed inside the
+    /// interpreter.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vs_numpy: Option<f64>,
+    /// load: over `gpuring-read-into` (the large file, of about the same
+    /// bytes, into a warm buffer): what faulting in fresh memory costs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vs_read_into: Option<f64>,
 }
 
 /// Whether fio ran, and why not.
@@ -206,6 +230,11 @@ pub struct BenchReport {
     /// The size section: ingests by input size and file count, with peak
     /// resident memory.
     pub size_section: Vec<SizePoint>,
+    /// The real model of the `load-model` group (its `model.safetensors`),
+    /// or why there is none.
+    pub model: String,
+    /// Whether the `safetensors-numpy` cases ran: the interpreter, or why not.
+    pub python: String,
 }
 
 /// One shard count of the `scaling` section.
@@ -280,6 +309,12 @@ enum Kind {
     FioJobs,
     /// The `safetensors` crate over a mmap, each tensor copied into an arena.
     MmapLoad,
+    /// `candle_core::safetensors::load`.
+    CandleLoad,
+    /// `gpuring::candle::load`.
+    GpuringCandle,
+    /// Python's `safetensors.numpy.load_file`, timed in the interpreter.
+    SafetensorsNumpy,
 }
 
 struct Case {
@@ -294,6 +329,10 @@ struct Data {
     large: PathBuf,
     /// A safetensors checkpoint of about `size` bytes in a few hundred tensors.
     checkpoint: gpuring::load::Checkpoint,
+    /// The real model's checkpoint, for the `load-model` group.
+    model: Option<gpuring::load::Checkpoint>,
+    /// A Python with `safetensors.numpy`, for `safetensors-numpy`.
+    python: Result<PathBuf, String>,
     /// The host read-into cases' destination: the large file's size, made
     /// present once, so both cases measure the read into memory that
     /// exists (a fresh buffer's page faults cost more than the read here,
@@ -329,8 +368,18 @@ pub fn run(config: &BenchConfig, say: &mut dyn FnMut(&str)) -> Result<BenchRepor
     }
     add("gpuring-read-into", Kind::ReadInto, "read-into");
     add("pread-into", Kind::PreadInto, "read-into");
-    add("gpuring-load", Kind::Load, "load");
-    add("mmap-load", Kind::MmapLoad, "load");
+    let load_groups: &[(&str, &str)] = if data.model.is_some() { &[("load", ""), ("load-model", "-model")] } else { &[("load", "")] };
+    for (group, suffix) in load_groups {
+        add(&format!("gpuring-load{suffix}"), Kind::Load, group);
+        add(&format!("mmap-load{suffix}"), Kind::MmapLoad, group);
+        if cfg!(feature = "candle") {
+            add(&format!("candle-load{suffix}"), Kind::CandleLoad, group);
+            add(&format!("gpuring-candle{suffix}"), Kind::GpuringCandle, group);
+        }
+        if data.python.is_ok() {
+            add(&format!("safetensors-numpy{suffix}"), Kind::SafetensorsNumpy, group);
+        }
+    }
     for run in 1..=config.runs {
         say(&format!("run {run} of {}", config.runs));
         let mut warm_group = "";
@@ -347,8 +396,10 @@ pub fn run(config: &BenchConfig, say: &mut dyn FnMut(&str)) -> Result<BenchRepor
                 Kind::ReadHtod | Kind::PinnedHtod => cuda_baseline(&data, case, config)?,
                 Kind::ReadInto => read_into(&data, config)?,
                 Kind::PreadInto => pread_into(&data, config)?,
-                Kind::Load => load(&data, config)?,
-                Kind::MmapLoad => mmap_load(&data)?,
+                Kind::Load => load(data.load_checkpoint(case.group), config)?,
+                Kind::MmapLoad => mmap_load(data.load_checkpoint(case.group))?,
+                Kind::CandleLoad | Kind::GpuringCandle => candle_load(data.load_checkpoint(case.group), case)?,
+                Kind::SafetensorsNumpy => numpy_load(&data, data.load_checkpoint(case.group))?,
             };
             say(&format!("  {:<20} {:>7.2} GiB/s", case.name, sample.gib_per_s()));
             case.samples.push(sample);
@@ -539,8 +590,12 @@ fn prepare(config: &BenchConfig, say: &mut dyn FnMut(&str)) -> Result<Data, Erro
         small.push(Source::file(path));
     }
     let checkpoint = checkpoint(dir, config.checkpoint_size, say)?;
+    let model = match &config.model {
+        Some(dir) => Some(gpuring::load::Checkpoint::open(&[dir.join("model.safetensors")])?),
+        None => None,
+    };
     let destination = std::cell::RefCell::new(vec![0x5Au8; config.size as usize]);
-    Ok(Data { large, checkpoint, destination, small_dir, small, links_ready: std::cell::Cell::new(false) })
+    Ok(Data { large, checkpoint, model, python: numpy_python(), destination, small_dir, small, links_ready: std::cell::Cell::new(false) })
 }
 
 /// A tensor the bench's checkpoint is written from, made when written.
@@ -635,7 +690,7 @@ fn write_pattern(path: &Path, len: u64, seed: u64, sync: bool) -> Result<(), Err
 fn set_cache(data: &Data, group: &str) -> Result<(), Error> {
     let sources: Vec<Source> = match group {
         "small-files" => data.small.clone(),
-        "load" => data.checkpoint.files.iter().map(Source::file).collect(),
+        "load" | "load-model" => data.load_checkpoint(group).files.iter().map(Source::file).collect(),
         _ => vec![Source::file(&data.large)],
     };
     if group != "large-direct" {
@@ -736,38 +791,118 @@ fn prime(len: u64) {
     std::hint::black_box(vec![1u8; len as usize]);
 }
 
-/// `gpuring load` of the checkpoint, verification off.
-fn load(data: &Data, config: &BenchConfig) -> Result<Sample, Error> {
-    prime(data.checkpoint.arena_bytes);
-    let cpu = cpu_now();
-    let plan = data.checkpoint.plan(&gpuring::LoadOptions::default())?;
-    let report = gpuring::load::report(&plan, &target(config), false)?;
+impl Data {
+    /// The checkpoint of load group `group`.
+    fn load_checkpoint(&self, group: &str) -> &gpuring::load::Checkpoint {
+        match (group, &self.model) {
+            ("load-model", Some(model)) => model,
+            _ => &self.checkpoint,
+        }
+    }
+}
+
+/// Load `checkpoint` into a new buffer, verification off, and keep it
+/// until the clock stops: on the host `gpuring::load` (its `Loaded` owns a
+/// `HostBuffer`), on a GPU a device buffer of the backend's.
+fn load(checkpoint: &gpuring::load::Checkpoint, config: &BenchConfig) -> Result<Sample, Error> {
+    prime(checkpoint.arena_bytes);
+    let target = target(config);
+    let (cpu, start) = (cpu_now(), Instant::now());
+    let (report, kept) = if target.backend == ingest::Backend::Host {
+        let options = gpuring::LoadOptions { read: target.slots.clone(), ..Default::default() };
+        let loaded = gpuring::load(&checkpoint.files, &options)?;
+        (loaded.report().clone(), Some(loaded))
+    } else {
+        let plan = checkpoint.plan(&gpuring::LoadOptions::default())?;
+        (gpuring::load::report(&plan, &target, false)?, None)
+    };
+    // The whole call (headers, buffer, reads); the buffer is freed after.
+    let seconds = start.elapsed().as_secs_f64();
     let cpu_seconds = cpu_now() - cpu;
-    Ok(Sample { bytes: report.bytes, seconds: report.seconds, cpu_seconds, files: report.files as u64, reads: report.telemetry.completed_reads })
+    drop(kept);
+    Ok(Sample { bytes: report.bytes, seconds, cpu_seconds, files: report.files as u64, reads: report.telemetry.completed_reads })
+}
+
+/// candle's loader (`candle-load`) or gpuring's into candle tensors
+/// (`gpuring-candle`), on the CPU, every file of `checkpoint`.
+#[cfg(feature = "candle")]
+fn candle_load(checkpoint: &gpuring::load::Checkpoint, case: &Case) -> Result<Sample, Error> {
+    prime(checkpoint.arena_bytes);
+    let failed = |why: String| Error::BenchFailed { case: case.name.clone(), why };
+    let (cpu, start) = (cpu_now(), Instant::now());
+    let mut kept = Vec::new();
+    for file in &checkpoint.files {
+        kept.push(match case.kind {
+            Kind::CandleLoad => candle_core::safetensors::load(file, &candle_core::Device::Cpu).map_err(|e| failed(e.to_string()))?,
+            _ => gpuring::candle::load(&[file], &candle_core::Device::Cpu)?,
+        });
+    }
+    // The tensors are freed after the clock stops, as in the other cases.
+    let (seconds, cpu_seconds) = (start.elapsed().as_secs_f64(), cpu_now() - cpu);
+    let tensors: usize = kept.iter().map(|t| t.len()).sum();
+    drop(kept);
+    Ok(Sample { bytes: checkpoint.bytes(), seconds, cpu_seconds, files: checkpoint.files.len() as u64, reads: tensors as u64 })
+}
+
+#[cfg(not(feature = "candle"))]
+fn candle_load(_: &gpuring::load::Checkpoint, case: &Case) -> Result<Sample, Error> {
+    Err(Error::BenchFailed { case: case.name.clone(), why: "gpuring was built without the candle feature".into() })
+}
+
+/// Times `safetensors.numpy.load_file` of every file given, inside the
+/// interpreter (start-up and imports not counted): wall and CPU seconds.
+const NUMPY_LOAD: &str = "import sys, time\nfrom safetensors.numpy import load_file\nw, c = time.perf_counter(), time.process_time()\nkept = [load_file(p) for p in sys.argv[1:]]\nw, c = time.perf_counter() - w, time.process_time() - c\nprint(w, c, sum(len(k) for k in kept))\n";
+
+/// The Python that has `safetensors.numpy` (`GPURING_PYTHON`, else
+/// `python3`), or why there is none.
+fn numpy_python() -> Result<PathBuf, String> {
+    let python = std::env::var_os("GPURING_PYTHON").map_or_else(|| PathBuf::from("python3"), PathBuf::from);
+    match Command::new(&python).args(["-c", "import safetensors.numpy, numpy"]).output() {
+        Ok(o) if o.status.success() => Ok(python),
+        Ok(_) => Err(format!("{} has no safetensors or numpy (pip install safetensors numpy); safetensors-numpy is left out", python.display())),
+        Err(e) => Err(format!("{} cannot run ({e}); safetensors-numpy is left out", python.display())),
+    }
+}
+
+/// Python's `safetensors.numpy.load_file` of `checkpoint`, timed inside
+/// the interpreter.
+fn numpy_load(data: &Data, checkpoint: &gpuring::load::Checkpoint) -> Result<Sample, Error> {
+    let failed = |why: String| Error::BenchFailed { case: "safetensors-numpy".into(), why };
+    let python = data.python.as_ref().map_err(|why| failed(why.clone()))?;
+    prime(checkpoint.arena_bytes);
+    let out = Command::new(python).args(["-c", NUMPY_LOAD]).args(&checkpoint.files).output().map_err(|e| failed(e.to_string()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut words = text.split_whitespace().map(|w| w.parse::<f64>());
+    match (out.status.success(), words.next(), words.next()) {
+        (true, Some(Ok(seconds)), Some(Ok(cpu_seconds))) => {
+            Ok(Sample { bytes: checkpoint.bytes(), seconds, cpu_seconds, files: checkpoint.files.len() as u64, reads: checkpoint.tensors.len() as u64 })
+        }
+        _ => Err(failed(format!("{}: {}", python.display(), String::from_utf8_lossy(&out.stderr).trim()))),
+    }
 }
 
 /// What Rust programs do today: map the checkpoint, let the `safetensors`
 /// crate parse it, and copy each tensor's bytes into the arena (host
 /// memory: for a GPU backend this stops short of the device).
-fn mmap_load(data: &Data) -> Result<Sample, Error> {
-    let path = &data.checkpoint.files[0];
+fn mmap_load(checkpoint: &gpuring::load::Checkpoint) -> Result<Sample, Error> {
+    let path = &checkpoint.files[0];
     let file = std::fs::File::open(path).map_err(io_error(path, "opening"))?;
     let len = file.metadata().map_err(io_error(path, "stat"))?.len() as usize;
-    prime(data.checkpoint.arena_bytes);
-    let mut arena = vec![0u8; data.checkpoint.arena_bytes as usize];
+    prime(checkpoint.arena_bytes);
+    let mut arena = vec![0u8; checkpoint.arena_bytes as usize];
     let (cpu, start) = (cpu_now(), Instant::now());
     let mapped = Mapped::new(&file, len).map_err(io_error(path, "mmap"))?;
     let tensors = safetensors::SafeTensors::deserialize(mapped.bytes())
         .map_err(|e| Error::BenchFailed { case: "mmap-load".into(), why: format!("{}: {e}", path.display()) })?;
     let mut bytes = 0u64;
-    for t in &data.checkpoint.tensors {
+    for t in &checkpoint.tensors {
         let view = tensors.tensor(&t.name).map_err(|e| Error::BenchFailed { case: "mmap-load".into(), why: e.to_string() })?;
         arena[t.offset as usize..t.offset as usize + view.data().len()].copy_from_slice(view.data());
         bytes += view.data().len() as u64;
     }
     let seconds = start.elapsed().as_secs_f64();
     std::hint::black_box(&arena);
-    Ok(Sample { bytes, seconds, cpu_seconds: cpu_now() - cpu, files: 1, reads: data.checkpoint.tensors.len() as u64 })
+    Ok(Sample { bytes, seconds, cpu_seconds: cpu_now() - cpu, files: 1, reads: checkpoint.tensors.len() as u64 })
 }
 
 /// A read-only shared mapping of a whole file, unmapped on drop.
@@ -970,6 +1105,9 @@ fn report(config: &BenchConfig, data: &Data, fio: FioStatus, cases: &[Case], sca
                     vs_pinned_htod: over(find(Kind::PinnedHtod, "large-buffered")),
                     vs_pread: None,
                     vs_mmap: None,
+                    vs_candle: None,
+                    vs_numpy: None,
+                    vs_read_into: None,
                 }),
                 None,
             ),
@@ -983,6 +1121,9 @@ fn report(config: &BenchConfig, data: &Data, fio: FioStatus, cases: &[Case], sca
                     vs_pinned_htod: over(find(Kind::PinnedHtod, "large-buffered")),
                     vs_pread: over(find(Kind::PreadInto, case.group)),
                     vs_mmap: over(find(Kind::MmapLoad, case.group)),
+                    vs_candle: over(find(Kind::CandleLoad, case.group)),
+                    vs_numpy: over(find(Kind::SafetensorsNumpy, case.group)),
+                    vs_read_into: if case.kind == Kind::Load { over(find(Kind::ReadInto, "read-into")) } else { None },
                 }),
                 None,
             ),
@@ -1026,6 +1167,14 @@ fn report(config: &BenchConfig, data: &Data, fio: FioStatus, cases: &[Case], sca
         cases: out,
         scaling,
         size_section: Vec::new(),
+        model: match (&config.model, &data.model) {
+            (Some(dir), Some(model)) => format!("{} ({} tensors)", dir.join("model.safetensors").display(), model.tensors.len()),
+            _ => "none: pass --model DIR or set GPURING_MINILM for the load-model group".into(),
+        },
+        python: match &data.python {
+            Ok(python) => python.display().to_string(),
+            Err(why) => why.clone(),
+        },
     }
 }
 

@@ -190,6 +190,11 @@ enum Command {
         /// this many files of 4 KiB.
         #[arg(long, default_value_t = 100_000)]
         files_max: u32,
+        /// A real model's directory (holding model.safetensors) for a
+        /// second group of load cases. Default: $GPURING_MINILM, where the
+        /// test command puts all-MiniLM-L6-v2.
+        #[arg(long)]
+        model: Option<PathBuf>,
     },
     /// Print the io_queue contract your own consumer follows: a C header
     /// (CUDA, HIP, C, C++) or a WGSL module, generated from gpuring-core.
@@ -391,6 +396,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             no_fio,
             size_max,
             files_max,
+            model,
         } => {
             let (slots, slot_size) = ingest::default_ring(slots, slot_size);
             let config = bench::BenchConfig {
@@ -414,6 +420,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 read_shards: shards.unwrap_or_else(|| gpuring::read_into::default_shards(slots, slot_size)),
                 size_max: size_max as u64,
                 files_max: files_max.max(1),
+                model: model.or_else(|| std::env::var_os("GPURING_MINILM").map(PathBuf::from)),
             };
             let report = bench::run(&config, &mut |line| eprintln!("{line}"))?;
             if json {
