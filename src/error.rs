@@ -146,12 +146,12 @@ impl fmt::Display for Error {
             Self::Rocm(e) => write!(f, "{e}"),
             Self::Geometry(e) => write!(f, "{e}"),
             Self::OptionNotForBackend { option, backend, needs } => {
-                write!(f, "{option} applies to --backend {needs}, not to backend `{backend}`. Fix: leave out {option}, or use --backend {needs}")
+                write!(f, "`{option}` applies to the {needs} backend, not to backend `{backend}`. Fix: leave `{option}` out, or use the {needs} backend")
             }
-            Self::NoDevices { backend } => write!(f, "backend `{backend}` has no devices to choose from. Fix: leave out --device, or use a GPU backend"),
+            Self::NoDevices { backend } => write!(f, "backend `{backend}` has no devices to choose from. Fix: leave the device out, or use a GPU backend"),
             Self::BackendNotBuilt { name } => write!(
                 f,
-                "backend `{name}` is not compiled into this gpuring (compiled in: {}). Fix: use --backend {}",
+                "backend `{name}` is not compiled into this gpuring (compiled in: {}). Fix: use the {} backend, or build gpuring with the `{name}` feature",
                 crate::ingest::BACKENDS.iter().map(|b| b.name()).collect::<Vec<_>>().join(", "),
                 crate::ingest::BACKENDS.first().map_or("host", |b| b.name())
             ),
@@ -161,7 +161,7 @@ impl fmt::Display for Error {
             }
             Self::NoBlockDevice { path } => write!(
                 f,
-                "{}: no block device of this namespace was found in /sys/block to verify against. Fix: pass --no-verify, or check that the kernel exposes /dev/nvmeXnY",
+                "{}: no block device of this namespace was found in /sys/block to verify against. Fix: skip verification (verify: false), or check that the kernel exposes /dev/nvmeXnY",
                 path.display()
             ),
             Self::CopyMismatch { copied, asked } => write!(

@@ -356,11 +356,11 @@ pub fn run(sources: &[Source], config: &IngestOptions, progress: &mut dyn FnMut(
     // At most 2^14 slots: the power of two cannot overflow.
     let queue_capacity = config.slots.next_power_of_two();
     if config.cuda_mode.is_some() && config.backend != Backend::Cuda {
-        return Err(Error::OptionNotForBackend { option: "--cuda-mode", backend: config.backend.name().to_owned(), needs: "cuda" });
+        return Err(Error::OptionNotForBackend { option: "cuda_mode", backend: config.backend.name().to_owned(), needs: "cuda" });
     }
     if config.peer_memory.is_some() && (config.backend != Backend::Host || config.bounce) {
-        let backend = if config.bounce { "host with --bounce".to_owned() } else { config.backend.name().to_owned() };
-        return Err(Error::OptionNotForBackend { option: "--peer-memory", backend, needs: "host (without --bounce)" });
+        let backend = if config.bounce { "host with the bounce path".to_owned() } else { config.backend.name().to_owned() };
+        return Err(Error::OptionNotForBackend { option: "peer_memory", backend, needs: "host (without the bounce path)" });
     }
     match config.backend {
         #[cfg(feature = "host")]

@@ -260,10 +260,59 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("gpuring: error: {e:#}");
+            eprintln!("gpuring: error: {}", in_the_commands_words(&format!("{e:#}")));
             ExitCode::from(2)
         }
     }
+}
+
+/// The library's words for its options, and the command's flags for them:
+/// the library's errors name no flag, the command's do.
+const FLAGS: &[(&str, &str)] = &[
+    ("`cuda_mode` applies to the cuda (with ingest) backend", "--cuda-mode applies to --backend cuda with ingest"),
+    ("`cuda_mode` applies to the cuda backend", "--cuda-mode applies to --backend cuda"),
+    ("`peer_memory` applies to the host (without the bounce path) backend", "--peer-memory applies to --backend host (without --bounce)"),
+    ("host with the bounce path", "host with --bounce"),
+    ("leave `cuda_mode` out", "leave out --cuda-mode"),
+    ("leave `peer_memory` out", "leave out --peer-memory"),
+    ("or use the cuda (with ingest) backend", "or use --backend cuda with ingest"),
+    ("or use the cuda backend", "or use --backend cuda"),
+    ("or use the host (without the bounce path) backend", "or use --backend host (without --bounce)"),
+    ("use the host backend", "use --backend host"),
+    ("leave the device out", "leave out --device"),
+    ("Fix: choose a device by an index", "Fix: pass --device with an index"),
+    ("pick another device (`gpuring probe` lists them)", "pick another device with --device (see `gpuring probe`)"),
+    ("fewer or smaller slots", "fewer --slots or a smaller --slot-size"),
+    ("without O_DIRECT", "without --direct"),
+    ("or use smaller slots", "or use a smaller --slot-size"),
+    ("or use the batched consumer mode", "or use --cuda-mode batched"),
+    ("the batched mode needs none", "--cuda-mode batched needs none"),
+    ("skip verification (verify: false)", "pass --no-verify"),
+    ("not the bounce path", "without --bounce"),
+    ("(NVMe namespaces are NVMe sources, not files)", "(NVMe namespaces go with --nvme)"),
+    ("files are file sources, not NVMe ones", "files go without --nvme"),
+    ("(nvme_fixed None), or read by address (Some(false))", "(leave --nvme-buffers at auto), or read by address (--nvme-buffers plain)"),
+];
+
+/// `message` with the library's words for options replaced by the
+/// command's flags, and a ring it suggests (`N slots of SIZE`) as the flags
+/// that ask for it.
+fn in_the_commands_words(message: &str) -> String {
+    let mut text = message.to_owned();
+    for (library, command) in FLAGS {
+        text = text.replace(library, command);
+    }
+    const FITS: &str = "a ring that fits: ";
+    if let Some(at) = text.find(FITS) {
+        let rest = &text[at + FITS.len()..];
+        let mut words = rest.split(' ');
+        if let (Some(n), Some("slots"), Some("of"), Some(size)) = (words.next(), words.next(), words.next(), words.next()) {
+            let said = format!("{n} slots of {size}");
+            let flags = format!("--slots {n} --slot-size {size}");
+            text = format!("{}{FITS}{}", &text[..at], rest.replacen(&said, &flags, 1));
+        }
+    }
+    text
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -333,7 +382,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Load { ring: RingArgs { backend, device, slots, slot_size, shards, cuda_mode }, direct, no_verify, json, select, rank, world, dim, paths } => {
             if cuda_mode.is_some() {
-                return Err(Error::OptionNotForBackend { option: "--cuda-mode", backend: "load".into(), needs: "cuda with ingest" }.into());
+                return Err(Error::OptionNotForBackend { option: "cuda_mode", backend: "load".into(), needs: "cuda (with ingest)" }.into());
             }
             let (slots, slot_size) = ingest::default_ring(slots, slot_size);
             let checkpoint = gpuring::load::Checkpoint::open(&paths)?;

@@ -272,6 +272,22 @@ fn bench_json_has_every_case_with_ratios() {
     if fio {
         want.extend(["fio-buffered", "fio-direct", "fio-small-files", "fio-buffered-2jobs", "fio-direct-2jobs", "fio-small-files-2jobs"]);
     }
+    // The load cases that need candle, Python's safetensors, a real model.
+    let numpy = !v["python"].as_str().unwrap().contains("left out");
+    assert!(numpy || !under_ci(), "CI=true: the test command's Python has safetensors: {}", v["python"]);
+    let model = std::env::var_os("GPURING_MINILM").is_some();
+    assert_eq!(v["model"].as_str().unwrap().contains("104 tensors"), model, "{}", v["model"]);
+    for suffix in if model { &["", "-model"][..] } else { &[""][..] } {
+        if *suffix == "-model" {
+            want.extend(["gpuring-load-model", "mmap-load-model"]);
+        }
+        if cfg!(feature = "candle") {
+            want.extend(if suffix.is_empty() { ["candle-load", "gpuring-candle"] } else { ["candle-load-model", "gpuring-candle-model"] });
+        }
+        if numpy {
+            want.push(if suffix.is_empty() { "safetensors-numpy" } else { "safetensors-numpy-model" });
+        }
+    }
     names.sort();
     want.sort();
     assert_eq!(names, want);
@@ -283,10 +299,16 @@ fn bench_json_has_every_case_with_ratios() {
         assert_eq!(c["runs"].as_array().unwrap().len(), 2, "{name}");
         let (min, max, median) = (c["spread"]["min"].as_f64().unwrap(), c["spread"]["max"].as_f64().unwrap(), c["gib_per_s"].as_f64().unwrap());
         assert!(min <= median && median <= max, "{name}: median outside the spread");
-        if name == "gpuring-read-into" || name == "gpuring-load" {
+        if name.starts_with("gpuring-load") {
             let r = &c["ratios"];
-            let baseline = if name == "gpuring-load" { "vs_mmap" } else { "vs_pread" };
-            assert!(r[baseline].as_f64().unwrap() > 0.0 && r["vs_memcpy"].as_f64().unwrap() > 0.0, "{name}: {r}");
+            assert!(r["vs_mmap"].as_f64().unwrap() > 0.0 && r["vs_read_into"].as_f64().unwrap() > 0.0, "{name}: {r}");
+            assert_eq!(r["vs_candle"].is_f64(), cfg!(feature = "candle"), "{name}: {r}");
+            assert_eq!(r["vs_numpy"].is_f64(), numpy, "{name}: {r}");
+        } else if name == "gpuring-read-into" {
+            let r = &c["ratios"];
+            assert!(r["vs_pread"].as_f64().unwrap() > 0.0 && r["vs_memcpy"].as_f64().unwrap() > 0.0, "{name}: {r}");
+        } else if name.starts_with("gpuring-candle") {
+            assert!(c["ratios"].is_null(), "{name}");
         } else if name.starts_with("gpuring-") {
             let r = &c["ratios"];
             assert!(r["vs_bounce"].as_f64().unwrap() > 0.0 && r["vs_memcpy"].as_f64().unwrap() > 0.0, "{name}: {r}");

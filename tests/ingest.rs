@@ -204,7 +204,7 @@ fn slot_geometry_errors() {
     if let Some(missing) = gpuring::ingest::Backend::ALL.into_iter().find(|b| !b.compiled()) {
         let cfg = IngestOptions { backend: missing, ..IngestOptions::default() };
         let e = ingest(&[Source::file(&path)], &cfg).unwrap_err().to_string();
-        assert!(e.contains(&format!("backend `{missing}` is not compiled into this gpuring")) && e.contains("Fix: use --backend host"), "{e}");
+        assert!(e.contains(&format!("backend `{missing}` is not compiled into this gpuring")) && e.contains("Fix: use the host backend"), "{e}");
     }
 }
 

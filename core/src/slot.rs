@@ -71,11 +71,11 @@ impl fmt::Display for GeometryError {
         match *self {
             Self::ZeroSlots => write!(
                 f,
-                "the staging region has 0 slots. Fix: ask for at least 1 slot (for example --slots 32)"
+                "the staging region has 0 slots. Fix: ask for at least 1 slot (for example 32)"
             ),
             Self::ZeroSlotSize => write!(
                 f,
-                "a slot of 0 bytes can hold nothing. Fix: use a slot size of at least {PAGE_SIZE} bytes (for example --slot-size 1M)"
+                "a slot of 0 bytes can hold nothing. Fix: use a slot size of at least {PAGE_SIZE} bytes (for example 1 MiB)"
             ),
             Self::UnevenRegion { region_len, slot_count } => write!(
                 f,
@@ -89,7 +89,7 @@ impl fmt::Display for GeometryError {
             ),
             Self::NotBlockMultiple { slot_size, block_size } => write!(
                 f,
-                "slot size {slot_size} is not a multiple of the device's {block_size}-byte direct-I/O block. Fix: use a slot size that is a multiple of {block_size}, or read without --direct"
+                "slot size {slot_size} is not a multiple of the device's {block_size}-byte direct-I/O block. Fix: use a slot size that is a multiple of {block_size}, or read without O_DIRECT"
             ),
             Self::RegionTooLarge { slot_count, slot_size } => write!(
                 f,

@@ -240,7 +240,10 @@ pub fn ingest<S: StagingMemory>(staging: &S, sources: &[Source], options: &Drive
     let mut failure = None;
     for (idx, source) in sources.iter().enumerate() {
         if source.kind == crate::SourceKind::Nvme {
-            let what = format!("{}: NVMe passthrough has no bounce path (the device writes the slot). Fix: leave out --bounce", source.path.display());
+            let what = format!(
+                "{}: NVMe passthrough has no bounce path (the device writes the slot). Fix: read NVMe namespaces through io_uring, not the bounce path",
+                source.path.display()
+            );
             failure = Some(IngestError::Unsupported { what });
             break;
         }

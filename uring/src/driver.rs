@@ -369,7 +369,7 @@ impl<S: StagingMemory> Driver<S> {
         let mut nvme_fixed = options.nvme_fixed;
         if !registered {
             if nvme_fixed == Some(true) {
-                let what = "NVMe Reads into registered slots were asked for, but the kernel refuses to register peer memory (EFAULT). Fix: leave --nvme-buffers at its default or pass plain".into();
+                let what = "NVMe Reads into registered slots were asked for, but the kernel refuses to register peer memory (EFAULT). Fix: let the kernel decide whether NVMe Reads use the registered slots (nvme_fixed None), or read by address (Some(false))".into();
                 return Err(IngestError::RingGeometry { what });
             }
             nvme_fixed = Some(false);

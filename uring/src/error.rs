@@ -270,7 +270,7 @@ impl fmt::Display for IngestError {
             ),
             Self::NotRegular { path, kind } => write!(
                 f,
-                "{}: is {kind}, not a regular file or block device. Fix: pass regular files or directories of them (NVMe namespaces go with --nvme)",
+                "{}: is {kind}, not a regular file or block device. Fix: pass regular files or directories of them (NVMe namespaces are NVMe sources, not files)",
                 path.display()
             ),
             Self::Generated { path, fs } => write!(
@@ -282,12 +282,12 @@ impl fmt::Display for IngestError {
             Self::Open { path, errno } => write!(f, "{}: cannot open: {errno}. Fix: check the path and its file system", path.display()),
             Self::DirectUnsupported { path } => write!(
                 f,
-                "{}: its file system does not support O_DIRECT. Fix: read it without --direct, or put it on a file system that does (ext4, xfs, btrfs)",
+                "{}: its file system does not support O_DIRECT. Fix: read it without O_DIRECT, or put it on a file system that does (ext4, xfs, btrfs)",
                 path.display()
             ),
             Self::DirectUnaligned { path, what, value, align } => write!(
                 f,
-                "{}: {what} {value} is not a multiple of the {align}-byte direct-I/O alignment. Fix: make it a multiple of {align}, or read without --direct",
+                "{}: {what} {value} is not a multiple of the {align}-byte direct-I/O alignment. Fix: make it a multiple of {align}, or read without O_DIRECT",
                 path.display()
             ),
             Self::BadRange { path, start, end, size } if start >= end => write!(
@@ -337,7 +337,7 @@ impl fmt::Display for IngestError {
                 write!(f, "{}: is {kind}, but NVMe passthrough needs a namespace's character device. Fix: ", path.display())?;
                 match hint {
                     Some(hint) => write!(f, "pass {} instead", hint.display()),
-                    None => write!(f, "pass /dev/ngXnY (`gpuring probe` lists them); files go without --nvme"),
+                    None => write!(f, "pass /dev/ngXnY (`gpuring probe` lists them); files are file sources, not NVMe ones"),
                 }
             }
             Self::NotNvme { path } => write!(
@@ -383,7 +383,7 @@ impl fmt::Display for IngestError {
                     total.div_ceil(1024)
                 )?;
                 match crate::memlock::fitting_ring(*slots, *slot_size, *limit) {
-                    Some((n, size)) => write!(f, ", or use a ring that fits: --slots {n} --slot-size {}", size_arg(size))?,
+                    Some((n, size)) => write!(f, ", or use a ring that fits: {n} slots of {}", size_arg(size))?,
                     None => write!(f, "; no ring fits in {}", Bytes(*limit))?,
                 }
                 write!(f, " (every io_uring of this user counts against the same limit)")
@@ -453,7 +453,8 @@ impl From<TelemetryError> for IngestError {
     }
 }
 
-/// A byte count as `--slot-size` takes it: `256K`, `1M`, or bytes.
+/// A byte count as a person (and the command's `--slot-size`) writes it:
+/// `256K`, `1M`, or bytes.
 fn size_arg(bytes: usize) -> String {
     match bytes {
         b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{}M", b >> 20),

@@ -160,7 +160,7 @@ impl CudaConsumer {
         if mode == Mode::Persistent && !device.info.cooperative_launch {
             // Its blocks wait on each other: launched plainly, a block that is
             // not resident would never run and the others would spin forever.
-            let what = "a cooperative launch, which the persistent mode needs (its blocks wait on each other, so all must be resident at once); --cuda-mode batched needs none".into();
+            let what = "a cooperative launch, which the persistent mode needs (its blocks wait on each other, so all must be resident at once); the batched mode needs none".into();
             return Err(CudaError::Unsupported { device: device.info.name.clone(), what });
         }
         device.bind()?;

@@ -242,7 +242,7 @@ mod tests {
         assert_eq!(choose(&list, Some("h100")).unwrap(), 1);
         let e = choose(&list, Some("a100")).unwrap_err().to_string();
         assert!(e.contains("no CUDA device matches `a100` (devices: 0: Tesla K80; 1: NVIDIA H100 80GB HBM3)"), "{e}");
-        assert!(e.contains("Fix: pass --device"), "{e}");
+        assert!(e.contains("Fix: choose a device by an index"), "{e}");
         let e = choose(&list, Some("0")).unwrap_err().to_string();
         assert!(e.contains("CUDA device `Tesla K80` cannot run gpuring: compute capability 3.7. Fix: pick another device"), "{e}");
         assert!(matches!(choose(&[], None), Err(CudaError::NoDevice { .. })));

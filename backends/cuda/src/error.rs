@@ -95,11 +95,11 @@ impl fmt::Display for CudaError {
         match self {
             Self::NoDriver => write!(
                 f,
-                "no CUDA driver: libcuda.so.1 could not be loaded. Fix: install the NVIDIA driver (it provides libcuda.so.1) on a machine with an NVIDIA GPU, or use --backend host"
+                "no CUDA driver: libcuda.so.1 could not be loaded. Fix: install the NVIDIA driver (it provides libcuda.so.1) on a machine with an NVIDIA GPU, or use the host backend"
             ),
             Self::DriverTooOld { version, needed } => write!(
                 f,
-                "the CUDA driver supports CUDA {}.{}, but gpuring's CUDA backend needs {}.{} or newer. Fix: update the NVIDIA driver, or use --backend host",
+                "the CUDA driver supports CUDA {}.{}, but gpuring's CUDA backend needs {}.{} or newer. Fix: update the NVIDIA driver, or use the host backend",
                 version / 1000,
                 version % 1000 / 10,
                 needed / 1000,
@@ -107,16 +107,16 @@ impl fmt::Display for CudaError {
             ),
             Self::NoDevice { why } => write!(
                 f,
-                "the CUDA driver found no usable device ({why}). Fix: check `nvidia-smi` and CUDA_VISIBLE_DEVICES, or use --backend host"
+                "the CUDA driver found no usable device ({why}). Fix: check `nvidia-smi` and CUDA_VISIBLE_DEVICES, or use the host backend"
             ),
             Self::DeviceNotFound { wanted, available } => write!(
                 f,
-                "no CUDA device matches `{wanted}` (devices: {}). Fix: pass --device with an index or part of a name from that list",
+                "no CUDA device matches `{wanted}` (devices: {}). Fix: choose a device by an index or part of a name from that list",
                 available.join("; ")
             ),
             Self::Unsupported { device, what } => write!(
                 f,
-                "CUDA device `{device}` cannot run gpuring: {what}. Fix: pick another device with --device (see `gpuring probe`), or use --backend host"
+                "CUDA device `{device}` cannot run gpuring: {what}. Fix: pick another device (`gpuring probe` lists them), or use the host backend"
             ),
             Self::NoNvrtc { searched } => write!(
                 f,
@@ -127,11 +127,11 @@ impl fmt::Display for CudaError {
                 f,
                 "NVRTC could not compile the consumer kernel:\n{log}\nFix: if the log names a library NVRTC could not open, put the CUDA toolkit's lib64 directory in LD_LIBRARY_PATH; otherwise this is a bug in gpuring's kernel for this NVRTC version: please report it with the log"
             ),
-            Self::Call { call, error } => write!(f, "{call} failed: {}. Fix: check the GPU with `nvidia-smi`, or use --backend host", describe(error)),
+            Self::Call { call, error } => write!(f, "{call} failed: {}. Fix: check the GPU with `nvidia-smi`, or use the host backend", describe(error)),
             Self::Host(e) => write!(f, "{e}"),
             Self::Timeout { what, seconds } => write!(
                 f,
-                "the CUDA device did not finish {what} in {seconds} s. Fix: check that the GPU is not hung or busy with a long job (`nvidia-smi`), or use --cuda-mode batched"
+                "the CUDA device did not finish {what} in {seconds} s. Fix: check that the GPU is not hung or busy with a long job (`nvidia-smi`), or use the batched consumer mode"
             ),
             Self::Rejected { position, what } => write!(
                 f,

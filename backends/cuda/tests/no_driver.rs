@@ -31,6 +31,6 @@ fn every_entry_point_reports_the_missing_driver() {
         assert!(e.is_absent());
         let text = e.to_string();
         assert!(text.starts_with("no CUDA driver: libcuda.so.1 could not be loaded. Fix: install the NVIDIA driver"), "{text}");
-        assert!(text.ends_with("or use --backend host"), "{text}");
+        assert!(text.ends_with("or use the host backend"), "{text}");
     }
 }

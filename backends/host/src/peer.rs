@@ -126,7 +126,7 @@ impl PeerStaging {
         let len = geometry.region_len();
         if len as u64 > memory.available {
             let why = format!("{len} bytes of slots, but {} of its {} bytes are available", memory.available, memory.size);
-            return Err(error(why, "use fewer or smaller slots (--slots, --slot-size)"));
+            return Err(error(why, "use fewer or smaller slots"));
         }
         let file = dir.join("allocate");
         let fd = rustix::fs::open(&file, OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())

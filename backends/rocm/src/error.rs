@@ -87,27 +87,27 @@ impl fmt::Display for RocmError {
         match self {
             Self::NoRuntime { searched, why: None } => write!(
                 f,
-                "no HIP runtime: libamdhip64 could not be loaded (tried {}). Fix: install ROCm's HIP runtime (Debian/Ubuntu: libamdhip64-5, or ROCm from AMD's repository), set ROCM_PATH or {} if it is somewhere else, or use --backend host",
+                "no HIP runtime: libamdhip64 could not be loaded (tried {}). Fix: install ROCm's HIP runtime (Debian/Ubuntu: libamdhip64-5, or ROCm from AMD's repository), set ROCM_PATH or {} if it is somewhere else, or use the host backend",
                 searched.join(", "),
                 crate::api::LIBRARY_VARIABLE
             ),
             Self::NoRuntime { searched, why: Some(why) } => write!(
                 f,
-                "the HIP runtime {} cannot be used: {why}. Fix: install ROCm 5.2 or newer, or use --backend host",
+                "the HIP runtime {} cannot be used: {why}. Fix: install ROCm 5.2 or newer, or use the host backend",
                 searched.join(", ")
             ),
             Self::NoDevice { why } => write!(
                 f,
-                "the HIP runtime found no AMD GPU ({why}). Fix: check `rocminfo` or `rocm-smi`, that /dev/kfd is readable by this user (the render and video groups), and HIP_VISIBLE_DEVICES; or use --backend host"
+                "the HIP runtime found no AMD GPU ({why}). Fix: check `rocminfo` or `rocm-smi`, that /dev/kfd is readable by this user (the render and video groups), and HIP_VISIBLE_DEVICES; or use the host backend"
             ),
             Self::DeviceNotFound { wanted, available } => write!(
                 f,
-                "no HIP device matches `{wanted}` (devices: {}). Fix: pass --device with an index or part of a name from that list",
+                "no HIP device matches `{wanted}` (devices: {}). Fix: choose a device by an index or part of a name from that list",
                 available.join("; ")
             ),
             Self::Unsupported { device, what } => write!(
                 f,
-                "HIP device `{device}` cannot run gpuring: {what}. Fix: pick another device with --device (see `gpuring probe`), or use --backend host"
+                "HIP device `{device}` cannot run gpuring: {what}. Fix: pick another device (`gpuring probe` lists them), or use the host backend"
             ),
             Self::NoHiprtc { why } => write!(
                 f,
@@ -117,7 +117,7 @@ impl fmt::Display for RocmError {
                 f,
                 "hiprtc could not compile the consumer kernel:\n{log}\nFix: if the log says a library or the device library (amdgcn bitcode) is missing, install ROCm's comgr and device-libs packages; otherwise this is a bug in gpuring's kernel for this ROCm version: please report it with the log"
             ),
-            Self::Call { call, text, .. } => write!(f, "{call} failed: {text}. Fix: check the GPU with `rocm-smi`, or use --backend host"),
+            Self::Call { call, text, .. } => write!(f, "{call} failed: {text}. Fix: check the GPU with `rocm-smi`, or use the host backend"),
             Self::Host(e) => write!(f, "{e}"),
             Self::Timeout { what, seconds } => write!(
                 f,

@@ -51,11 +51,9 @@ pub enum HostError {
 impl fmt::Display for HostError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Map { requested, errno } => write!(
-                f,
-                "could not map {} of slot memory: {errno}. Fix: free memory, or ask for a smaller ring (fewer --slots or a smaller --slot-size)",
-                Bytes(*requested)
-            ),
+            Self::Map { requested, errno } => {
+                write!(f, "could not map {} of slot memory: {errno}. Fix: free memory, or ask for a smaller ring (fewer or smaller slots)", Bytes(*requested))
+            }
             Self::Queue(e) => write!(f, "{e}"),
             Self::BadEntry { position, what } => {
                 write!(f, "io_queue entry at position {position} is invalid: {what}. Fix: only gpuring's driver may publish to this queue")

@@ -76,32 +76,32 @@ impl fmt::Display for VulkanError {
         match self {
             Self::NoLoader { why } => write!(
                 f,
-                "no Vulkan loader: {why}. Fix: install the loader and a driver (Debian: `apt-get install libvulkan1 mesa-vulkan-drivers` for the lavapipe CPU device, or your GPU vendor's driver), or use --backend host"
+                "no Vulkan loader: {why}. Fix: install the loader and a driver (Debian: `apt-get install libvulkan1 mesa-vulkan-drivers` for the lavapipe CPU device, or your GPU vendor's driver), or use the host backend"
             ),
             Self::NoDevice => write!(
                 f,
-                "the Vulkan loader found no device. Fix: install a Vulkan driver (Debian: `apt-get install mesa-vulkan-drivers` for lavapipe, or your GPU vendor's driver with its Vulkan ICD), or use --backend host"
+                "the Vulkan loader found no device. Fix: install a Vulkan driver (Debian: `apt-get install mesa-vulkan-drivers` for lavapipe, or your GPU vendor's driver with its Vulkan ICD), or use the host backend"
             ),
             Self::DeviceNotFound { wanted, available } => write!(
                 f,
-                "no Vulkan device matches `{wanted}` (devices: {}). Fix: pass --device with an index or part of a name from that list",
+                "no Vulkan device matches `{wanted}` (devices: {}). Fix: choose a device by an index or part of a name from that list",
                 available.join("; ")
             ),
             Self::Unsupported { device, what } => write!(
                 f,
-                "Vulkan device `{device}` cannot run gpuring: {what}. Fix: pick another device with --device (see `gpuring probe`), or use --backend host"
+                "Vulkan device `{device}` cannot run gpuring: {what}. Fix: pick another device (`gpuring probe` lists them), or use the host backend"
             ),
             Self::TooLarge { what, len, max } => write!(
                 f,
-                "the {what} ({}) exceed the device's largest storage buffer ({}). Fix: ask for a smaller ring (fewer --slots or a smaller --slot-size)",
+                "the {what} ({}) exceed the device's largest storage buffer ({}). Fix: ask for a smaller ring (fewer or smaller slots)",
                 Bytes(*len),
                 Bytes(*max)
             ),
-            Self::Call { call, result } => write!(f, "{call} failed: {result}. Fix: check the driver with `vulkaninfo`, or use --backend host"),
+            Self::Call { call, result } => write!(f, "{call} failed: {result}. Fix: check the driver with `vulkaninfo`, or use the host backend"),
             Self::Host(e) => write!(f, "{e}"),
             Self::Timeout { what, seconds } => write!(
                 f,
-                "the Vulkan device did not finish {what} in {seconds} s. Fix: check that the device is not hung or shared with a long job (`vulkaninfo`, the driver's logs), or use a smaller --slot-size"
+                "the Vulkan device did not finish {what} in {seconds} s. Fix: check that the device is not hung or shared with a long job (`vulkaninfo`, the driver's logs), or use smaller slots"
             ),
             Self::Rejected { position, what } => write!(
                 f,
