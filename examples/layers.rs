@@ -22,7 +22,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut driver = Driver::new(staging, DriverOptions { direct, ..DriverOptions::default() })?;
 
     let stats = driver.ingest(&[Source::file(&path)], |event| match event {
-        Event::Released { segment, offset, bytes, checksum, .. } => {
+        Event::Released { segment, offset, bytes, result: checksum, .. } => {
             println!("segment {segment:>5} at byte {offset:>12}: {:>9}, checksum {checksum:016x}", Bytes(bytes).to_string())
         }
         Event::SourceDone { bytes, .. } => println!("done: {}", Bytes(bytes)),

@@ -60,7 +60,9 @@ pub enum Error {
         /// Why.
         why: String,
     },
-    /// A bench case could not run or gave an unusable result.
+    /// A bench case could not run or gave an unusable result. Only the
+    /// command's bench makes it (hidden: no library call returns it).
+    #[doc(hidden)]
     BenchFailed {
         /// The case.
         case: String,

@@ -465,7 +465,7 @@ fn drive<S: StagingMemory>(staging: Arc<S>, sources: &[Source], config: &IngestO
     };
     let mut digests = vec![StreamDigest::new(); sources.len()];
     let on_event = |event| {
-        if let Event::Released { source, segment, bytes, checksum, .. } = event {
+        if let Event::Released { source, segment, bytes, result: checksum, .. } = event {
             digests[source].add_segment(segment, checksum, bytes);
             progress(bytes);
         }
@@ -538,7 +538,7 @@ fn finish(driven: Driven, device: Option<String>, done: ConsumerDone, sources: &
 
 /// The digest of `source` computed from an independent, plain `read()` of
 /// the file, cut into the same slot-sized segments.
-pub fn reference_digest(source: &Source, slot_size: usize) -> Result<StreamDigest, Error> {
+fn reference_digest(source: &Source, slot_size: usize) -> Result<StreamDigest, Error> {
     let io = |op, error| Error::Io { path: source.path.clone(), op, error };
     let mut file = std::fs::File::open(&source.path).map_err(|e| io("opening for verification", e))?;
     let (start, end) = match &source.range {
@@ -579,7 +579,7 @@ pub fn reference_digest(source: &Source, slot_size: usize) -> Result<StreamDiges
 /// read of the namespace's block device (`/dev/nvmeXnY`, through the
 /// kernel's block layer rather than passthrough), cut into the same
 /// segments as the driver's NVMe Reads.
-pub fn nvme_reference_digest(source: &Source, slot_size: usize) -> Result<StreamDigest, Error> {
+fn nvme_reference_digest(source: &Source, slot_size: usize) -> Result<StreamDigest, Error> {
     let dev = gpuring_uring::nvme::NvmeDevice::open(&source.path)?;
     let ns = dev.namespace;
     let block = dev.block_device.ok_or_else(|| Error::NoBlockDevice { path: source.path.clone() })?;

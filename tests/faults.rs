@@ -50,7 +50,7 @@ fn drive_with(staging: Arc<HostStaging>, file: &std::path::Path, faults: &[Fault
     let mut released = Released::default();
     let result = driver
         .ingest(&[Source::file(file)], |e| {
-            if let Event::Released { offset, bytes, checksum, checksummed, .. } = e {
+            if let Event::Released { offset, bytes, result: checksum, consumed: checksummed, .. } = e {
                 if checksummed {
                     released.checksummed.push((offset, bytes, checksum));
                 } else {

@@ -165,7 +165,7 @@ fn a_failed_source_does_not_lose_the_completions_before_it() {
     let (mut released, mut done) = (Vec::new(), Vec::new());
     let e = driver
         .ingest(&sources, |event| match event {
-            Event::Released { source, offset, bytes, checksummed, .. } => released.push((source, offset, bytes, checksummed)),
+            Event::Released { source, offset, bytes, consumed: checksummed, .. } => released.push((source, offset, bytes, checksummed)),
             Event::SourceDone { source, bytes } => done.push((source, bytes)),
         })
         .unwrap_err();
@@ -277,7 +277,7 @@ fn a_closure_consumer_sees_every_slot_once_and_its_results_reach_the_driver() {
     let mut results = Vec::new();
     driver
         .ingest(&[Source::file(&path)], |e| {
-            if let Event::Released { offset, checksum, .. } = e {
+            if let Event::Released { offset, result: checksum, .. } = e {
                 results.push((offset, checksum));
             }
         })
@@ -325,7 +325,7 @@ fn one_thread_drives_and_consumes(shards: u32) {
         polls += 1;
         assert!(polls < 1_000_000, "the ingest does not finish");
         match job.poll(|e| {
-            if let Event::Released { offset, checksum, .. } = e {
+            if let Event::Released { offset, result: checksum, .. } = e {
                 released.push((offset, checksum));
             }
         }) {

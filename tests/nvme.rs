@@ -61,7 +61,7 @@ fn drive_into<S: gpuring::core::StagingMemory + 'static>(staging: Arc<S>, source
     let mut driver = Driver::new(staging, options)?;
     let registered = driver.registered();
     let result = driver.ingest(sources, |e| {
-        if let Event::Released { source, offset, bytes, checksum, checksummed, .. } = e {
+        if let Event::Released { source, offset, bytes, result: checksum, consumed: checksummed, .. } = e {
             assert!(checksummed);
             segments.push((source, offset, bytes, checksum));
         }
@@ -548,7 +548,7 @@ fn eio_from_a_block_device_mid_file_names_file_offset_and_slot_buffered_and_dire
         let mut segments = Vec::new();
         let mut driver = Driver::new(staging, DriverOptions { direct, ..DriverOptions::default() }).unwrap();
         let result = driver.ingest(&[Source::file(&dm.path)], |e| {
-            if let Event::Released { offset, bytes, checksum, .. } = e {
+            if let Event::Released { offset, bytes, result: checksum, .. } = e {
                 segments.push((offset, bytes, checksum));
             }
         });

@@ -56,7 +56,7 @@ fn every_shard_count_delivers_every_segment_once() {
         let mut done = BTreeMap::new();
         let stats = driver
             .ingest(&sources, |e| match e {
-                Event::Released { source, segment, offset, bytes, checksum, checksummed } => {
+                Event::Released { source, segment, offset, bytes, result: checksum, consumed: checksummed } => {
                     assert!(checksummed);
                     let again = got.insert((source, segment), (offset, bytes, checksum));
                     assert!(again.is_none(), "{slots} slots, {shards} shards: segment {segment} of source {source} released twice");
@@ -113,7 +113,7 @@ fn faulty(file: &std::path::Path, slots: u32, shards: u32, faults: &[Fault], opt
     let mut released = Vec::new();
     let result = driver
         .ingest(&[Source::file(file)], |e| {
-            if let Event::Released { offset, checksum, checksummed: true, .. } = e {
+            if let Event::Released { offset, result: checksum, consumed: true, .. } = e {
                 released.push((offset, checksum));
             }
         })

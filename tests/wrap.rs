@@ -29,7 +29,7 @@ fn drive<S: StagingMemory + 'static>(
     let mut driver = Driver::new(staging.clone(), DriverOptions { release_timeout: Duration::from_secs(30), ..DriverOptions::default() }).unwrap();
     let mut released = Vec::new();
     let result = driver.ingest(&[Source::file(file)], |e| {
-        if let Event::Released { offset, checksum, .. } = e {
+        if let Event::Released { offset, result: checksum, .. } = e {
             released.push((offset, checksum));
         }
     });

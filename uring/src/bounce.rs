@@ -120,8 +120,8 @@ impl<F: FnMut(Event)> State<'_, F> {
                 segment: seg.index,
                 offset: r.completion.offset,
                 bytes: r.completion.bytes,
-                checksum: r.result,
-                checksummed: r.consumer_status == CONSUMED,
+                result: r.result,
+                consumed: r.consumer_status == CONSUMED,
             });
             self.outstanding[seg.source] -= 1;
             if self.outstanding[seg.source] == 0 {

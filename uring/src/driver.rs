@@ -222,10 +222,11 @@ pub enum Event {
         offset: u64,
         /// Bytes in the segment.
         bytes: u64,
-        /// The consumer's checksum of the slot.
-        checksum: u64,
-        /// False when the consumer skipped the checksum (a failed read).
-        checksummed: bool,
+        /// The consumer's result for the slot: gpuring's consumers give the
+        /// slot's checksum; a consumer of yours gives what it returned.
+        result: u64,
+        /// False when the consumer skipped the slot (a failed read).
+        consumed: bool,
     },
     /// Every segment of a source has been read and released, and a whole
     /// file still has the size it was opened with. Sent for empty sources
@@ -856,8 +857,8 @@ impl<S: StagingMemory> Driver<S> {
                 segment: (offset - a.file.start) / a.file.segment_bytes as u64,
                 offset,
                 bytes: read.done as u64,
-                checksum: r.result,
-                checksummed: r.consumer_status == CONSUMED,
+                result: r.result,
+                consumed: r.consumer_status == CONSUMED,
             });
         }
         if a.outstanding == 0 && a.next == a.file.end && !run.current.contains(&Some(idx)) {

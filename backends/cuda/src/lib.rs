@@ -23,6 +23,9 @@
 //! gpuring-shared (host mappings, the host side of waiting on the
 //! io_queue, the kernel source), never on gpuring-uring or another backend.
 
+// The bench's read()+HtoD and pinned-copy baselines: the command's, not a
+// user's (hidden from the docs).
+#[doc(hidden)]
 pub mod baseline;
 mod consumer;
 mod copy;
