@@ -201,6 +201,7 @@ if [ -n "$CUDA_WHY" ]; then
     skip bench "$CUDA_WHY"
     skip load-buffered "$CUDA_WHY"
     skip load-direct "$CUDA_WHY"
+    skip load-kept "$CUDA_WHY"
     skip modes "$CUDA_WHY"
 else
     # The bench makes its file unless one of the right size is there.
@@ -211,9 +212,13 @@ else
     if [ -n "$CHECKPOINT" ]; then
         step load-buffered 60 "$GPURING" load --json --backend cuda "$CHECKPOINT"
         step load-direct 60 "$GPURING" load --json --backend cuda --direct "$CHECKPOINT"
+        # gpuring::load::cuda: the tensors stay in device memory; each is
+        # read back through its CudaView and compared with a host load.
+        step load-kept 60 "$KIT/bin/load_device" "$CHECKPOINT"
     else
         skip load-buffered "the bench made no checkpoint"
         skip load-direct "the bench made no checkpoint"
+        skip load-kept "the bench made no checkpoint"
     fi
     if [ -f "$BIG" ]; then
         for mode in batched persistent device-copy; do

@@ -130,6 +130,15 @@ def main():
         detail = f"{len(v['tensors'])} tensors, {v.get('bytes')} bytes, every tensor read back and matched: {bool(ok)}, device copy {v.get('device_copy_bytes')} bytes"
         row(case, "pass" if ok else "fail", v.get("gib_per_s"), detail)
 
+    # gpuring::load::cuda: tensors kept in device memory, read back by view.
+    v = load(os.path.join(logs, "load-kept.out"))
+    if isinstance(v, dict) and "matched" in v:
+        detail = f"{v.get('tensors')} tensors, {v.get('bytes')} bytes kept in device memory, every view read back and matched: {v.get('matched')}"
+        row("cuda load kept", "pass" if v.get("matched") else "fail", v.get("gib_per_s"), detail)
+    else:
+        verdict, why = why_failed("load-kept")
+        row("cuda load kept", verdict, None, why)
+
     # A CUDA kernel of a user's (the cuda_histogram example).
     ex = load(os.path.join(logs, "cuda-example.out"))
     if isinstance(ex, dict) and "match" in ex:

@@ -84,15 +84,19 @@ pub fn build(args: &[String], cargo: fn() -> Command) -> Result<PathBuf> {
     run(cargo().args(["build", "--release", "-p", "xtask"]))?;
     // The CUDA example: a kernel of a user's, on the GPU (its source is
     // compiled in; NVRTC compiles the kernel there).
-    run(cargo().args(["build", "--release", "-p", "gpuring", "--example", "cuda_histogram", "--features", "vulkan,cuda,rocm"]))?;
+    run(cargo().args(["build", "--release", "-p", "gpuring", "--example", "cuda_histogram", "--example", "load_device", "--features", "vulkan,cuda,rocm"]))?;
     if out.exists() {
         std::fs::remove_dir_all(&out).with_context(|| format!("emptying {}", out.display()))?;
     }
     for dir in ["bin", "lib", "wheels"] {
         std::fs::create_dir_all(out.join(dir)).with_context(|| format!("creating {}", out.join(dir).display()))?;
     }
-    for (bin, from) in [("gpuring", "target/release/gpuring"), ("xtask", "target/release/xtask"), ("cuda_histogram", "target/release/examples/cuda_histogram")]
-    {
+    for (bin, from) in [
+        ("gpuring", "target/release/gpuring"),
+        ("xtask", "target/release/xtask"),
+        ("cuda_histogram", "target/release/examples/cuda_histogram"),
+        ("load_device", "target/release/examples/load_device"),
+    ] {
         let dest = out.join("bin").join(bin);
         run(Command::new("strip").arg("-o").arg(&dest).arg(from)).context("stripping the binaries needs `strip` (Debian: apt-get install binutils)")?;
     }
