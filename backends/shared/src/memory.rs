@@ -184,12 +184,15 @@ impl Mapping {
 ///
 /// Its pages are faulted in on first touch, not up front: `read_into`
 /// faults in what it is about to read into, and a buffer that is never
-/// touched costs no memory. It asks for no transparent huge pages: with
-/// `MADV_HUGEPAGE` (THP `enabled` and `defrag` = `madvise` here) a load of
-/// a 1 GiB checkpoint into a new buffer took 0.21 s in one run and
-/// 1.1-2.5 s in three others, whenever the kernel compacted memory to
-/// find them, against 0.43-0.46 s with 4 KiB pages (`gpuring load
-/// --no-verify`, 4 interleaved runs each). Freed (unmapped) on drop; a read into it
+/// touched costs no memory. It asks for no transparent huge pages: in
+/// this project's VM (2 vCPUs, THP `madvise`) they were not reliably
+/// faster. `gpuring load --no-verify` of a 1 GiB checkpoint with
+/// `MADV_HUGEPAGE` took 0.21 s once and 1.1-2.5 s three times, against
+/// 0.43-0.46 s with 4 KiB pages; `MADV_POPULATE_WRITE` of 1 GiB took 3.3 s
+/// with huge pages the first time and 0.29-0.30 s after, against
+/// 0.50-0.58 s with 4 KiB pages, with 6.8 GiB free in 2 MiB blocks (so not
+/// the kernel compacting: most likely the hypervisor backing guest memory
+/// that was never touched). Freed (unmapped) on drop; a read into it
 /// borrows it mutably, so it cannot be freed while the kernel writes it.
 ///
 /// ```
