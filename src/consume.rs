@@ -103,7 +103,7 @@ pub struct ConsumeOptions {
 
 impl Default for ConsumeOptions {
     fn default() -> Self {
-        let (slots, slot_size) = crate::ingest::default_ring(None, None);
+        let (slots, slot_size) = crate::backend::default_ring(None, None);
         Self { direct: false, shards: 0, release_timeout: Duration::from_secs(60), slots, slot_size }
     }
 }

@@ -154,8 +154,8 @@ impl fmt::Display for Error {
             Self::BackendNotBuilt { name } => write!(
                 f,
                 "backend `{name}` is not compiled into this gpuring (compiled in: {}). Fix: use the {} backend, or build gpuring with the `{name}` feature",
-                crate::ingest::BACKENDS.iter().map(|b| b.name()).collect::<Vec<_>>().join(", "),
-                crate::ingest::BACKENDS.first().map_or("host", |b| b.name())
+                crate::backend::BACKENDS.iter().map(|b| b.name()).collect::<Vec<_>>().join(", "),
+                crate::backend::BACKENDS.first().map_or("host", |b| b.name())
             ),
             Self::NothingToIngest { why } => write!(f, "nothing to ingest: {why}. Fix: pass at least one non-empty regular file (or a directory holding one)"),
             Self::BenchFailed { case, why } => {

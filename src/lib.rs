@@ -30,6 +30,7 @@
 //! `cli` feature (default), so a library build with `default-features =
 //! false` pulls none of its dependencies.
 
+pub mod backend;
 #[cfg(feature = "candle")]
 pub mod candle;
 pub mod consume;
@@ -39,12 +40,14 @@ pub mod inputs;
 pub mod load;
 pub mod probe;
 pub mod read_into;
+pub mod telemetry;
 
+pub use backend::{Backend, BACKENDS};
 pub use consume::{ConsumeOptions, Consumed, Consumer};
 pub use error::Error;
 pub use gpuring_shared::HostBuffer;
 pub use gpuring_uring::Source;
-pub use ingest::{Backend, IngestOptions, IngestReport, BACKENDS};
+pub use ingest::{IngestOptions, IngestReport};
 pub use load::{Dtype, LoadOptions, Loaded, TensorInfo};
 pub use read_into::{ReadIntoReport, ReadOptions, ReadRequest};
 

@@ -49,8 +49,8 @@ use std::sync::Arc;
 use safetensors::tensor::Metadata;
 use serde::Serialize;
 
-use crate::ingest::TelemetryReport;
 use crate::read_into::{self, ReadIntoReport, ReadOptions, ReadRequest, Target};
+use crate::telemetry::TelemetryReport;
 use crate::{Error, HostBuffer};
 
 /// Where each tensor starts in the arena: a multiple of this many bytes

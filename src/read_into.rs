@@ -53,7 +53,8 @@ pub use gpuring_uring::ReadRequest;
 use gpuring_uring::{Driver, DriverOptions, Source};
 use serde::Serialize;
 
-use crate::ingest::{Backend, TelemetryReport};
+use crate::backend::Backend;
+use crate::telemetry::TelemetryReport;
 use crate::Error;
 
 /// How `read_into` reads, on every backend.
@@ -88,7 +89,7 @@ pub fn default_shards(slots: u32, slot_size: usize) -> u32 {
 
 impl Default for ReadOptions {
     fn default() -> Self {
-        let (slots, slot_size) = crate::ingest::default_ring(None, None);
+        let (slots, slot_size) = crate::backend::default_ring(None, None);
         Self { direct: false, slots, slot_size, shards: default_shards(slots, slot_size) }
     }
 }

@@ -202,7 +202,7 @@ fn the_kernel_does_not_split_passthrough_so_the_driver_must() {
         return;
     }
     let len = len as usize;
-    let buf = gpuring::uring::bounce::HeapBuffer::new(len, 0);
+    let buf = gpuring::uring::buffer::HeapBuffer::new(len, 0);
     let addr = buf.as_slice().as_ptr() as u64;
     let cmd = nvme::read_command(&pretend, 0, blocks as u32, addr, len as u32).unwrap();
     let mut ring = Ring::new(1).unwrap();

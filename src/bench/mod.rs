@@ -63,7 +63,7 @@ use serde::Serialize;
 
 use gpuring::ingest::{self, IngestOptions};
 use gpuring::Error;
-use gpuring_uring::bounce::HeapBuffer;
+use gpuring_uring::buffer::HeapBuffer;
 use gpuring_uring::Source;
 
 mod cases;

@@ -16,7 +16,6 @@
 //!
 //! [`Driver`]: crate::Driver
 
-use std::alloc::{alloc, dealloc, Layout};
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
@@ -24,6 +23,7 @@ use gpuring_core::io_queue::{Completion, EntryKind, Producer, Released, CONSUMED
 use gpuring_core::{Path, StagingMemory, Telemetry};
 use rustix::io::Errno;
 
+use crate::buffer::HeapBuffer;
 use crate::driver::{DriverOptions, Event, IngestStats};
 use crate::error::IngestError;
 use crate::source::{OpenSource, Source};
@@ -31,52 +31,6 @@ use crate::wait;
 
 /// How long one futex sleep waits for a release at most.
 const RELEASE_POLL: Duration = Duration::from_millis(1);
-
-/// Page-aligned heap memory. O_DIRECT needs aligned buffers, and copies
-/// into memory that is not 64-byte aligned are several times slower, so the
-/// bounce path (and the bench's memcpy) use this rather than a `Vec<u8>`.
-pub struct HeapBuffer {
-    ptr: std::ptr::NonNull<u8>,
-    layout: Layout,
-}
-
-impl HeapBuffer {
-    /// `len` bytes (at least one), every one set to `fill`: all pages are
-    /// touched now, which keeps page faults out of later timings.
-    pub fn new(len: usize, fill: u8) -> Self {
-        let layout = Layout::from_size_align(len.max(1), 4096).expect("a length below isize::MAX - 4095");
-        // SAFETY: the layout has a non-zero size.
-        let ptr = unsafe { alloc(layout) };
-        let Some(ptr) = std::ptr::NonNull::new(ptr) else { std::alloc::handle_alloc_error(layout) };
-        // SAFETY: a fresh allocation of `layout.size()` bytes.
-        unsafe { ptr.as_ptr().write_bytes(fill, layout.size()) };
-        Self { ptr, layout }
-    }
-
-    /// The bytes.
-    pub fn as_slice(&self) -> &[u8] {
-        // SAFETY: an owned, initialised allocation of `layout.size()` bytes.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.layout.size()) }
-    }
-
-    /// The bytes, writable.
-    pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: as in `as_slice`, and `&mut self` makes this the only view.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.layout.size()) }
-    }
-}
-
-// SAFETY: a plain owned allocation, like a `Vec<u8>`.
-unsafe impl Send for HeapBuffer {}
-// SAFETY: shared access is read-only (`as_slice`).
-unsafe impl Sync for HeapBuffer {}
-
-impl Drop for HeapBuffer {
-    fn drop(&mut self) {
-        // SAFETY: allocated in `new` with this layout.
-        unsafe { dealloc(self.ptr.as_ptr(), self.layout) }
-    }
-}
 
 /// What is known about a published segment until it is released.
 #[derive(Clone, Copy)]

@@ -75,11 +75,7 @@ const LOCAL_BATCH: u32 = 2;
 /// How many `EAGAIN` answers in a row a read is retried before it fails.
 const AGAIN_RETRIES: u8 = 8;
 
-/// `user_data` of the fixed-buffer probe read.
-const PROBE_TAG: u64 = u64::MAX - 1;
-
-/// `user_data` of the wait for a release queued in the ring.
-const RELEASE_TAG: u64 = u64::MAX - 2;
+use crate::ring::tags::{PROBE as PROBE_TAG, RELEASE as RELEASE_TAG};
 
 /// How the driver reads.
 #[derive(Clone, Debug)]

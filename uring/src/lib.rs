@@ -15,6 +15,7 @@
 //! - [`bounce`]: the path programs use today (`pread()` into a heap
 //!   buffer, then a copy into the slot), producing into the same io_queue,
 //!   for comparison and as a fallback; counted as `bounce` in telemetry.
+//! - [`buffer`]: page-aligned heap memory for gpuring's own reads.
 //! - `fault` (Cargo feature `fault-injection`, for tests): errors, short
 //!   reads, `EAGAIN` and stalls injected into a ring's completions.
 //! - [`memlock`]: what io_uring charges against RLIMIT_MEMLOCK, and rings
@@ -26,12 +27,14 @@
 //! `gpuring-core`'s `StagingMemory` trait. Everything that is not the ring
 //! itself goes through `rustix`.
 
-// `bounce`, `memlock`, `ring`, `shard` and `read_into` are gpuring's own
+// `bounce`, `buffer`, `memlock`, `ring`, `shard` and `read_into` are gpuring's own
 // plumbing: public because the facade, its command and its bench use them
 // across the crate boundary, hidden because no user needs them (the facade
 // has `gpuring::read_into`, the driver's options cover rings and shards).
 #[doc(hidden)]
 pub mod bounce;
+#[doc(hidden)]
+pub mod buffer;
 pub mod driver;
 pub mod error;
 #[cfg(feature = "fault-injection")]

@@ -24,7 +24,7 @@ use gpuring_core::nvme::{self, IdentifyNamespace, Namespace, NvmeUringCmd, CNS_C
 use rustix::fs::{FileType, Mode, OFlags};
 use rustix::io::Errno;
 
-use crate::bounce::HeapBuffer;
+use crate::buffer::HeapBuffer;
 use crate::error::IngestError;
 
 /// The max transfer assumed when neither the controller nor the kernel says

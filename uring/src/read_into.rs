@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 use gpuring_core::telemetry::Path as BytePath;
 use gpuring_core::Telemetry;
 
-use crate::bounce::HeapBuffer;
+use crate::buffer::HeapBuffer;
 use crate::error::IngestError;
 use crate::ring::Ring;
 use crate::source::{OpenSource, Source};

@@ -21,12 +21,26 @@ use rustix::io::Errno;
 
 use crate::error::IngestError;
 
-/// `user_data` of the ring's own cancel requests.
-const CANCEL_TAG: u64 = u64::MAX;
+/// Every `user_data` tag gpuring's own requests use, in one place: reads
+/// are tagged with small numbers (their op or slot), these from
+/// [`INTERNAL_TAGS`] up.
+pub(crate) mod tags {
+    /// The ring's own cancel requests.
+    pub const CANCEL: u64 = u64::MAX;
+    /// The driver's fixed-buffer probe read.
+    pub const PROBE: u64 = u64::MAX - 1;
+    /// The driver's wait for a release, queued in its ring.
+    pub const RELEASE: u64 = u64::MAX - 2;
+    /// A wait on a bell (a shard's own, or the coordinator's).
+    pub const BELL: u64 = u64::MAX - 3;
+    /// From here up, a ring's own requests (cancels, probes, waits), not
+    /// reads: injected faults count and hit reads only.
+    pub const INTERNAL: u64 = u64::MAX - 15;
+}
 
-/// `user_data` from here up marks a ring's own requests (cancels, probes,
-/// waits), not reads: injected faults count and hit reads only.
-pub const INTERNAL_TAGS: u64 = u64::MAX - 15;
+/// `user_data` from here up marks a ring's own requests, not reads.
+pub const INTERNAL_TAGS: u64 = tags::INTERNAL;
+use tags::CANCEL as CANCEL_TAG;
 
 /// How long to wait for a request that does not complete before giving up
 /// on it (a device that never answers): above Linux's NVMe command timeout

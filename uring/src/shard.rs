@@ -85,8 +85,7 @@ use rustix::thread::futex;
 use crate::error::IngestError;
 use crate::ring::{Ring, DEVICE_TIMEOUT};
 
-/// `user_data` of a wait on a bell (a shard's own, or the coordinator's).
-pub(crate) const BELL_TAG: u64 = u64::MAX - 3;
+pub(crate) use crate::ring::tags::BELL as BELL_TAG;
 
 /// How often a party that cannot sleep on both of its events looks at the other.
 const POLL: Duration = Duration::from_micros(200);

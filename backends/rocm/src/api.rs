@@ -136,9 +136,7 @@ pub(crate) struct Hip {
     _libraries: Vec<Library>,
 }
 
-/// Set to a path to load that file as the HIP runtime instead of searching
-/// (for a runtime in an unusual place, and for the tests of a missing one).
-pub const LIBRARY_VARIABLE: &str = "GPURING_HIP_LIBRARY";
+use crate::error::LIBRARY_VARIABLE;
 
 /// The runtime's file names, newest ABI first, then the unversioned name.
 const RUNTIME_NAMES: [&str; 4] = ["libamdhip64.so.7", "libamdhip64.so.6", "libamdhip64.so.5", "libamdhip64.so"];

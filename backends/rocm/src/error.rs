@@ -5,6 +5,12 @@ use std::fmt;
 
 use gpuring_shared::HostError;
 
+/// Set to a path to load that file as the HIP runtime instead of searching
+/// (for a runtime in an unusual place, and for the tests of a missing one).
+/// Here, beside the error that names it, so that the runtime's loader
+/// (`api`) depends on the errors and not the other way round.
+pub const LIBRARY_VARIABLE: &str = "GPURING_HIP_LIBRARY";
+
 /// Why the ROCm backend could not start or stopped.
 #[derive(Clone, Debug)]
 pub enum RocmError {
@@ -89,7 +95,7 @@ impl fmt::Display for RocmError {
                 f,
                 "no HIP runtime: libamdhip64 could not be loaded (tried {}). Fix: install ROCm's HIP runtime (Debian/Ubuntu: libamdhip64-5, or ROCm from AMD's repository), set ROCM_PATH or {} if it is somewhere else, or use the host backend",
                 searched.join(", "),
-                crate::api::LIBRARY_VARIABLE
+                LIBRARY_VARIABLE
             ),
             Self::NoRuntime { searched, why: Some(why) } => write!(
                 f,

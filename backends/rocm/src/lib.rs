@@ -26,10 +26,10 @@ mod error;
 mod kernel;
 mod memory;
 
-pub use api::LIBRARY_VARIABLE;
 pub use consumer::{RocmConsumer, RocmStats};
 pub use device::{devices, runtime, Device, DeviceInfo};
 pub use error::RocmError;
+pub use error::LIBRARY_VARIABLE;
 pub use gpuring_shared::kernel::UserKernel;
 /// The hip-sys this crate is built on, for naming its types (`hipStream_t`).
 pub use hip_sys;
