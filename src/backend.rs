@@ -131,20 +131,43 @@ pub fn default_ring(slots: Option<u32>, slot_size: Option<usize>) -> (u32, usize
     }
 }
 
-/// Shards for an ingest on `backend` with a ring of `slots` slots of
-/// `slot_size`: one per CPU this process may use
-/// (`gpuring_uring::default_shards`), less one on the host backend, whose
-/// consumer checksums every byte on a CPU of its own; at most one per slot,
-/// and only as many rings as RLIMIT_MEMLOCK leaves room for beside the
-/// slots (`gpuring_uring::memlock::fit_shards`). Measured on the README's
-/// 2-CPU machine (`gpuring bench`'s scaling section, host backend, cached
-/// 1 GiB, four runs of 5): 1 shard 7.7-8.0 GiB/s, 2 shards 7.1-7.4; the
-/// command line, 8 interleaved runs: 7.16-7.68 against 6.85-7.56.
-pub fn default_shards(backend: Backend, slots: u32, slot_size: usize) -> u32 {
+/// Who consumes what the rings read, for [`default_shards`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConsumerRuns {
+    /// A CPU thread that reads every byte (the host backend's checksum, a
+    /// host closure): it needs a CPU of its own.
+    OnCpu,
+    /// A GPU, or nothing but the destination (`read_into`, `load`).
+    Elsewhere,
+}
+
+/// The one shard policy: rings for a run through `slots` slots of
+/// `slot_size` (on the host's `read_into`: reads of that size): one per CPU
+/// this process may use, less one when the consumer runs on a CPU of its
+/// own; at most one per slot, and only as many rings as RLIMIT_MEMLOCK
+/// leaves room for beside the slots (`gpuring_uring::memlock::fit_shards`).
+///
+/// Measured on the README's 2-CPU machine: the host ingest (consumer on a
+/// CPU), `gpuring bench`'s scaling section, cached 1 GiB, four runs of 5:
+/// 1 shard 7.7-8.0 GiB/s, 2 shards 7.1-7.4; the command line, 8 interleaved
+/// runs: 7.16-7.68 against 6.85-7.56. `read_into` (nothing else needs a
+/// CPU): two rings read a cached 1 GiB file into a host buffer at
+/// 11.07-11.32 GiB/s against 5.68-6.12 for one.
+pub fn default_shards(consumer: ConsumerRuns, slots: u32, slot_size: usize) -> u32 {
     let cpus = gpuring_uring::default_shards();
-    let wanted = match backend {
-        Backend::Host => cpus.saturating_sub(1).max(1),
-        _ => cpus,
+    let wanted = match consumer {
+        ConsumerRuns::OnCpu => cpus.saturating_sub(1).max(1),
+        ConsumerRuns::Elsewhere => cpus,
     };
     gpuring_uring::memlock::fit_shards(slots, slot_size, wanted, gpuring_uring::memlock::budget())
+}
+
+impl Backend {
+    /// Where this backend's own consumer runs.
+    pub fn consumer_runs(self) -> ConsumerRuns {
+        match self {
+            Backend::Host => ConsumerRuns::OnCpu,
+            _ => ConsumerRuns::Elsewhere,
+        }
+    }
 }

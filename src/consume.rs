@@ -37,6 +37,7 @@ use std::time::Duration;
 use gpuring_core::StagingMemory;
 use gpuring_uring::{Driver, DriverOptions, IngestStats, Source, SourceKind};
 
+use crate::backend::ConsumerRuns;
 use crate::Error;
 
 /// A running consumer of a staging region's io_queue that [`run`] can
@@ -44,6 +45,9 @@ use crate::Error;
 pub trait Consumer {
     /// What it gives back when finished.
     type Output;
+    /// Where it runs, for the default number of rings: a consumer on a CPU
+    /// gets one to itself.
+    const RUNS: ConsumerRuns = ConsumerRuns::Elsewhere;
     /// Wait until the queue is closed and every entry released, then
     /// return what it did.
     fn finish(self) -> Result<Self::Output, Error>;
@@ -53,6 +57,7 @@ pub trait Consumer {
 impl<T: Send + 'static> Consumer for gpuring_host::HostConsumer<T> {
     /// Its counters and your state.
     type Output = (gpuring_shared::ConsumerStats, T);
+    const RUNS: ConsumerRuns = ConsumerRuns::OnCpu;
     fn finish(self) -> Result<Self::Output, Error> {
         Ok(gpuring_host::HostConsumer::finish(self)?)
     }
@@ -90,8 +95,9 @@ impl Consumer for gpuring_rocm::RocmConsumer {
 pub struct ConsumeOptions {
     /// Read with `O_DIRECT`.
     pub direct: bool,
-    /// Rings that read, each on its own thread (0: one per CPU, as many as
-    /// the slots and RLIMIT_MEMLOCK allow).
+    /// Rings that read, each on its own thread (0: one per CPU, less one
+    /// for a consumer on the host, as many as the slots and RLIMIT_MEMLOCK
+    /// allow: [`crate::backend::default_shards`]).
     pub shards: u32,
     /// Give up when the consumer releases nothing for this long.
     pub release_timeout: Duration,
@@ -136,16 +142,16 @@ where
 {
     let driven = {
         let _close = CloseOnDrop(&*staging);
-        drive(staging.clone(), sources, options)
+        drive(staging.clone(), sources, options, C::RUNS)
     };
     let output = consumer.finish()?;
     Ok(Consumed { stats: driven?, output })
 }
 
-fn drive<S: StagingMemory + 'static>(staging: Arc<S>, sources: &[Source], options: &ConsumeOptions) -> Result<IngestStats, Error> {
+fn drive<S: StagingMemory + 'static>(staging: Arc<S>, sources: &[Source], options: &ConsumeOptions, runs: ConsumerRuns) -> Result<IngestStats, Error> {
     let geometry = staging.geometry();
     let shards = match options.shards {
-        0 => gpuring_uring::memlock::fit_shards(geometry.slot_count(), geometry.slot_size(), gpuring_uring::default_shards(), gpuring_uring::memlock::budget()),
+        0 => crate::backend::default_shards(runs, geometry.slot_count(), geometry.slot_size()),
         n => n,
     };
     let driver_options = DriverOptions {

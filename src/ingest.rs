@@ -27,7 +27,7 @@ pub struct IngestOptions {
     /// Bytes per slot (default: [`default_ring`]).
     pub slot_size: usize,
     /// Rings reading at once, each on its own thread (default:
-    /// [`default_shards`] of the host backend; see `gpuring_uring::shard`).
+    /// [`default_shards`] for the host backend; see `gpuring_uring::shard`).
     pub shards: u32,
     /// Read with O_DIRECT.
     pub direct: bool,
@@ -59,7 +59,7 @@ impl Default for IngestOptions {
             device: None,
             slots,
             slot_size,
-            shards: default_shards(Backend::Host, slots, slot_size),
+            shards: default_shards(Backend::Host.consumer_runs(), slots, slot_size),
             direct: false,
             bounce: false,
             verify: true,

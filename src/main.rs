@@ -341,7 +341,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 device,
                 slots,
                 slot_size,
-                shards: shards.unwrap_or_else(|| ingest::default_shards(backend, slots, slot_size)),
+                shards: shards.unwrap_or_else(|| ingest::default_shards(backend.consumer_runs(), slots, slot_size)),
                 direct,
                 bounce,
                 verify: !no_verify,
@@ -390,7 +390,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 direct,
                 slots,
                 slot_size,
-                shards: shards.unwrap_or_else(|| gpuring::read_into::default_shards(slots, slot_size)),
+                shards: shards.unwrap_or_else(|| ingest::default_shards(gpuring::backend::ConsumerRuns::Elsewhere, slots, slot_size)),
             };
             let part = rank.zip(world).map(|(rank, world)| gpuring::load::Part { rank, world, dim });
             let mut load_options = gpuring::LoadOptions { read: options.clone(), verify: !no_verify, part, ..Default::default() };
@@ -460,13 +460,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     device,
                     slots,
                     slot_size,
-                    shards: shards.unwrap_or_else(|| ingest::default_shards(backend, slots, slot_size)),
+                    shards: shards.unwrap_or_else(|| ingest::default_shards(backend.consumer_runs(), slots, slot_size)),
                     verify: false,
                     cuda_mode,
                     ..IngestOptions::default()
                 },
                 fio: !no_fio,
-                read_shards: shards.unwrap_or_else(|| gpuring::read_into::default_shards(slots, slot_size)),
+                read_shards: shards.unwrap_or_else(|| ingest::default_shards(gpuring::backend::ConsumerRuns::Elsewhere, slots, slot_size)),
                 size_max: size_max as u64,
                 files_max: files_max.max(1),
                 model: model.or_else(|| std::env::var_os("GPURING_MINILM").map(PathBuf::from)),

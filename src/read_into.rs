@@ -71,26 +71,15 @@ pub struct ReadOptions {
     pub slot_size: usize,
     /// Rings that read, each on its own thread (on GPUs into their share of
     /// the slots; on the host straight into their part of the
-    /// destination). Default:
-    /// [`default_shards`], one per CPU.
+    /// destination). Default: one per CPU
+    /// ([`crate::backend::default_shards`]).
     pub shards: u32,
-}
-
-/// Rings for a `read_into` through `slots` slots of `slot_size`: one per
-/// CPU this process may use, at most one per slot, as many as
-/// RLIMIT_MEMLOCK leaves room for. Unlike an ingest on the host, nothing
-/// else needs a CPU: measured with `gpuring bench` on the README's 2-CPU
-/// machine, two rings read a cached 1 GiB file into a host buffer at
-/// 11.07-11.32 GiB/s against 5.68-6.12 for one (`pread()`: 5.84-6.22), and
-/// load a 1 GiB checkpoint into a new arena at 3.10-3.13 against 2.45-2.48.
-pub fn default_shards(slots: u32, slot_size: usize) -> u32 {
-    gpuring_uring::memlock::fit_shards(slots, slot_size, gpuring_uring::default_shards(), gpuring_uring::memlock::budget())
 }
 
 impl Default for ReadOptions {
     fn default() -> Self {
         let (slots, slot_size) = crate::backend::default_ring(None, None);
-        Self { direct: false, slots, slot_size, shards: default_shards(slots, slot_size) }
+        Self { direct: false, slots, slot_size, shards: crate::backend::default_shards(crate::backend::ConsumerRuns::Elsewhere, slots, slot_size) }
     }
 }
 

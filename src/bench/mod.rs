@@ -100,7 +100,7 @@ pub struct BenchConfig {
     pub ingest: IngestOptions,
     /// Run fio when it is installed.
     pub fio: bool,
-    /// Rings of the read-into and load cases (`gpuring::read_into::default_shards`).
+    /// Rings of the read-into and load cases (`gpuring::backend::default_shards`).
     pub read_shards: u32,
     /// The size section's largest input (bytes of one file).
     pub size_max: u64,
