@@ -134,7 +134,8 @@ impl<S: StagingMemory> Drop for CloseOnDrop<'_, S> {
 
 /// Read `sources` into `staging` while `consumer` (running on it already)
 /// consumes them; close the queue on every path, finish the consumer and
-/// return both results (see the module docs).
+/// return both results (see the module docs). `consumer` must be the one
+/// started on this `staging`: the queue closed here is the one it waits on.
 pub fn run<S, C>(staging: Arc<S>, consumer: C, sources: &[Source], options: &ConsumeOptions) -> Result<Consumed<C::Output>, Error>
 where
     S: StagingMemory + 'static,
