@@ -594,11 +594,12 @@ impl Loaded<HostBuffer> {
         let size = std::mem::size_of::<T>();
         // Tensors start at 256-byte offsets of a page-aligned buffer.
         assert!((bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>()) && bytes.len().is_multiple_of(size));
-        // SAFETY: the bytes are initialised, aligned for `T` (checked), a
-        // whole number of `T`s, borrowed from `self` for the slice's
-        // lifetime, and every bit pattern is a valid `T` (`Element` is
-        // sealed to plain numeric types).
-        Ok(unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<T>(), bytes.len() / size) })
+        let len = bytes.len() / size;
+        // SAFETY: initialised bytes borrowed from `self`, aligned for `T` and
+        // a whole number of `T`s (checked above); every bit pattern is a `T`
+        // (`Element` is sealed to plain numeric types).
+        let values = unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<T>(), len) };
+        Ok(values)
     }
 }
 
