@@ -153,7 +153,7 @@ pub struct Spread {
 }
 
 /// A gpuring case's throughput divided by the references'.
-#[derive(Clone, Copy, Debug, Serialize)]
+#[derive(Clone, Copy, Debug, Default, Serialize)]
 pub struct Ratios {
     /// Over fio on the same data with as many jobs as gpuring has shards
     /// (null when fio did not run).

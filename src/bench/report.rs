@@ -36,19 +36,12 @@ pub(super) fn report(config: &BenchConfig, data: &Data, fio: FioStatus, cases: &
                     vs_memcpy: over(find(Kind::Memcpy, "large-buffered")),
                     vs_read_htod: over(find(Kind::ReadHtod, "large-buffered")),
                     vs_pinned_htod: over(find(Kind::PinnedHtod, "large-buffered")),
-                    vs_pread: None,
-                    vs_mmap: None,
-                    vs_candle: None,
-                    vs_numpy: None,
-                    vs_read_into: None,
+                    ..Ratios::default()
                 }),
                 None,
             ),
             Kind::ReadInto | Kind::Load => (
                 Some(Ratios {
-                    vs_fio: None,
-                    vs_fio_1job: None,
-                    vs_bounce: None,
                     vs_memcpy: over(find(Kind::Memcpy, "large-buffered")),
                     vs_read_htod: over(find(Kind::ReadHtod, "large-buffered")),
                     vs_pinned_htod: over(find(Kind::PinnedHtod, "large-buffered")),
@@ -57,6 +50,7 @@ pub(super) fn report(config: &BenchConfig, data: &Data, fio: FioStatus, cases: &
                     vs_candle: over(find(Kind::CandleLoad, case.group)),
                     vs_numpy: over(find(Kind::SafetensorsNumpy, case.group)),
                     vs_read_into: if case.kind == Kind::Load { over(find(Kind::ReadInto, "read-into")) } else { None },
+                    ..Ratios::default()
                 }),
                 None,
             ),

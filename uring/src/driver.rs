@@ -58,7 +58,7 @@ use rustix::io::Errno;
 
 use crate::error::IngestError;
 use crate::ring::Ring;
-use crate::shard::{Command, Shards, BELL_TAG};
+use crate::shard::{Command, Shards};
 use crate::source::{OpenSource, Source};
 use crate::wait;
 
@@ -75,7 +75,7 @@ const LOCAL_BATCH: u32 = 2;
 /// How many `EAGAIN` answers in a row a read is retried before it fails.
 const AGAIN_RETRIES: u8 = 8;
 
-use crate::ring::tags::{PROBE as PROBE_TAG, RELEASE as RELEASE_TAG};
+use crate::ring::tags;
 
 /// How the driver reads.
 #[derive(Clone, Debug)]
@@ -164,7 +164,7 @@ impl Reads {
         let (faults, sharded) = (&mut self.faults, self.shards.is_some());
         #[cfg(feature = "fault-injection")]
         let mut f = |user_data, res| {
-            let res = if sharded && user_data < crate::ring::INTERNAL_TAGS { faults.apply(user_data, res) } else { Some(res) };
+            let res = if sharded && user_data < tags::INTERNAL { faults.apply(user_data, res) } else { Some(res) };
             if let Some(res) = res {
                 f(user_data, res);
             }
@@ -632,7 +632,7 @@ impl<S: StagingMemory> Driver<S> {
     fn probe_fixed(&mut self, file: &OpenSource, slot: u32, slba: u64) -> Result<bool, IngestError> {
         let mut last = 0;
         for fixed in [true, false] {
-            self.push_nvme(file, slot, slba, 1, fixed, PROBE_TAG)?;
+            self.push_nvme(file, slot, slba, 1, fixed, tags::PROBE)?;
             self.reads.submit()?;
             let mut res = None;
             let deadline = Instant::now() + self.options.read_timeout;
@@ -642,7 +642,7 @@ impl<S: StagingMemory> Driver<S> {
                     return Err(IngestError::DeviceStalled { what, seconds: self.options.read_timeout.as_secs() });
                 }
                 let cqes = &mut self.cqes;
-                self.reads.reap(|user_data, r| if user_data == PROBE_TAG { res = Some(r) } else { cqes.push((user_data, r)) });
+                self.reads.reap(|user_data, r| if user_data == tags::PROBE { res = Some(r) } else { cqes.push((user_data, r)) });
             }
             last = res.expect("the loop ends with the probe's completion");
             if last == 0 {
@@ -692,11 +692,11 @@ impl<S: StagingMemory> Driver<S> {
         self.reads.reap(|user_data, res| cqes.push((user_data, res)));
         let mut reads = 0;
         let result = cqes.drain(..).try_for_each(|(user_data, res)| {
-            if user_data == RELEASE_TAG {
+            if user_data == tags::RELEASE {
                 self.release_woken(res);
                 return Ok(());
             }
-            if user_data == BELL_TAG {
+            if user_data == tags::BELL {
                 self.bell_woken(res);
                 return Ok(());
             }
@@ -930,7 +930,7 @@ impl<S: StagingMemory> Driver<S> {
         // The word is the staging's, which this driver keeps alive until
         // the ring has drained (and leaks otherwise).
         // SAFETY: per the line above.
-        unsafe { self.reads.ring.push_futex_wait(wait::consumer_word(&q), self.producer.released_position(), RELEASE_TAG)? };
+        unsafe { self.reads.ring.push_futex_wait(wait::consumer_word(&q), self.producer.released_position(), tags::RELEASE)? };
         self.release_armed = true;
         Ok(Armed::Yes)
     }
@@ -954,7 +954,7 @@ impl<S: StagingMemory> Driver<S> {
         // the ring (field order) and cancel their own reads.
         // SAFETY: the ring is drained (cancel_all) before `Reads` drops,
         // and the shards' outbox, holding the bell, is dropped after it.
-        unsafe { self.reads.ring.push_futex_wait(shards.bell(), seen, BELL_TAG)? };
+        unsafe { self.reads.ring.push_futex_wait(shards.bell(), seen, tags::BELL)? };
         self.reads.bell_armed = true;
         Ok(Armed::Yes)
     }

@@ -23,7 +23,7 @@ use crate::error::IngestError;
 
 /// Every `user_data` tag gpuring's own requests use, in one place: reads
 /// are tagged with small numbers (their op or slot), these from
-/// [`INTERNAL_TAGS`] up.
+/// [`tags::INTERNAL`] up.
 pub(crate) mod tags {
     /// The ring's own cancel requests.
     pub const CANCEL: u64 = u64::MAX;
@@ -37,10 +37,6 @@ pub(crate) mod tags {
     /// reads: injected faults count and hit reads only.
     pub const INTERNAL: u64 = u64::MAX - 15;
 }
-
-/// `user_data` from here up marks a ring's own requests, not reads.
-pub const INTERNAL_TAGS: u64 = tags::INTERNAL;
-use tags::CANCEL as CANCEL_TAG;
 
 /// How long to wait for a request that does not complete before giving up
 /// on it (a device that never answers): above Linux's NVMe command timeout
@@ -412,7 +408,7 @@ impl Ring {
         let (mut n, mut all) = (0, 0);
         let mut hand = |user_data: u64, res: i32| {
             all += 1;
-            if user_data != CANCEL_TAG {
+            if user_data != tags::CANCEL {
                 n += 1;
                 f(user_data, res);
             }
@@ -449,7 +445,7 @@ impl Ring {
     fn each_completion(uring: &mut Uring, #[cfg(feature = "fault-injection")] faults: &mut crate::fault::Faults, mut f: impl FnMut(u64, i32)) {
         uring.completions(|user_data, res| {
             #[cfg(feature = "fault-injection")]
-            let Some(res) = (if user_data >= INTERNAL_TAGS { Some(res) } else { faults.apply(user_data, res) }) else {
+            let Some(res) = (if user_data >= tags::INTERNAL { Some(res) } else { faults.apply(user_data, res) }) else {
                 return;
             };
             f(user_data, res);
@@ -479,7 +475,7 @@ impl Ring {
         if self.faults.held() > 0 {
             self.set_aside.extend(self.faults.release_held());
         }
-        let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::any()).build().user_data(CANCEL_TAG);
+        let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::any()).build().user_data(tags::CANCEL);
         // SAFETY: a cancel request points at no memory.
         unsafe { self.push(&cancel)? };
         let deadline = std::time::Instant::now() + DEVICE_TIMEOUT;

@@ -85,7 +85,7 @@ use rustix::thread::futex;
 use crate::error::IngestError;
 use crate::ring::{Ring, DEVICE_TIMEOUT};
 
-pub(crate) use crate::ring::tags::BELL as BELL_TAG;
+use crate::ring::tags;
 
 /// How often a party that cannot sleep on both of its events looks at the other.
 const POLL: Duration = Duration::from_micros(200);
@@ -441,7 +441,7 @@ impl Shard {
         let (done, armed, futex_wait) = (&mut self.done, &mut self.armed, &mut self.futex_wait);
         let mut bell = false;
         self.ring.reap(|user_data, res| {
-            if user_data == BELL_TAG {
+            if user_data == tags::BELL {
                 *armed = false;
                 inbox.bell.end();
                 if [Errno::INVAL, Errno::OPNOTSUPP, Errno::NOSYS].iter().any(|e| res == -e.raw_os_error()) {
@@ -481,7 +481,7 @@ impl Shard {
             }
             // SAFETY: the bell lives in the inbox, which this thread holds
             // (an `Arc`) until after its ring is dropped.
-            match unsafe { self.ring.push_futex_wait(&inbox.bell.word, seen, BELL_TAG) } {
+            match unsafe { self.ring.push_futex_wait(&inbox.bell.word, seen, tags::BELL) } {
                 Ok(()) => self.armed = true,
                 Err(_) => inbox.bell.end(),
             }
